@@ -1,0 +1,42 @@
+"""The one interface every encoder (Whisper, wav2vec2/HuBERT, ...) presents to the heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncoderOutput:
+    """Hidden states of every layer plus the mask of frames that cover real audio.
+
+    ``hidden_states[0]`` is the input to the first block (after the front end and positions),
+    ``hidden_states[i]`` the output of block ``i``; the last one has the final layer norm applied.
+    """
+
+    hidden_states: list[torch.Tensor]  # num_layers + 1 tensors of [batch, frames, hidden]
+    mask: torch.Tensor  # [batch, frames] bool, True where the frame covers the clip
+
+
+class Encoder(nn.Module):
+    """Waveforms in, per-layer hidden states out. Subclasses set the class attributes."""
+
+    name: str
+    sample_rate: int
+    hidden_size: int
+    num_layers: int  # transformer blocks; forward returns num_layers + 1 hidden states
+    window: str  # "clip" or "30s" (Whisper); other encoders always see the clip
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        raise NotImplementedError
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, in order; strategies freeze or re-initialise the top ones."""
+        raise NotImplementedError
+
+    def reset_block(self, index: int) -> None:
+        """Re-initialise block ``index`` as a freshly built model would."""
+        raise NotImplementedError

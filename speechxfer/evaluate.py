@@ -1,0 +1,88 @@
+"""Metrics and reports: JSON for machines, Markdown for people, a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def score(labels: list[str], truth: list[str], probs: np.ndarray) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
+
+    Truth labels the model does not know count as errors (they can never be predicted).
+    """
+    predicted = [labels[i] for i in probs.argmax(1)]
+    classes = labels + sorted(set(truth) - set(labels))
+    p, r, f, support = precision_recall_fscore_support(
+        truth, predicted, labels=classes, zero_division=0
+    )
+    cm = confusion_matrix(truth, predicted, labels=classes)
+    return {
+        "n": len(truth),
+        "accuracy": float(np.mean([a == b for a, b in zip(truth, predicted)])) if truth else 0.0,
+        "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro",
+                                   zero_division=0)),
+        "labels": classes,
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion": cm.tolist(),
+    }
+
+
+def markdown(report: dict, title: str = "Evaluation") -> str:
+    """A readable summary: headline figures, per-class table, confusion matrix."""
+    lines = [f"# {title}", "", f"- clips: {report['n']}",
+             f"- accuracy: {report['accuracy']:.4f}", f"- macro-F1: {report['macro_f1']:.4f}"]
+    for key in ("skipped",):
+        if report.get(key):
+            lines.append(f"- skipped clips: {len(report[key])} (listed in report.json)")
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c, m in report["per_class"].items():
+        lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                     f"{m['support']} |")
+    labels = report["labels"]
+    lines += ["", "Confusion matrix (rows: truth, columns: predicted)", "",
+              "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for lab, row in zip(labels, report["confusion"]):
+        lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(report: dict, path: Path, title: str = "Confusion matrix") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(report["confusion"])
+    labels = report["labels"]
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_title(f"{title}\naccuracy {report['accuracy']:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict, directory: Path, name: str = "report", title: str = "Evaluation"):
+    """Write NAME.json, NAME.md and NAME_confusion.png into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (directory / f"{name}.md").write_text(markdown(report, title))
+    plot_confusion(report, directory / f"{name}_confusion.png", title)

@@ -1,0 +1,143 @@
+"""The jobs the CLI and recipes run: train-evaluate-save, and evaluate a saved model.
+
+Each job is a plain function returning a JSON-ready dict, so the CLI only parses arguments
+and the recipes call the same code the README's commands do.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DatasetError, load_dataset, load_waves, per_class, split_dataset
+from .encoders import build_encoder
+from .evaluate import score, write_report
+from .model import PRIMARY_TASK, CommandClassifier, Recognizer, load_model
+from .train import TrainConfig, fit
+
+DEFAULT_ENCODER = "whisper-tiny.en"
+DEFAULT_TEST_SPEAKER = "theo"  # held out by the no-flag main job (bundled data)
+
+
+def default_data() -> Path:
+    """The bundled FSDD subset: in the source tree, or under the working directory."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (root / "data" / "fsdd" / "recordings").is_dir():
+            return root / "data" / "fsdd"
+    raise DatasetError("bundled data/fsdd not found: run from the repository or pass --data")
+
+
+def read_clips(clips, sample_rate: int, what: str):
+    """Load audio, printing each skipped clip; fail clearly if nothing is usable."""
+    waves, kept, skipped = load_waves(clips, sample_rate)
+    for path, problem in skipped:
+        print(f"skipped {path}: {problem}")
+    if clips and not kept:
+        raise DatasetError(f"no usable clips left in the {what} set ({len(skipped)} skipped)")
+    return waves, kept, skipped
+
+
+def evaluate_system(system: Recognizer, waves: list[torch.Tensor], truth: list[str]) -> dict:
+    """Score any system and time its inference per clip."""
+    start = time.perf_counter()
+    probs = system.predict_proba(waves)
+    report = score(system.labels, truth, probs)
+    report["seconds_per_clip"] = (time.perf_counter() - start) / max(len(waves), 1)
+    return report
+
+
+def train_job(
+    data: str | Path | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    window: str = "clip",
+    strategy: str = "top-k",
+    k: int = 2,
+    per_class_n: int | None = None,
+    epochs: int = 8,
+    seed: int = 0,
+    out: str | Path = "runs/default",
+    test_speakers: list[str] | None = None,
+    tasks: tuple[str, ...] = (PRIMARY_TASK,),
+    pooling: str = "mean",
+    layer: int | None = None,
+    device: str = "auto",
+    lr_encoder: float = 1e-4,
+    lr_head: float = 2e-3,
+    batch_size: int = 32,
+) -> dict:
+    """Split by speaker, fine-tune, evaluate on the held-out speakers, save the model folder.
+
+    With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
+    validation split is carved from so few clips: training runs the set number of epochs.
+    """
+    out = Path(out)
+    ds = load_dataset(data or default_data())
+    if test_speakers is None and data is None:
+        test_speakers = [DEFAULT_TEST_SPEAKER]
+    split = split_dataset(ds, test_speakers or None, seed=seed)
+    train, val = split.train, split.validation
+    if per_class_n:
+        train, val = per_class(train + val, per_class_n, seed), []
+    started = time.perf_counter()
+    enc = build_encoder(encoder, window=window, pretrained=strategy != "scratch")
+    task_labels = {t: sorted({c.labels[t] for c in train if t in c.labels}) for t in tasks}
+    empty = [t for t, labs in task_labels.items() if not labs]
+    if empty:
+        raise DatasetError(f"{ds.root}: no training labels for task(s) {empty}")
+    model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling)
+    train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
+    val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
+    config = TrainConfig(strategy=strategy, k=k, epochs=epochs, seed=seed, device=device,
+                         lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size)
+    result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
+                 config, out)
+    train_seconds = time.perf_counter() - started
+    summary = {
+        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
+        "strategy": config.to_dict(), "per_class": per_class_n,
+        "train_speakers": sorted({c.speaker for c in train if c.speaker}),
+        "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
+        "n_train": len(train), "n_validation": len(val), "n_test": len(split.test),
+        "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
+        "history": result.history, "train_seconds": train_seconds,
+        "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    if split.test:
+        test_w, test, skipped_test = read_clips(split.test, enc.sample_rate, "test")
+        report = evaluate_system(model, test_w, [c.label for c in test])
+        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped_test]
+        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
+        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
+    model.info = {"strategy": config.to_dict(), "metrics": summary.get("test", {}),
+                  "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
+                                                     "n_train", "per_class")}}
+    model.save(out)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | None = None) -> dict:
+    """Score every clip under ``data`` (any layout, any sample rate) with a saved model."""
+    system = load_model(model_dir)
+    ds = load_dataset(data)
+    unknown = sorted(set(ds.labels) - set(system.labels))
+    if unknown:
+        raise DatasetError(
+            f"{data}: labels {unknown} are not among the model's labels {system.labels} "
+            f"(model: {model_dir})"
+        )
+    waves, kept, skipped = read_clips(ds.clips, system.sample_rate, "evaluation")
+    report = evaluate_system(system, waves, [c.label for c in kept])
+    report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+    if report_dir:
+        write_report(report, Path(report_dir), "eval_report", f"Evaluation on {data}")
+    return report
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))

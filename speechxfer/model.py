@@ -1,0 +1,236 @@
+"""CommandClassifier: encoder + one head per task, saved as safetensors + JSON, and predict."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .audio import AudioError, batch_waves, load, to_mono_resampled
+from .encoders import Encoder, EncoderOutput, build_encoder
+from .heads import ClassifierHead, HeadConfig
+
+FORMAT = "speechxfer-model"
+FORMAT_VERSION = 1
+PRIMARY_TASK = "command"
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used; the message names the folder and the problem."""
+
+
+@dataclass
+class Prediction:
+    """The top label of the primary task, its probability, and every task's distribution."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": self.probabilities,
+            "tasks": self.tasks,
+        }
+
+
+def read_config(directory: Path) -> dict:
+    """Read and check a model folder's config.json."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ModelError(f"{directory}: not a model folder (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path}: invalid JSON ({err})") from None
+    if config.get("format") != FORMAT or "kind" not in config:
+        raise ModelError(f"{path}: not a speechxfer model config (format/kind missing)")
+    return config
+
+
+def to_wave(item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None, target: int):
+    """A file path or raw samples (with their rate) as a mono tensor at ``target`` Hz."""
+    if isinstance(item, (str, Path)):
+        return load(item, target)
+    if sample_rate is None:
+        raise AudioError("<samples>", "raw samples need their sample_rate")
+    return to_mono_resampled(item, sample_rate, target)
+
+
+class Recognizer:
+    """What eval, predict and the recipes need of any system, neural or classic."""
+
+    labels: list[str]
+    sample_rate: int
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(
+        self, item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None
+    ) -> Prediction:
+        """Label one clip: a file path, or raw samples with their ``sample_rate``."""
+        return self.predict_batch([item], sample_rate)[0]
+
+    def predict_batch(
+        self, items: list, sample_rate: int | None = None
+    ) -> list[Prediction]:
+        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        probs = self.predict_proba(waves)
+        out = []
+        for row in probs:
+            best = int(row.argmax())
+            dist = {lab: float(p) for lab, p in zip(self.labels, row)}
+            out.append(Prediction(self.labels[best], float(row[best]), dist))
+        return out
+
+
+class CommandClassifier(nn.Module, Recognizer):
+    """A pretrained (or scratch) encoder with a classifier head per task."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        tasks: dict[str, list[str]],
+        layer: int | None = None,
+        pooling: str = "mean",
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if PRIMARY_TASK not in tasks:
+            raise ValueError(f"tasks must include {PRIMARY_TASK!r}, got {sorted(tasks)}")
+        self.encoder = encoder
+        self.tasks = {t: list(labels) for t, labels in tasks.items()}
+        self.heads = nn.ModuleDict(
+            {
+                t: ClassifierHead(
+                    HeadConfig(len(labels), encoder.hidden_size, encoder.num_layers + 1,
+                               layer, pooling, dropout)
+                )
+                for t, labels in self.tasks.items()
+            }
+        )
+        self.sample_rate = encoder.sample_rate
+        self.info: dict = {}  # strategy, metrics, data: travels in config.json
+
+    @property
+    def labels(self) -> list[str]:
+        return self.tasks[PRIMARY_TASK]
+
+    def heads_forward(self, out: EncoderOutput) -> dict[str, torch.Tensor]:
+        return {t: head(out.hidden_states, out.mask) for t, head in self.heads.items()}
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads_forward(self.encoder(waves, lengths))
+
+    @torch.no_grad()
+    def predict_all(self, waves: list[torch.Tensor], batch_size: int = 16) -> dict[str, np.ndarray]:
+        """Probabilities of every task for every clip, batched by similar length."""
+        self.eval()
+        device = next(self.parameters()).device
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+        probs = {t: np.zeros((len(waves), len(labs)), np.float32) for t, labs in self.tasks.items()}
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            logits = self(batch.to(device), lengths.to(device))
+            for t, lg in logits.items():
+                probs[t][idx] = torch.softmax(lg.float(), -1).cpu().numpy()
+        return probs
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        return self.predict_all(waves)[PRIMARY_TASK]
+
+    def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
+        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        all_probs = self.predict_all(waves)
+        preds = []
+        for i in range(len(waves)):
+            tasks = {
+                t: {lab: float(p) for lab, p in zip(self.tasks[t], all_probs[t][i])}
+                for t in self.tasks
+            }
+            row = all_probs[PRIMARY_TASK][i]
+            best = int(row.argmax())
+            preds.append(Prediction(self.labels[best], float(row[best]), tasks[PRIMARY_TASK], tasks))
+        return preds
+
+    def config(self) -> dict:
+        head = next(iter(self.heads.values())).config
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": "neural",
+            "encoder": {"name": self.encoder.name, "window": self.encoder.window},
+            "sample_rate": self.sample_rate,
+            "labels": self.labels,
+            "tasks": self.tasks,
+            "head": {"layer": head.layer, "pooling": head.pooling, "dropout": head.dropout},
+            **self.info,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.safetensors + config.json; tensors only, nothing pickled."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        return directory
+
+    @classmethod
+    def from_config(cls, config: dict, pretrained: bool = False) -> "CommandClassifier":
+        enc = config["encoder"]
+        head = config.get("head", {})
+        encoder = build_encoder(enc["name"], window=enc["window"], pretrained=pretrained)
+        model = cls(encoder, config["tasks"], head.get("layer"), head.get("pooling", "mean"),
+                    head.get("dropout", 0.1))
+        model.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
+        return model
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "CommandClassifier":
+        """Rebuild from config.json, then check the weights fit it exactly."""
+        directory = Path(directory)
+        config = read_config(directory)
+        if config["kind"] != "neural":
+            raise ModelError(f"{directory}: a {config['kind']} model; use speechxfer.load_model")
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise ModelError(f"{directory}: model.safetensors is missing")
+        try:
+            model = cls.from_config(config)
+            state = load_file(str(weights))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{directory}: config does not describe a model ({err})") from None
+        except Exception as err:  # safetensors raises its own error type for corrupt files
+            raise ModelError(f"{weights}: unreadable weights ({err})") from None
+        ours = model.state_dict()
+        missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        bad_shape = [k for k in ours if k in state and ours[k].shape != state[k].shape]
+        if missing or extra or bad_shape:
+            raise ModelError(
+                f"{directory}: config.json does not match model.safetensors "
+                f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {bad_shape[:3]})"
+            )
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+
+def load_model(directory: str | Path) -> Recognizer:
+    """Load any saved system (neural or classic) by the kind its config names."""
+    config = read_config(Path(directory))
+    if config["kind"] == "neural":
+        return CommandClassifier.load(directory)
+    from .classic import load_classic
+
+    return load_classic(directory)
