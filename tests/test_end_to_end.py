@@ -1,0 +1,96 @@
+"""Train a few steps on a tiny real subset, save, load, evaluate and predict: through the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechxfer import CommandClassifier, load_model
+from speechxfer.cli import main
+from speechxfer.model import ModelError
+
+FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    data.mkdir()
+    for speaker in ("jackson", "george", "theo"):
+        for digit in ("1", "4", "7"):
+            for take in range(6):
+                name = f"{digit}_{speaker}_{take}.wav"
+                (data / name).write_bytes((FSDD / name).read_bytes())
+    (data / "4_george_9.wav").write_bytes(b"corrupt")  # a bad clip must be skipped, not fatal
+    out = root / "model"
+    rc = main(["train", "--data", str(data), "--strategy", "frozen", "--epochs", "15",
+               "--test-speaker", "theo", "--out", str(out)])
+    assert rc == 0
+    return data, out
+
+
+def test_train_reports_and_skips(trained):
+    data, out = trained
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["skipped"][0]["path"].endswith("4_george_9.wav")
+    assert summary["test_speakers"] == ["theo"]
+    assert summary["test"]["accuracy"] > 0.6  # chance is 1/3
+    for name in ("model.safetensors", "config.json", "test_report.md", "test_report_confusion.png"):
+        assert (out / name).is_file()
+
+
+def test_eval_json_and_predict(trained, capsys):
+    data, out = trained
+    (data / "4_george_9.wav").unlink()
+    assert main(["eval", str(out), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 54 and report["accuracy"] > 0.6 and "macro_f1" in report
+    assert main(["predict", str(out), str(data / "7_theo_0.wav"), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert set(pred["probabilities"]) == {"1", "4", "7"}
+
+
+def test_library_predict_file_samples_and_batch(trained):
+    data, out = trained
+    clf = CommandClassifier.load(out)
+    samples, rate = sf.read(data / "7_jackson_0.wav")
+    by_file = clf.predict(data / "7_jackson_0.wav")
+    by_samples = clf.predict(samples, rate)
+    assert by_file.label == by_samples.label
+    assert abs(sum(by_file.probabilities.values()) - 1) < 1e-4
+    stereo = np.stack([samples, samples], 1)
+    batch = clf.predict_batch([data / "1_jackson_0.wav", stereo], sample_rate=rate)
+    assert len(batch) == 2 and batch[1].label == by_samples.label
+    assert isinstance(load_model(out), CommandClassifier)
+
+
+def test_mismatched_model_folder(trained, tmp_path):
+    _, out = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    config = json.loads((out / "config.json").read_text())
+    config["tasks"]["command"] = ["1", "4", "7", "9"]
+    (broken / "config.json").write_text(json.dumps(config))
+    (broken / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    with pytest.raises(ModelError, match="does not match"):
+        CommandClassifier.load(broken)
+
+
+def test_eval_rejects_unknown_labels(trained, tmp_path, capsys):
+    data, out = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "9_theo_0.wav").write_bytes((data / "7_theo_0.wav").read_bytes())
+    assert main(["eval", str(out), "--data", str(other)]) == 2
+    assert "['9'] are not among the model's labels" in capsys.readouterr().err
+
+
+def test_predict_bad_file_names_it(trained, tmp_path, capsys):
+    _, out = trained
+    bad = tmp_path / "silence.wav"
+    sf.write(bad, np.zeros(8000), 8000)
+    main(["predict", str(out), str(bad)])
+    assert "silence.wav: silent" in capsys.readouterr().err
