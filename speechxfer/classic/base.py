@@ -73,11 +73,16 @@ class ClassicRecognizer(ABC):
         if len(waves) != len(labels):
             raise ValueError(f"got {len(waves)} waves but {len(labels)} labels")
         feats = self.features(waves)
-        self.labels = sorted({str(label) for label in labels})
-        if len(self.labels) < 2:
-            raise ValueError(f"need at least two distinct labels, got {self.labels}")
-        index = {label: i for i, label in enumerate(self.labels)}
-        self._fit(feats, np.array([index[str(label)] for label in labels]))
+        classes = sorted({str(label) for label in labels})
+        if len(classes) < 2:
+            raise ValueError(f"need at least two distinct labels, got {classes}")
+        index = {label: i for i, label in enumerate(classes)}
+        self.labels = classes
+        try:
+            self._fit(feats, np.array([index[str(label)] for label in labels]))
+        except BaseException:
+            self.labels = []  # a failed fit must not look fitted
+            raise
         return self
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:

@@ -97,12 +97,12 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 
 def gabor_filters(n_filters: int = N_FILTERS) -> torch.Tensor:
-    """Mel-spaced complex Gabor filters [2 * n_filters, 1, WINDOW_SAMPLES]: real parts, then
-    imaginary parts, each complex filter of unit energy.
+    """Mel-spaced complex Gabor filters, the learned filterbank's starting point.
 
-    Each filter's Gaussian envelope is sized so its half-power bandwidth matches the spacing
-    of a mel triangle at the same centre; a Hann taper keeps the wide (low-band) envelopes
-    from ending in a hard edge at the window border.
+    Shape [2 * n_filters, 1, WINDOW_SAMPLES]: real parts, then imaginary parts, each complex
+    filter of unit energy. Each Gaussian envelope is sized so the half-power bandwidth matches
+    the mel triangle at the same centre; a Hann taper keeps the wide (low-band) envelopes from
+    ending in a hard edge at the window border.
     """
     mels = torch.linspace(
         float(_hz_to_mel(torch.tensor(MIN_CENTRE_HZ))),
@@ -114,8 +114,7 @@ def gabor_filters(n_filters: int = N_FILTERS) -> torch.Tensor:
     centres = edges[1:-1, None]
     bandwidths = (edges[2:] - edges[:-2])[:, None] / 2  # a triangle's full width at half max
     sigma = math.sqrt(2 * math.log(2)) / (math.pi * bandwidths)  # seconds, Gaussian envelope
-    t = (torch.arange(WINDOW_SAMPLES, dtype=torch.float64) - (WINDOW_SAMPLES - 1) / 2)
-    t = t / SAMPLE_RATE
+    t = (torch.arange(WINDOW_SAMPLES, dtype=torch.float64) - (WINDOW_SAMPLES - 1) / 2) / SAMPLE_RATE
     envelope = torch.exp(-0.5 * (t / sigma) ** 2)
     envelope = envelope * torch.hann_window(WINDOW_SAMPLES, periodic=False, dtype=torch.float64)
     real = envelope * torch.cos(2 * math.pi * centres * t)

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from speechxfer.encoders import ct2
 from speechxfer.encoders.base import Encoder
+from speechxfer.encoders.cnn import build_cnn
 from speechxfer.encoders.whisper import (
     N_MELS,
     SAMPLE_RATE,
@@ -105,7 +106,30 @@ def _build_whisper_encoder(spec: EncoderSpec, window: str, pretrained: bool) -> 
     return encoder
 
 
+def _no_weights() -> Path:
+    raise MissingWeightsError("this encoder has no pretrained weights; it trains from scratch")
+
+
+def _build_cnn_encoder(spec: EncoderSpec, window: str, pretrained: bool) -> Encoder:
+    if pretrained:
+        raise ValueError(f"{spec.name} has no pretrained weights: train it with strategy 'scratch'")
+    if window != "clip":
+        raise ValueError(f"{spec.name} only sees the clip itself (window 'clip')")
+    return build_cnn(spec.name)
+
+
+def _cnn_spec(name: str, n_mels: int) -> EncoderSpec:
+    encoder = build_cnn(name)
+    return EncoderSpec(
+        name=name, sample_rate=encoder.sample_rate, n_mels=n_mels, hidden_size=encoder.hidden_size,
+        num_layers=encoder.num_layers, heads=0, vocab=0, weight_source=_no_weights,
+        build=_build_cnn_encoder,
+    )
+
+
 ENCODERS: dict[str, EncoderSpec] = {
+    "ds-cnn": _cnn_spec("ds-cnn", n_mels=40),
+    "raw-cnn": _cnn_spec("raw-cnn", n_mels=0),
     "whisper-tiny.en": EncoderSpec(
         name="whisper-tiny.en", sample_rate=SAMPLE_RATE, n_mels=N_MELS, hidden_size=384,
         num_layers=4, heads=6, vocab=51864, weight_source=_tiny_en_dir,

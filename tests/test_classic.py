@@ -1,0 +1,125 @@
+"""Classic pipeline: MFCC features, the three recognisers on real FSDD clips, persistence, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechxfer.audio import load
+from speechxfer.classic import CLASSIC_KINDS, build_classic, load_classic, mfcc_features
+from speechxfer.classic.base import CONFIG_FILE
+
+RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+DIGITS = [str(d) for d in range(10)]
+
+pytestmark = pytest.mark.skipif(not RECORDINGS.is_dir(), reason="FSDD recordings not present")
+
+
+def _clips(speakers: list[str], takes: range) -> tuple[list[torch.Tensor], list[str]]:
+    keys = [(d, s, t) for s in speakers for d in DIGITS for t in takes]
+    return [load(RECORDINGS / f"{d}_{s}_{t}.wav") for d, s, t in keys], [k[0] for k in keys]
+
+
+@pytest.fixture(scope="module")
+def split() -> dict[str, tuple[list[torch.Tensor], list[str]]]:
+    """2 speakers x 10 digits x 5 takes to train; an unseen speaker's 30 clips to test."""
+    return {"train": _clips(["george", "jackson"], range(5, 10)),
+            "test": _clips(["theo"], range(3))}
+
+
+@pytest.fixture(scope="module")
+def fitted(split) -> dict[str, object]:
+    waves, labels = split["train"]
+    options = {"dtw": {"max_templates": 5}}  # DTW's cost grows with templates; 5 suffice here
+    return {kind: build_classic(kind, **options.get(kind, {})).fit(waves, labels)
+            for kind in CLASSIC_KINDS}
+
+
+@pytest.fixture(scope="module")
+def test_proba(fitted, split) -> dict[str, np.ndarray]:
+    """Each system's probabilities on the unseen speaker, computed once."""
+    return {kind: model.predict_proba(split["test"][0]) for kind, model in fitted.items()}
+
+
+def test_mfcc_shape_and_normalisation() -> None:
+    wave = load(RECORDINGS / "3_theo_0.wav")
+    feats = mfcc_features(wave, 16000)
+    assert feats.dtype == np.float32 and feats.shape[1] == 39 and feats.shape[0] > 10
+    assert np.isfinite(feats).all()
+    np.testing.assert_allclose(feats.mean(axis=0), 0, atol=1e-4)  # CMVN
+    untrimmed = mfcc_features(wave.numpy(), 16000, trim_silence=False)
+    assert untrimmed.shape[0] >= feats.shape[0]
+
+
+def test_mfcc_handles_very_short_clip() -> None:
+    feats = mfcc_features(np.random.default_rng(0).standard_normal(800).astype(np.float32), 16000)
+    assert feats.shape[1] == 39 and np.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("kind", CLASSIC_KINDS)
+def test_unseen_speaker_well_above_chance(kind: str, fitted, split, test_proba) -> None:
+    labels = split["test"][1]
+    proba = test_proba[kind]
+    assert proba.shape == (len(labels), 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert fitted[kind].labels == DIGITS
+    accuracy = np.mean(np.array(DIGITS)[proba.argmax(axis=1)] == np.array(labels))
+    assert accuracy >= 0.4, f"{kind}: {accuracy:.2f} on an unseen speaker (chance 0.10)"
+
+
+@pytest.mark.parametrize("kind", CLASSIC_KINDS)
+def test_save_load_round_trip(kind: str, fitted, split, test_proba, tmp_path: Path) -> None:
+    model = fitted[kind]
+    model.save(tmp_path)
+    assert not list(tmp_path.glob("*.pkl")) and (tmp_path / "model.safetensors").is_file()
+    reloaded = load_classic(tmp_path)
+    assert type(reloaded) is type(model) and reloaded.labels == model.labels
+    np.testing.assert_array_equal(reloaded.predict_proba(split["test"][0]), test_proba[kind])
+
+
+def test_predict_is_argmax_of_proba(fitted, split, test_proba) -> None:
+    predicted = fitted["svm"].predict(split["test"][0])
+    assert predicted == [DIGITS[i] for i in test_proba["svm"].argmax(axis=1)]
+
+
+def test_hmm_trains_on_one_clip_per_word(split) -> None:
+    waves, labels = split["train"]
+    model = build_classic("gmm-hmm").fit(waves[::5], labels[::5])  # one take per digit
+    proba = model.predict_proba(split["test"][0][:5])
+    assert np.isfinite(proba).all()
+
+
+@pytest.mark.parametrize("kind", CLASSIC_KINDS)
+def test_bad_input_raises_value_error(kind: str, split) -> None:
+    waves, labels = split["train"]
+    model = build_classic(kind)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.fit([], [])
+    with pytest.raises(ValueError, match="2 waves but 1 labels"):
+        model.fit(waves[:2], labels[:1])
+    with pytest.raises(ValueError, match="two distinct labels"):
+        model.fit(waves[:2], ["0", "0"])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.predict(waves[:1])
+
+
+def test_predict_rejects_empty_and_bad_waves(fitted) -> None:
+    model = fitted["svm"]
+    with pytest.raises(ValueError, match="non-empty"):
+        model.predict([])
+    with pytest.raises(ValueError, match="wave 1"):
+        model.predict([torch.randn(8000), torch.zeros(0)])
+
+
+def test_unknown_kind_and_wrong_directory(tmp_path: Path, fitted) -> None:
+    with pytest.raises(ValueError, match="unknown classic kind"):
+        build_classic("neural")
+    with pytest.raises(FileNotFoundError):
+        load_classic(tmp_path)
+    fitted["dtw"].save(tmp_path)
+    assert '"kind": "classic-dtw"' in (tmp_path / CONFIG_FILE).read_text()
+    with pytest.raises(ValueError, match="not classic-svm"):
+        type(fitted["svm"]).load(tmp_path)
