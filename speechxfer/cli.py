@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frozen | top-k | full | reinit-k | scratch")
     t.add_argument("--k", type=int, default=2, help="blocks tuned (top-k) or re-initialised")
     t.add_argument("--per-class", type=int, help="keep N clips per label per speaker")
-    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/default"))
     t.add_argument("--test-speaker", action="append",

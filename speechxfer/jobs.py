@@ -57,7 +57,7 @@ def train_job(
     strategy: str = "top-k",
     k: int = 2,
     per_class_n: int | None = None,
-    epochs: int = 8,
+    epochs: int = 4,
     seed: int = 0,
     out: str | Path = "runs/default",
     test_speakers: list[str] | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ MISSING = -1  # target index of a label a clip does not have: it adds no loss an
 class TrainConfig:
     strategy: str = "top-k"
     k: int = 2  # blocks fine-tuned (top-k) or re-initialised (reinit-k)
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 32
     lr_head: float = 2e-3
     lr_encoder: float = 1e-4
@@ -153,6 +154,24 @@ def forward_cached(model: CommandClassifier, cache: FeatureCache, idx: list[int]
             top = model.encoder.run_blocks(full, full_mask, cache.n_frozen)
             hidden += [h[:, : mask.shape[1]] for h in top]
     return model.heads_forward(EncoderOutput(hidden, mask))
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffled batches of similar-length clips: less padding, so less compute per step.
+
+    Clips are shuffled, sorted by length within pools of 16 batches, cut into batches, and the
+    batches shuffled again, so every epoch still sees a different mix.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 16
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def encode_targets(model: CommandClassifier, labels: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -303,19 +322,20 @@ def fit(
         best = tuple(state["best"])
         resumed_from = state["epoch"]
         best_state = load_file(str(checkpointer.dir / "best.safetensors"))
-        for _ in range(start_epoch * steps_per_epoch):
-            schedule.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule before any step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start_epoch * steps_per_epoch):
+                schedule.step()
 
     for epoch in range(start_epoch, config.epochs):
         if stale >= config.patience:
             break
         model.train()
-        perm = torch.randperm(len(train_waves), generator=torch.Generator().manual_seed(
-            config.seed * 1000 + epoch)).tolist()
+        batches = length_batches([w.numel() for w in train_waves], config.batch_size,
+                                 config.seed * 1000 + epoch)
         losses = []
-        bar = tqdm(range(0, len(perm), config.batch_size), desc=f"epoch {epoch + 1}", leave=False)
-        for start in bar:
-            idx = perm[start : start + config.batch_size]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False)
+        for idx in bar:
             with autocast:
                 logits = run_train(idx)
             loss = masked_loss(logits, {t: v[idx] for t, v in targets.items()},

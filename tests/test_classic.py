@@ -11,6 +11,7 @@ import torch
 from speechxfer.audio import load
 from speechxfer.classic import CLASSIC_KINDS, build_classic, load_classic, mfcc_features
 from speechxfer.classic.base import CONFIG_FILE
+from speechxfer.classic.dtw import dtw_distance
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 DIGITS = [str(d) for d in range(10)]
@@ -90,6 +91,11 @@ def test_hmm_trains_on_one_clip_per_word(split) -> None:
     model = build_classic("gmm-hmm").fit(waves[::5], labels[::5])  # one take per digit
     proba = model.predict_proba(split["test"][0][:5])
     assert np.isfinite(proba).all()
+
+
+def test_dtw_distance_unequal_lengths() -> None:
+    rng = np.random.default_rng(0)
+    assert np.isfinite(dtw_distance(rng.standard_normal((3, 39)), rng.standard_normal((80, 39))))
 
 
 @pytest.mark.parametrize("kind", CLASSIC_KINDS)

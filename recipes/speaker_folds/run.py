@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="top-k")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--per-class", type=int)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--window", default="clip", choices=("clip", "30s"))
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import librosa
 import numpy as np
+from librosa.util.exceptions import ParameterError
 
 from speechxfer.classic.base import ClassicRecognizer
 
@@ -21,9 +22,12 @@ BAND_RADIUS = 0.25  # Sakoe-Chiba band, fraction of the length: forbids patholog
 
 def dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Path-length-normalised DTW cost between two feature matrices [frames, dims]."""
-    cost, path = librosa.sequence.dtw(
-        X=a.T, Y=b.T, metric="euclidean", global_constraints=True, band_rad=BAND_RADIUS
-    )
+    try:
+        cost, path = librosa.sequence.dtw(
+            X=a.T, Y=b.T, metric="euclidean", global_constraints=True, band_rad=BAND_RADIUS
+        )
+    except ParameterError:  # lengths too unequal for the band to join the corners
+        cost, path = librosa.sequence.dtw(X=a.T, Y=b.T, metric="euclidean")
     return float(cost[-1, -1] / len(path))
 
 

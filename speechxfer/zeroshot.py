@@ -1,0 +1,364 @@
+"""Zero-shot command recognition with Whisper's decoder: score each label's spellings.
+
+Instead of training a head, every label is given one or more spellings (aliases) and the
+decoder is asked how likely each spelling is as the transcript of the clip, after a fixed
+prompt. The score of a label is the best length-normalised log-probability over its
+spellings; a softmax over labels (with a temperature) turns scores into probabilities.
+
+Why forced decoding rather than free transcription: the decoder only ever compares the
+listed commands, so "for", "fore" or "4." cannot miss, and one decoder pass scores every
+label at once (no step-by-step generation).
+
+Batching: one encoder pass per clip; the prompt and every candidate spelling of every label
+share one decoder pass, laid out as ``[prompt | cand 1 | cand 2 | ...]`` with an attention mask
+that lets each candidate see the prompt and its own earlier tokens only, so the result is the
+same as decoding each candidate on its own (see ``test_zeroshot.py``).
+
+Rejection ("none of these"): with ``reject_by`` and ``reject_below`` set, ``predict`` returns
+``NONE_LABEL`` when the top probability (``"probability"``), the gap between the two best
+probabilities (``"margin"``) or the best raw length-normalised log-probability (``"score"``)
+falls under the threshold. ``calibrate`` sets the threshold from clips of the listed commands
+so that a chosen fraction of them would be rejected; ``predict_proba`` (used by ``eval``)
+never rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import batch_waves
+from .encoders.registry import build_whisper, decoding_rules, load_tokenizer
+from .encoders.whisper import SAMPLE_RATE, Whisper
+from .model import FORMAT, FORMAT_VERSION, Prediction, Recognizer, read_config, to_wave
+
+KIND = "zero-shot"
+STRATEGY = "zero-shot"  # the ``train --strategy`` value that builds one of these
+NONE_LABEL = "none"
+DEFAULT_PROMPT = "auto"  # build the context prompt from the first alias of every label
+ENDINGS = {"eot": ("<|endoftext|>",), "period": (".", "<|endoftext|>"), "none": ()}
+COMBINES = ("max", "logsumexp")
+REJECT_BY = ("probability", "margin", "score")
+# default spellings; " oh" is how many people say 0 in phone numbers
+DIGIT_ALIASES: dict[str, list[str]] = {
+    "0": ["zero", "oh", "0"], "1": ["one", "1"], "2": ["two", "2"], "3": ["three", "3"],
+    "4": ["four", "4"], "5": ["five", "5"], "6": ["six", "6"], "7": ["seven", "7"],
+    "8": ["eight", "8"], "9": ["nine", "9"],
+}
+
+
+def surface_forms(alias: str, capitalise: bool) -> list[str]:
+    """How Whisper would write the alias as a whole transcript: a leading space, maybe capitalised."""
+    forms = [" " + alias.strip()]
+    if capitalise and forms[0][1:2].islower():
+        forms.append(" " + alias.strip().capitalize())
+    return forms
+
+
+def normalise_text(text: str) -> list[str]:
+    """Lower-case words without punctuation (for matching transcripts to aliases)."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def text_to_label(text: str, aliases: dict[str, list[str]]) -> str | None:
+    """The label whose alias appears first in a transcript, or None: free transcription's mapping."""
+    lookup = {a.lower(): label for label, alist in aliases.items() for a in [label, *alist]}
+    words = normalise_text(text)
+    for n in (3, 2, 1):  # multi-word aliases first
+        for i in range(len(words) - n + 1):
+            phrase = " ".join(words[i : i + n])
+            if phrase in lookup:
+                return lookup[phrase]
+    return None
+
+
+class ZeroShotRecognizer(Recognizer):
+    """Labels scored by Whisper's decoder as forced transcripts; no trained weights."""
+
+    def __init__(
+        self,
+        labels: list[str],
+        aliases: dict[str, list[str]] | None = None,
+        encoder: str = "whisper-tiny.en",
+        window: str = "30s",
+        prompt: str | None = DEFAULT_PROMPT,
+        temperature: float = 1.0,
+        ending: str = "eot",
+        combine: str = "max",
+        capitalise: bool = True,
+        reject_by: str | None = None,
+        reject_below: float | None = None,
+        batch_size: int = 8,
+        model: Whisper | None = None,
+    ):
+        if ending not in ENDINGS or combine not in COMBINES:
+            raise ValueError(f"ending must be in {sorted(ENDINGS)}, combine in {COMBINES}")
+        if reject_by is not None and reject_by not in REJECT_BY:
+            raise ValueError(f"reject_by must be one of {REJECT_BY}, got {reject_by!r}")
+        if NONE_LABEL in labels:
+            raise ValueError(f"{NONE_LABEL!r} is reserved for rejected clips")
+        self.labels = list(labels)
+        table = DIGIT_ALIASES if aliases is None else aliases
+        self.aliases = {lab: list(table.get(lab, [lab])) for lab in self.labels}
+        self.encoder_name, self.window = encoder, window
+        if prompt == DEFAULT_PROMPT:
+            prompt = " ".join(self.aliases[lab][0] for lab in self.labels)
+        self.prompt = prompt
+        self.temperature, self.ending, self.combine = temperature, ending, combine
+        self.capitalise = capitalise
+        self.reject_by, self.reject_below = reject_by, reject_below
+        self.batch_size = batch_size
+        self.sample_rate = SAMPLE_RATE
+        self.info: dict = {}  # strategy, metrics, data: travels in config.json
+        self.model = model if model is not None else build_whisper(encoder, window=window)
+        self.model.encoder.window = window
+        self.tokenizer = load_tokenizer(encoder)
+        self._build_candidates()
+
+    # ---- candidate layout -------------------------------------------------------------
+    def prefix_tokens(self) -> list[int]:
+        """``[<|startofprev|> prompt] <|startoftranscript|> [<|en|><|transcribe|>] <|notimestamps|>``."""
+        tid = self.tokenizer.token_to_id
+        prefix = []
+        if self.prompt:
+            prefix = [tid("<|startofprev|>"), *self.encode_text(" " + self.prompt.strip())]
+        prefix.append(tid("<|startoftranscript|>"))
+        if not self.encoder_name.endswith(".en"):  # multilingual models also name the task
+            prefix += [tid("<|en|>"), tid("<|transcribe|>")]
+        return prefix + [tid("<|notimestamps|>")]
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _build_candidates(self) -> None:
+        """Flat suffix layout, its attention mask and which logits score which tokens."""
+        prefix = self.prefix_tokens()
+        end = [self.tokenizer.token_to_id(t) if t.startswith("<|") else self.encode_text(t)[0]
+               for t in ENDINGS[self.ending]]
+        cands = [(i, self.encode_text(form) + end)
+                 for i, lab in enumerate(self.labels) for alias in self.aliases[lab]
+                 for form in surface_forms(alias, self.capitalise)]
+        n_p = len(prefix)
+        tokens, positions, owner, rows, targets, target_cand = list(prefix), list(range(n_p)), [], [], [], []
+        for c, (_, toks) in enumerate(cands):
+            start = len(tokens)
+            for k, t in enumerate(toks):
+                rows.append(n_p - 1 if k == 0 else start + k - 1)  # hidden state predicting t
+                targets.append(t)
+                target_cand.append(c)
+            tokens += toks
+            positions += range(n_p, n_p + len(toks))
+            owner += [c] * len(toks)
+        n = len(tokens)
+        own = torch.tensor([-1] * n_p + owner)
+        pos = torch.tensor(positions)
+        # a suffix token sees the prompt and its own candidate's tokens up to itself
+        same = (own[:, None] == own[None, :]) & (pos[None, :] <= pos[:, None])
+        see_prefix = (torch.arange(n)[None, :] < n_p) & (pos[None, :] <= pos[:, None])
+        if n_p + max(len(t) for _, t in cands) > self.model.dims.n_text_ctx:
+            raise ValueError("prompt plus the longest alias exceed the decoder's context")
+        self._tokens, self._positions = torch.tensor(tokens), pos
+        self._attn_mask = same | see_prefix
+        unique_rows, inverse = torch.unique(torch.tensor(rows), return_inverse=True)
+        self._rows, self._row_of_target = unique_rows, inverse
+        self._targets = torch.tensor(targets)
+        lengths = torch.bincount(torch.tensor(target_cand), minlength=len(cands)).float()
+        average = torch.zeros(len(targets), len(cands))
+        average[torch.arange(len(targets)), torch.tensor(target_cand)] = 1.0
+        self._average = average / lengths  # token log-probs @ this = mean per candidate
+        self._cand_label = torch.tensor([lab for lab, _ in cands])
+
+    # ---- scoring ---------------------------------------------------------------------
+    def encode(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final encoder states and the cross-attention mask (None in the faithful 30-s window)."""
+        out = self.model.encoder(waves, lengths)
+        return out.hidden_states[-1], (out.mask if self.window == "clip" else None)
+
+    def candidate_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Length-normalised log-probability of every candidate spelling: [B, candidates]."""
+        dec = self.model.decoder
+        b = states.shape[0]
+        x = dec.token_embedding(self._tokens) + dec.positional_embedding[self._positions]
+        x = x.expand(b, *x.shape)
+        self_mask = self._attn_mask
+        ctx_mask = None if mask is None else mask[:, None, None, :]
+        for block in dec.blocks:
+            x = x + block.attn(block.attn_ln(x), mask=self_mask)
+            x = x + block.cross_attn(block.cross_attn_ln(x), states, mask=ctx_mask)
+            x = x + block.mlp(block.mlp_ln(x))
+        hidden = dec.ln(x[:, self._rows])
+        logp = torch.log_softmax((hidden @ dec.token_embedding.weight.T).float(), dim=-1)
+        token_lp = logp[:, self._row_of_target, self._targets]  # [B, targets]
+        return token_lp @ self._average
+
+    def label_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Each label's score: max (or logsumexp) over its spellings: [B, labels]."""
+        cand = self.candidate_scores(states, mask)
+        out = torch.full((cand.shape[0], len(self.labels)), -torch.inf)
+        for i in range(len(self.labels)):
+            mine = cand[:, self._cand_label == i]
+            out[:, i] = mine.amax(1) if self.combine == "max" else mine.logsumexp(1)
+        return out
+
+    @torch.no_grad()
+    def scores(self, waves: list[torch.Tensor]) -> np.ndarray:
+        """Label scores [n, labels] for clips at 16 kHz, batched by similar length."""
+        self.model.eval()
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+        out = np.zeros((len(waves), len(self.labels)), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            out[idx] = self.label_scores(*self.encode(batch, lengths)).numpy()
+        return out
+
+    def proba_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        z = scores / self.temperature
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        return self.proba_from_scores(self.scores(waves))
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """The quantity ``reject_below`` is compared with, per clip."""
+        if self.reject_by == "score":
+            return scores.max(1)
+        probs = np.sort(self.proba_from_scores(scores), axis=1)
+        if self.reject_by == "margin":
+            return probs[:, -1] - (probs[:, -2] if probs.shape[1] > 1 else 0.0)
+        return probs[:, -1]
+
+    def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
+        """Like every recogniser, except that low-confidence clips get ``NONE_LABEL``."""
+        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        scores = self.scores(waves)
+        probs = self.proba_from_scores(scores)
+        reject = np.zeros(len(waves), bool)
+        if self.reject_by and self.reject_below is not None:
+            reject = self.confidence(scores) < self.reject_below
+        preds = []
+        for row, rejected in zip(probs, reject):
+            best = int(row.argmax())
+            dist = {lab: float(p) for lab, p in zip(self.labels, row)}
+            label = NONE_LABEL if rejected else self.labels[best]
+            preds.append(Prediction(label, float(row[best]), dist))
+        return preds
+
+    def calibrate(
+        self, waves: list[torch.Tensor], truth: list[str], reject_by: str = "score",
+        false_reject: float = 0.05,
+    ) -> dict:
+        """Fit the temperature (least NLL) and the rejection threshold on clips you pass.
+
+        ``waves`` must be clips of the listed commands (never the test speaker's): the
+        threshold is the ``false_reject`` quantile of their confidence, so about that
+        fraction of in-vocabulary clips will be rejected. Returns what was set.
+        """
+        if reject_by not in REJECT_BY:
+            raise ValueError(f"reject_by must be one of {REJECT_BY}, got {reject_by!r}")
+        scores = self.scores(waves)
+        target = np.array([self.labels.index(t) for t in truth])
+        grid = np.geomspace(0.01, 10.0, 61)
+        nll = []
+        for t in grid:
+            z = scores / t
+            z = z - z.max(1, keepdims=True)
+            nll.append(float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(z)), target])))
+        self.temperature = float(grid[int(np.argmin(nll))])
+        self.reject_by = reject_by
+        self.reject_below = float(np.quantile(self.confidence(scores), false_reject))
+        return {"temperature": self.temperature, "reject_by": reject_by,
+                "reject_below": self.reject_below, "false_reject": false_reject, "n": len(waves)}
+
+    # ---- free transcription (the baseline this is measured against) --------------------
+    @torch.no_grad()
+    def transcribe(self, waves: list[torch.Tensor]) -> list[str]:
+        """Greedy transcripts with the same prompt (Whisper's ``initial_prompt``)."""
+        rules = decoding_rules(self.encoder_name)
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+        texts = [""] * len(waves)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            states, mask = self.encode(batch, lengths)
+            ids = self.model.greedy_decode(states, self.prefix_tokens(), rules, mask)
+            for i, row in zip(idx, ids):
+                texts[i] = self.tokenizer.decode(row)
+        return texts
+
+    # ---- persistence -------------------------------------------------------------------
+    def config(self) -> dict:
+        return {
+            "format": FORMAT, "version": FORMAT_VERSION, "kind": KIND,
+            "encoder": {"name": self.encoder_name, "window": self.window},
+            "sample_rate": self.sample_rate, "labels": self.labels, "aliases": self.aliases,
+            "prompt": self.prompt, "temperature": self.temperature, "ending": self.ending,
+            "combine": self.combine, "capitalise": self.capitalise,
+            "reject_by": self.reject_by, "reject_below": self.reject_below, **self.info,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """config.json only: the weights are the installed package's, named by the encoder."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ZeroShotRecognizer:
+        config = read_config(Path(directory))
+        if config["kind"] != KIND:
+            raise ValueError(f"{directory}: a {config['kind']} model, not {KIND}")
+        system = cls(
+            config["labels"], config["aliases"], config["encoder"]["name"],
+            config["encoder"]["window"], config["prompt"], config["temperature"],
+            config["ending"], config["combine"], config["capitalise"], config["reject_by"],
+            config["reject_below"],
+        )
+        system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
+        return system
+
+
+def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
+    """``train --strategy zero-shot``: no training; evaluate on the test split and save.
+
+    Labels are the training split's label names; the summary and report files are those of
+    the neural path, so ``eval``, ``predict`` and the recipes need no special case.
+    """
+    from .evaluate import write_report
+    from .jobs import evaluate_system, read_clips
+
+    started = time.perf_counter()
+    train = split.train + split.validation
+    labels = sorted({c.label for c in train if c.label is not None})
+    if not labels:
+        raise ValueError(f"{ds.root}: no labelled training clips to take label names from")
+    system = ZeroShotRecognizer(labels, encoder=encoder, window=window)
+    summary = {
+        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
+        "strategy": {"strategy": STRATEGY}, "per_class": None,
+        "train_speakers": sorted({c.speaker for c in train if c.speaker}),
+        "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
+        "n_train": 0, "n_validation": 0, "n_test": len(split.test),
+        "best_epoch": None, "resumed_from_epoch": None, "history": [],
+        "train_seconds": time.perf_counter() - started, "skipped": [], "parameters": 0,
+    }
+    if split.test:
+        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
+        report = evaluate_system(system, test_w, [c.label for c in test])
+        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+        summary["skipped"] = report["skipped"]
+        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
+        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
+    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
+                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
+                                                      "n_train", "per_class")}}
+    system.save(out)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
