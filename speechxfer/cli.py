@@ -20,19 +20,30 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {args.strategy!r}; choose from {STRATEGIES}")
+    specs = [spec.partition(":") for spec in args.task or ["command"]]
+    if "command" not in [name for name, _, _ in specs]:
+        specs.insert(0, ("command", "", ""))
+    head_options = {name: {"kind": kind} for name, _, kind in specs if kind}
     summary = train_job(
         data=args.data, encoder=args.encoder, window=args.window, strategy=args.strategy,
         k=args.k, per_class_n=args.per_class, epochs=args.epochs, seed=args.seed, out=args.out,
-        test_speakers=args.test_speaker, tasks=tuple(args.task or ["command"]),
-        pooling=args.pooling, layer=args.layer, device=args.device,
+        test_speakers=args.test_speaker, tasks=tuple(name for name, _, _ in specs),
+        pooling=args.pooling, layer=args.layer, device=args.device, head_options=head_options,
     )
     test = summary.get("test")
     if test:
         print(f"held-out speakers {summary['test_speakers']}: accuracy {test['accuracy']:.4f}, "
               f"macro-F1 {test['macro_f1']:.4f} on {test['n']} clips")
+        _print_tasks(test.get("tasks", {}))
     if summary["skipped"]:
         print(f"{len(summary['skipped'])} bad clip(s) skipped; listed in {args.out}/train_summary.json")
     print(f"model saved to {args.out} (trained in {summary['train_seconds']:.0f} s)")
+
+
+def _print_tasks(tasks: dict[str, dict]) -> None:
+    for task, m in tasks.items():
+        figures = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        print(f"  {task} ({m['kind']}, {m['n']} labelled clips): {figures}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -41,10 +52,12 @@ def _eval(args: argparse.Namespace) -> None:
     report = eval_job(args.model, args.data, None if args.json else args.model)
     if args.json:
         print(json.dumps({k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class",
-                                                  "confusion", "labels", "skipped")}))
+                                                  "confusion", "labels", "skipped", "tasks")
+                          if k in report}))
     else:
         print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
               f"on {report['n']} clips; report written to {args.model}/eval_report.md")
+        _print_tasks(report.get("tasks", {}))
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -61,7 +74,9 @@ def _predict(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps({"file": path, **pred.to_dict()}))
         else:
-            print(f"{path}\t{pred.label}\t{pred.probability:.3f}")
+            others = [f"{t}={max(d, key=d.get)}" if d else t for t, d in pred.tasks.items()
+                      if t != "command"]
+            print("\t".join([path, pred.label, f"{pred.probability:.3f}", *others]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-speaker", action="append",
                    help="hold out this speaker for testing (repeatable; default for the "
                         "bundled data: theo)")
-    t.add_argument("--task", action="append", help="task(s) to learn (default: command)")
+    t.add_argument("--task", action="append",
+                   help="task to learn, NAME[:single|multi|embedding] (repeatable; command is "
+                        "always learned)")
     t.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     t.add_argument("--layer", type=int, help="use one hidden state instead of a learned mix")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -2,6 +2,17 @@
 
 Which layer holds the answer differs by task (words sit high, speaker identity lower), so the
 default mixes all layers with learned softmax weights (the SUPERB recipe) instead of guessing.
+
+Three head kinds share that trunk and differ only in output, activation and loss:
+- ``single``: one label per clip; softmax, cross-entropy;
+- ``multi``: any subset of the labels (e.g. the commands in a concatenated clip); a sigmoid per
+  class, binary cross-entropy over the entries whose truth is known;
+- ``embedding``: an L2-normalised vector (e.g. a speaker embedding) trained with additive-margin
+  softmax against one learned prototype per class, so unseen classes (new speakers) can still be
+  compared by cosine, while the prototypes give closed-set identification.
+
+Multi-label values are written ``"1|7"`` (classes present, every other class absent); a token
+``"?3"`` marks class 3's entry unknown, and an empty value marks the whole label unknown.
 """
 
 from __future__ import annotations
@@ -12,6 +23,9 @@ import torch
 from torch import nn
 
 POOLINGS = ("mean", "attentive")
+HEAD_KINDS = ("single", "multi", "embedding")
+MISSING = -1  # target of an unknown label (single/embedding) or an unknown multi-label entry
+SEP, UNKNOWN_MARK = "|", "?"
 
 
 @dataclass
@@ -24,9 +38,34 @@ class HeadConfig:
     layer: int | None = None  # None: learned mix of all layers; else that hidden state only
     pooling: str = "mean"
     dropout: float = 0.1
+    kind: str = "single"
+    embedding_dim: int = 128  # embedding heads only
+    margin: float = 0.2  # additive cosine margin of the embedding loss
+    scale: float = 30.0  # cosine-to-logit scale of the embedding loss and probabilities
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def options(self) -> dict:
+        """The per-task choices config.json keeps; the sizes come from the encoder and labels."""
+        skip = ("num_classes", "hidden_size", "num_states")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def multilabel_classes(values: list[str]) -> list[str]:
+    """Every class named in multi-label values (known-present or marked unknown)."""
+    return sorted({tok.removeprefix(UNKNOWN_MARK) for v in values for tok in v.split(SEP) if tok}
+                  - {""})
+
+
+def encode_multilabel(value: str | None, classes: list[str]) -> list[float]:
+    """A multi-label value as 1 (present) / 0 (absent) / MISSING (unknown) per class."""
+    if not value:
+        return [float(MISSING)] * len(classes)
+    tokens = [t for t in value.split(SEP) if t]
+    present = {t for t in tokens if not t.startswith(UNKNOWN_MARK)}
+    unknown = {t[len(UNKNOWN_MARK):] for t in tokens if t.startswith(UNKNOWN_MARK)}
+    return [float(MISSING) if c in unknown else float(c in present) for c in classes]
 
 
 class LayerMix(nn.Module):
@@ -70,21 +109,80 @@ class AttentiveStatsPool(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Layer mix -> pooling -> layer norm, dropout, linear classifier."""
+    """Layer mix -> pooling -> layer norm, dropout, linear classifier (the ``single`` kind)."""
 
     def __init__(self, config: HeadConfig):
         super().__init__()
         if config.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {config.pooling!r}; choose from {POOLINGS}")
+        if config.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head kind {config.kind!r}; choose from {HEAD_KINDS}")
         self.config = config
         self.mix = LayerMix(config.num_states, config.layer)
         self.pool = AttentiveStatsPool(config.hidden_size) if config.pooling == "attentive" else None
         pooled = config.hidden_size * (2 if self.pool is not None else 1)
+        out = config.embedding_dim if config.kind == "embedding" else config.num_classes
         self.classifier = nn.Sequential(
-            nn.LayerNorm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, config.num_classes)
+            nn.LayerNorm(pooled), nn.Dropout(config.dropout), nn.Linear(pooled, out)
         )
 
     def forward(self, states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         x = self.mix(states)
         pooled = masked_mean(x, mask) if self.pool is None else self.pool(x, mask)
         return self.classifier(pooled)
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(out.float(), -1)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the clips whose label is known."""
+        return nn.functional.cross_entropy(out.float(), target, ignore_index=MISSING)
+
+
+class MultiLabelHead(ClassifierHead):
+    """A sigmoid per class: several labels may be present at once."""
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out.float())
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy averaged over the known entries only."""
+        known = target != MISSING
+        per_entry = nn.functional.binary_cross_entropy_with_logits(
+            out.float(), target.float().clamp(min=0), reduction="none"
+        )
+        return (per_entry * known).sum() / known.sum().clamp(min=1)
+
+
+class EmbeddingHead(ClassifierHead):
+    """An L2-normalised embedding, trained by additive-margin softmax over class prototypes."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__(config)
+        self.prototypes = nn.Parameter(torch.randn(config.num_classes, config.embedding_dim) * 0.1)
+
+    def forward(self, states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(super().forward(states, mask).float(), dim=-1)
+
+    def cosines(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb @ nn.functional.normalize(self.prototypes, dim=-1).T
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.config.scale * self.cosines(out), -1)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """AM-softmax: the true class's cosine must beat the others by ``margin``."""
+        cos = self.cosines(out)
+        known = target != MISSING
+        margin = nn.functional.one_hot(target.clamp(min=0), cos.shape[-1]) * known.unsqueeze(-1)
+        logits = self.config.scale * (cos - self.config.margin * margin)
+        return nn.functional.cross_entropy(logits, target, ignore_index=MISSING)
+
+
+def build_head(config: HeadConfig) -> ClassifierHead:
+    """The head class for ``config.kind``."""
+    if config.kind == "multi":
+        return MultiLabelHead(config)
+    if config.kind == "embedding":
+        return EmbeddingHead(config)
+    return ClassifierHead(config)

@@ -16,7 +16,9 @@ import torch
 from .data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from .encoders import build_encoder
 from .evaluate import score, write_report
+from .heads import multilabel_classes
 from .model import PRIMARY_TASK, CommandClassifier, Recognizer, load_model
+from .multitask import task_metrics
 from .train import TrainConfig, fit
 
 DEFAULT_ENCODER = "whisper-tiny.en"
@@ -68,8 +70,13 @@ def train_job(
     lr_encoder: float = 1e-4,
     lr_head: float = 2e-3,
     batch_size: int = 32,
+    head_options: dict[str, dict] | None = None,
+    task_weights: dict[str, float] | None = None,
 ) -> dict:
     """Split by speaker, fine-tune, evaluate on the held-out speakers, save the model folder.
+
+    ``head_options`` gives a task its head kind and options (e.g. ``{"speaker": {"kind":
+    "embedding", "layer": 2}}``); ``task_weights`` scales each task's loss.
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
     validation split is carved from so few clips: training runs the set number of epochs.
@@ -84,15 +91,20 @@ def train_job(
         train, val = per_class(train + val, per_class_n, seed), []
     started = time.perf_counter()
     enc = build_encoder(encoder, window=window, pretrained=strategy != "scratch")
-    task_labels = {t: sorted({c.labels[t] for c in train if t in c.labels}) for t in tasks}
+    kinds = {t: (head_options or {}).get(t, {}).get("kind", "single") for t in tasks}
+    task_labels = {t: (multilabel_classes([c.labels[t] for c in train if t in c.labels])
+                       if kinds[t] == "multi" else sorted({c.labels[t] for c in train if t in c.labels}))
+                   for t in tasks}
     empty = [t for t, labs in task_labels.items() if not labs]
     if empty:
         raise DatasetError(f"{ds.root}: no training labels for task(s) {empty}")
-    model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling)
+    model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling,
+                              head_options=head_options)
     train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
     val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
     config = TrainConfig(strategy=strategy, k=k, epochs=epochs, seed=seed, device=device,
-                         lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size)
+                         lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
+                         task_weights=dict(task_weights or {}))
     result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
                  config, out)
     train_seconds = time.perf_counter() - started
@@ -113,6 +125,8 @@ def train_job(
         report["skipped"] = [{"path": p, "problem": why} for p, why in skipped_test]
         write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
         summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
+        if len(tasks) > 1:
+            summary["test"]["tasks"] = task_metrics(model, test_w, test)
     model.info = {"strategy": config.to_dict(), "metrics": summary.get("test", {}),
                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
                                                      "n_train", "per_class")}}
@@ -134,6 +148,8 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     waves, kept, skipped = read_clips(ds.clips, system.sample_rate, "evaluation")
     report = evaluate_system(system, waves, [c.label for c in kept])
     report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+    if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
+        report["tasks"] = task_metrics(system, waves, kept)
     if report_dir:
         write_report(report, Path(report_dir), "eval_report", f"Evaluation on {data}")
     return report

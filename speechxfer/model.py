@@ -13,7 +13,7 @@ from torch import nn
 
 from .audio import AudioError, batch_waves, load, to_mono_resampled
 from .encoders import Encoder, EncoderOutput, build_encoder
-from .heads import ClassifierHead, HeadConfig
+from .heads import HeadConfig, build_head
 
 FORMAT = "speechxfer-model"
 FORMAT_VERSION = 1
@@ -32,6 +32,7 @@ class Prediction:
     probability: float
     probabilities: dict[str, float]
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
+    embeddings: dict[str, list[float]] = field(default_factory=dict)  # embedding heads' vectors
 
     def to_dict(self) -> dict:
         return {
@@ -39,6 +40,7 @@ class Prediction:
             "probability": self.probability,
             "probabilities": self.probabilities,
             "tasks": self.tasks,
+            "embeddings": self.embeddings,
         }
 
 
@@ -95,7 +97,11 @@ class Recognizer:
 
 
 class CommandClassifier(nn.Module, Recognizer):
-    """A pretrained (or scratch) encoder with a classifier head per task."""
+    """A pretrained (or scratch) encoder with a head per task.
+
+    ``head_options`` maps a task to HeadConfig fields (kind, layer, pooling, ...) that override
+    the shared ``layer``/``pooling``/``dropout`` for that task's head; the default is ``single``.
+    """
 
     def __init__(
         self,
@@ -104,21 +110,26 @@ class CommandClassifier(nn.Module, Recognizer):
         layer: int | None = None,
         pooling: str = "mean",
         dropout: float = 0.1,
+        head_options: dict[str, dict] | None = None,
     ):
         super().__init__()
         if PRIMARY_TASK not in tasks:
             raise ValueError(f"tasks must include {PRIMARY_TASK!r}, got {sorted(tasks)}")
         self.encoder = encoder
         self.tasks = {t: list(labels) for t, labels in tasks.items()}
+        shared = {"layer": layer, "pooling": pooling, "dropout": dropout}
+        options = head_options or {}
         self.heads = nn.ModuleDict(
             {
-                t: ClassifierHead(
+                t: build_head(
                     HeadConfig(len(labels), encoder.hidden_size, encoder.num_layers + 1,
-                               layer, pooling, dropout)
+                               **(shared | options.get(t, {})))
                 )
                 for t, labels in self.tasks.items()
             }
         )
+        if self.heads[PRIMARY_TASK].config.kind != "single":
+            raise ValueError(f"the {PRIMARY_TASK!r} task needs a 'single' head")
         self.sample_rate = encoder.sample_rate
         self.info: dict = {}  # strategy, metrics, data: travels in config.json
 
@@ -132,19 +143,32 @@ class CommandClassifier(nn.Module, Recognizer):
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.heads_forward(self.encoder(waves, lengths))
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {t: head.config.kind for t, head in self.heads.items()}
+
     @torch.no_grad()
-    def predict_all(self, waves: list[torch.Tensor], batch_size: int = 16) -> dict[str, np.ndarray]:
-        """Probabilities of every task for every clip, batched by similar length."""
+    def predict_all(self, waves: list[torch.Tensor], batch_size: int = 16,
+                    embeddings: bool = False) -> dict[str, np.ndarray]:
+        """Every task's probabilities for every clip, batched by similar length.
+
+        Multi-label tasks give a sigmoid per class; embedding tasks give the softmax over their
+        class prototypes, or with ``embeddings=True`` the L2-normalised vectors themselves.
+        """
         self.eval()
         device = next(self.parameters()).device
         order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
-        probs = {t: np.zeros((len(waves), len(labs)), np.float32) for t, labs in self.tasks.items()}
+        raw = {t for t, kind in self.kinds.items() if embeddings and kind == "embedding"}
+        probs = {t: np.zeros((len(waves), head.config.embedding_dim if t in raw
+                              else head.config.num_classes), np.float32)
+                 for t, head in self.heads.items()}
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch, lengths = batch_waves([waves[i] for i in idx])
-            logits = self(batch.to(device), lengths.to(device))
-            for t, lg in logits.items():
-                probs[t][idx] = torch.softmax(lg.float(), -1).cpu().numpy()
+            outputs = self(batch.to(device), lengths.to(device))
+            for t, out in outputs.items():
+                values = out.float() if t in raw else self.heads[t].probabilities(out)
+                probs[t][idx] = values.cpu().numpy()
         return probs
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
@@ -152,7 +176,11 @@ class CommandClassifier(nn.Module, Recognizer):
 
     def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
         waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
-        all_probs = self.predict_all(waves)
+        all_probs = self.predict_all(waves, embeddings=True)
+        vectors = {t: v for t, v in all_probs.items() if self.kinds[t] == "embedding"}
+        with torch.no_grad():
+            for t, v in vectors.items():
+                all_probs[t] = self.heads[t].probabilities(torch.from_numpy(v)).numpy()
         preds = []
         for i in range(len(waves)):
             tasks = {
@@ -161,7 +189,9 @@ class CommandClassifier(nn.Module, Recognizer):
             }
             row = all_probs[PRIMARY_TASK][i]
             best = int(row.argmax())
-            preds.append(Prediction(self.labels[best], float(row[best]), tasks[PRIMARY_TASK], tasks))
+            emb = {t: [float(x) for x in v[i]] for t, v in vectors.items()}
+            preds.append(Prediction(self.labels[best], float(row[best]), tasks[PRIMARY_TASK], tasks,
+                                    emb))
         return preds
 
     def config(self) -> dict:
@@ -175,6 +205,7 @@ class CommandClassifier(nn.Module, Recognizer):
             "labels": self.labels,
             "tasks": self.tasks,
             "head": {"layer": head.layer, "pooling": head.pooling, "dropout": head.dropout},
+            "heads": {t: h.config.options() for t, h in self.heads.items()},
             **self.info,
         }
 
@@ -193,7 +224,7 @@ class CommandClassifier(nn.Module, Recognizer):
         head = config.get("head", {})
         encoder = build_encoder(enc["name"], window=enc["window"], pretrained=pretrained)
         model = cls(encoder, config["tasks"], head.get("layer"), head.get("pooling", "mean"),
-                    head.get("dropout", 0.1))
+                    head.get("dropout", 0.1), config.get("heads"))
         model.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
         return model
 

@@ -11,6 +11,7 @@ Strategies:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -26,10 +27,11 @@ from tqdm.auto import tqdm
 
 from .audio import batch_waves
 from .encoders import EncoderOutput
+from .heads import MISSING, encode_multilabel
 from .model import PRIMARY_TASK, CommandClassifier
 
 STRATEGIES = ("frozen", "top-k", "full", "reinit-k", "scratch")
-MISSING = -1  # target index of a label a clip does not have: it adds no loss and no gradient
+# MISSING (from heads): target of a label a clip does not have: it adds no loss and no gradient
 
 
 @dataclass
@@ -127,6 +129,13 @@ class FeatureCache:
                     if self.full is not None:
                         self.full[i] = states[j][-1].to(torch.float16).cpu()
 
+    def subset(self, idx: list[int]) -> FeatureCache:
+        """The cache of clips ``idx`` (sharing tensors): one caching pass serves many runs."""
+        part = copy.copy(self)
+        part.items = [self.items[i] for i in idx]
+        part.full = [self.full[i] for i in idx] if self.full is not None else None
+        return part
+
     def batch(self, idx: list[int], device: torch.device):
         """Padded [S, B, F, D] states, the [B, F] frame mask, and the untrimmed start state."""
         frames = max(self.items[i].shape[1] for i in idx)
@@ -175,22 +184,33 @@ def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[
 
 
 def encode_targets(model: CommandClassifier, labels: list[dict[str, str]]) -> dict[str, torch.Tensor]:
-    """Label strings to class indices per task; unknown or absent labels become MISSING."""
+    """Label strings to targets per task; unknown or absent labels become MISSING.
+
+    Single and embedding tasks give a class index per clip; multi-label tasks a [clips, classes]
+    matrix of 1 / 0 / MISSING (see ``heads.encode_multilabel``).
+    """
     out = {}
     for task, names in model.tasks.items():
+        if model.kinds[task] == "multi":
+            out[task] = torch.tensor([encode_multilabel(lab.get(task), names) for lab in labels])
+            continue
         index = {n: i for i, n in enumerate(names)}
         out[task] = torch.tensor([index.get(lab.get(task), MISSING) for lab in labels])
     return out
 
 
 def masked_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-                weights: dict[str, float]) -> torch.Tensor:
-    """Weighted sum of per-task cross-entropies over the clips that carry that task's label."""
+                weights: dict[str, float], heads: nn.ModuleDict | None = None) -> torch.Tensor:
+    """Weighted sum of per-task losses over the clips (or entries) whose label is known.
+
+    Each head supplies its kind's loss; without ``heads`` every task is plain cross-entropy.
+    """
     total = 0.0
     for task, lg in logits.items():
         t = targets[task].to(lg.device)
         if (t != MISSING).any():
-            loss = nn.functional.cross_entropy(lg.float(), t, ignore_index=MISSING)
+            loss = (heads[task].loss(lg, t) if heads is not None
+                    else nn.functional.cross_entropy(lg.float(), t, ignore_index=MISSING))
             total = total + weights.get(task, 1.0) * loss
     return total
 
@@ -264,8 +284,13 @@ def fit(
     val_labels: list[dict[str, str]],
     config: TrainConfig,
     out_dir: Path | None = None,
+    train_cache: FeatureCache | None = None,
 ) -> TrainResult:
-    """Train under ``config.strategy``; keep the best validation epoch; resume if interrupted."""
+    """Train under ``config.strategy``; keep the best validation epoch; resume if interrupted.
+
+    ``train_cache`` (cached strategies only) reuses lower-layer features already computed for
+    ``train_waves`` by a model with the same frozen encoder, as a recipe comparing runs does.
+    """
     seed_everything(config.seed)
     device = pick_device(config.device)
     model.to(device)
@@ -275,7 +300,8 @@ def fit(
     val_targets = encode_targets(model, val_labels)[PRIMARY_TASK]
 
     if cached:
-        train_cache = FeatureCache(model, train_waves, n_frozen, device, desc="caching train")
+        if train_cache is None or train_cache.n_frozen != n_frozen:
+            train_cache = FeatureCache(model, train_waves, n_frozen, device, desc="caching train")
         val_cache = FeatureCache(model, val_waves, n_frozen, device, desc="caching validation")
 
         def run_train(idx):
@@ -339,7 +365,7 @@ def fit(
             with autocast:
                 logits = run_train(idx)
             loss = masked_loss(logits, {t: v[idx] for t, v in targets.items()},
-                               config.task_weights)
+                               config.task_weights, model.heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)

@@ -41,6 +41,7 @@ KIND = "zero-shot"
 STRATEGY = "zero-shot"  # the ``train --strategy`` value that builds one of these
 NONE_LABEL = "none"
 DEFAULT_PROMPT = "auto"  # build the context prompt from the first alias of every label
+TRANSCRIPT_TOKENS = 12  # greedy baseline: enough for a command, stops runaway repetition
 ENDINGS = {"eot": ("<|endoftext|>",), "period": (".", "<|endoftext|>"), "none": ()}
 COMBINES = ("max", "logsumexp")
 REJECT_BY = ("probability", "margin", "score")
@@ -136,7 +137,11 @@ class ZeroShotRecognizer(Recognizer):
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _build_candidates(self) -> None:
-        """Flat suffix layout, its attention mask and which logits score which tokens."""
+        """Decoder inputs as a trie after the prompt, its attention mask, and what scores what.
+
+        A candidate's last token is only ever a target, never an input, and candidates that
+        share leading tokens share their inputs: so " one" + end-of-text costs one input token.
+        """
         prefix = self.prefix_tokens()
         end = [self.tokenizer.token_to_id(t) if t.startswith("<|") else self.encode_text(t)[0]
                for t in ENDINGS[self.ending]]
@@ -144,33 +149,35 @@ class ZeroShotRecognizer(Recognizer):
                  for i, lab in enumerate(self.labels) for alias in self.aliases[lab]
                  for form in surface_forms(alias, self.capitalise)]
         n_p = len(prefix)
-        tokens, positions, owner, rows, targets, target_cand = list(prefix), list(range(n_p)), [], [], [], []
-        for c, (_, toks) in enumerate(cands):
-            start = len(tokens)
-            for k, t in enumerate(toks):
-                rows.append(n_p - 1 if k == 0 else start + k - 1)  # hidden state predicting t
-                targets.append(t)
-                target_cand.append(c)
-            tokens += toks
-            positions += range(n_p, n_p + len(toks))
-            owner += [c] * len(toks)
-        n = len(tokens)
-        own = torch.tensor([-1] * n_p + owner)
-        pos = torch.tensor(positions)
-        # a suffix token sees the prompt and its own candidate's tokens up to itself
-        same = (own[:, None] == own[None, :]) & (pos[None, :] <= pos[:, None])
-        see_prefix = (torch.arange(n)[None, :] < n_p) & (pos[None, :] <= pos[:, None])
         if n_p + max(len(t) for _, t in cands) > self.model.dims.n_text_ctx:
             raise ValueError("prompt plus the longest alias exceed the decoder's context")
-        self._tokens, self._positions = torch.tensor(tokens), pos
-        self._attn_mask = same | see_prefix
-        unique_rows, inverse = torch.unique(torch.tensor(rows), return_inverse=True)
-        self._rows, self._row_of_target = unique_rows, inverse
+        tokens, positions = list(prefix), list(range(n_p))
+        seen = [list(range(k + 1)) for k in range(n_p)]  # causal over the prompt
+        node: dict[tuple[int, ...], int] = {}
+        rows, targets, target_cand = [], [], []
+        for c, (_, toks) in enumerate(cands):
+            for k, t in enumerate(toks):
+                rows.append(n_p - 1 if k == 0 else node[tuple(toks[:k])])
+                targets.append(t)
+                target_cand.append(c)
+                key = tuple(toks[: k + 1])
+                if k < len(toks) - 1 and key not in node:
+                    node[key] = len(tokens)
+                    parent = seen[n_p - 1] if k == 0 else seen[node[tuple(toks[:k])]]
+                    seen.append([*parent, len(tokens)])
+                    tokens.append(t)
+                    positions.append(n_p + k)
+        mask = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
+        for i, visible in enumerate(seen):
+            mask[i, visible] = True
+        self._tokens, self._positions, self._attn_mask = (
+            torch.tensor(tokens), torch.tensor(positions), mask)
+        self._rows, self._row_of_target = torch.unique(torch.tensor(rows), return_inverse=True)
         self._targets = torch.tensor(targets)
-        lengths = torch.bincount(torch.tensor(target_cand), minlength=len(cands)).float()
+        owner = torch.tensor(target_cand)
         average = torch.zeros(len(targets), len(cands))
-        average[torch.arange(len(targets)), torch.tensor(target_cand)] = 1.0
-        self._average = average / lengths  # token log-probs @ this = mean per candidate
+        average[torch.arange(len(targets)), owner] = 1.0
+        self._average = average / torch.bincount(owner, minlength=len(cands)).float()
         self._cand_label = torch.tensor([lab for lab, _ in cands])
 
     # ---- scoring ---------------------------------------------------------------------
@@ -287,7 +294,9 @@ class ZeroShotRecognizer(Recognizer):
             idx = order[start : start + self.batch_size]
             batch, lengths = batch_waves([waves[i] for i in idx])
             states, mask = self.encode(batch, lengths)
-            ids = self.model.greedy_decode(states, self.prefix_tokens(), rules, mask)
+            prefix = self.prefix_tokens()
+            ids = self.model.greedy_decode(states, prefix, rules, mask,
+                                           max_length=len(prefix) + TRANSCRIPT_TOKENS)
             for i, row in zip(idx, ids):
                 texts[i] = self.tokenizer.decode(row)
         return texts

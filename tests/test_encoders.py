@@ -105,7 +105,7 @@ def test_reset_block_reinitialises_only_that_block() -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert list_encoders() == ["whisper-base", "whisper-tiny.en"]
+    assert {"whisper-base", "whisper-tiny.en"} <= set(list_encoders())
     with pytest.raises(ValueError, match="whisper-tiny.en"):
         build_encoder("whisper-huge")
     with pytest.raises(registry.MissingWeightsError, match="no-such-package"):

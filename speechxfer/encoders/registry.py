@@ -19,6 +19,8 @@ from tokenizers import Tokenizer
 from speechxfer.encoders import ct2
 from speechxfer.encoders.base import Encoder
 from speechxfer.encoders.cnn import build_cnn
+from speechxfer.encoders.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
+from speechxfer.encoders.wav2vec2 import read_config as read_wav2vec2_config
 from speechxfer.encoders.whisper import (
     N_MELS,
     SAMPLE_RATE,
@@ -144,16 +146,44 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
+def _build_wav2vec2_encoder(spec: EncoderSpec, window: str, pretrained: bool) -> Encoder:
+    if window != "clip":
+        raise ValueError(f"{spec.name} only sees the clip itself (window 'clip')")
+    return load_wav2vec2(spec.weight_source(), pretrained=pretrained, name=spec.name)
+
+
+# "<family>:<checkpoint folder>" names a local wav2vec2/HuBERT checkpoint (HF or torchaudio)
+PATH_FAMILIES = ("wav2vec2", "hubert")
+
+
+def _path_spec(name: str) -> EncoderSpec | None:
+    """The spec of a ``wav2vec2:<folder>``/``hubert:<folder>`` name (config read, not weights).
+
+    The folder is made absolute in the spec's name, so a saved classifier rebuilds from anywhere.
+    """
+    family, sep, path = name.partition(":")
+    if not sep or family not in PATH_FAMILIES:
+        return None
+    folder = Path(path).expanduser().resolve()
+    config = read_wav2vec2_config(folder)
+    return EncoderSpec(
+        name=f"{family}:{folder}", sample_rate=Wav2Vec2Encoder.sample_rate, n_mels=0,
+        hidden_size=config.hidden_size, num_layers=config.num_layers, heads=config.num_heads,
+        vocab=0, weight_source=lambda: folder, build=_build_wav2vec2_encoder,
+    )
+
+
 def list_encoders() -> list[str]:
     """Registered encoder names (whether or not their weights are installed)."""
     return sorted(ENCODERS)
 
 
 def get_spec(name: str) -> EncoderSpec:
-    try:
-        return ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}") from None
+    spec = ENCODERS.get(name) or _path_spec(name)
+    if spec is None:
+        paths = ", ".join(f"{f}:<checkpoint folder>" for f in PATH_FAMILIES)
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}, {paths}")
+    return spec
 
 
 def build_encoder(name: str, window: str = "clip", pretrained: bool = True) -> Encoder:

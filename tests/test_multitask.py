@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speechxfer.audio import Clip
+from speechxfer.data import load_dataset
+from speechxfer.encoders import build_encoder
+from speechxfer.heads import MISSING, encode_multilabel, multilabel_classes
+from speechxfer.model import CommandClassifier
+from speechxfer.multitask import (
+    equal_error_rate,
+    make_concatenations,
+    multilabel_micro_f1,
+    task_metrics,
+)
+from speechxfer.train import TrainConfig, encode_targets, fit, masked_loss
+
+HEADS = {"speaker": {"kind": "embedding", "embedding_dim": 16, "layer": 1},
+         "commands": {"kind": "multi"}}
+
+
+def cnn_model(tasks: dict[str, list[str]]) -> CommandClassifier:
+    torch.manual_seed(0)
+    return CommandClassifier(build_encoder("ds-cnn", pretrained=False), tasks,
+                             head_options={t: o for t, o in HEADS.items() if t in tasks})
+
+
+def test_encode_multilabel_marks_unknowns():
+    classes = multilabel_classes(["1|7", "3|?4", ""])
+    assert classes == ["1", "3", "4", "7"]
+    assert encode_multilabel("3|?4", classes) == [0.0, 1.0, MISSING, 0.0]
+    assert encode_multilabel("", classes) == [MISSING] * 4
+
+
+@pytest.mark.parametrize("task", ["speaker", "commands"])
+def test_missing_label_or_entry_changes_no_gradient(task):
+    m = cnn_model({"command": ["a", "b"], "speaker": ["x", "y"], "commands": ["1", "2", "3"]})
+    m.eval()  # no dropout: the passes must be comparable
+    labels = [{"speaker": "x", "commands": "1|?3"}, {"commands": ""}]
+    targets = encode_targets(m, labels)
+    assert targets["speaker"].tolist() == [0, MISSING]
+    assert targets["commands"].tolist() == [[1, 0, MISSING], [MISSING] * 3]
+    wave = torch.randn(2, 8000) * 0.1
+    weight = m.heads[task].classifier[-1].weight
+
+    def grad(waves, tgt):
+        out = m(waves, torch.full((len(waves),), 8000))
+        return torch.autograd.grad(masked_loss({task: out[task]}, {task: tgt}, {}, m.heads), weight)[0]
+
+    # clip 2 has no label for the task: dropping it changes nothing
+    g_both = grad(wave, targets[task])
+    g_one = grad(wave[:1], targets[task][:1])
+    assert torch.allclose(g_both, g_one, rtol=1e-4, atol=1e-5)
+    if task == "commands":  # the unknown entry (class 3) gets no gradient at all
+        assert torch.all(g_both[2] == 0) and torch.any(g_both[0] != 0)
+
+
+def test_concatenations_multilabel_head_learns(small_fsdd, tmp_path):
+    clips = load_dataset(small_fsdd).clips
+    made = make_concatenations(clips, 48, seed=0, out_dir=tmp_path / "cat", hide_entry=0.3)
+    ds = load_dataset(tmp_path / "cat")
+    assert len(ds.clips) == 48 and ds.layout == "manifest"
+    assert {c.labels.get("commands") for c in ds.clips} == {c.labels.get("commands") for c in made}
+    assert any("?" in c.labels["commands"] for c in ds.clips)
+    assert all(c.speaker in {"jackson", "george", "theo"} for c in ds.clips)
+    from speechxfer.audio import load
+
+    waves = [load(c.path) for c in ds.clips]
+    labels = [c.labels | {"command": "1"} for c in ds.clips]
+    model = cnn_model({"command": ["1"], "commands": ["1", "4", "7"]})
+    config = TrainConfig(strategy="scratch", epochs=25, batch_size=16, lr_head=3e-3, patience=99,
+                         task_weights={"command": 0})
+    fit(model, waves[:36], labels[:36], [], [], config)
+    probs = model.predict_all(waves)["commands"]
+    values = [c.labels["commands"] for c in ds.clips]
+    f1 = multilabel_micro_f1(probs, values, model.tasks["commands"])
+    chance = multilabel_micro_f1(np.ones_like(probs), values, model.tasks["commands"])
+    assert f1 > chance + 0.1, (f1, chance)
+    metrics = task_metrics(model, waves, ds.clips)
+    assert metrics["commands"]["micro_f1"] == pytest.approx(f1)
+
+
+def test_save_load_round_trip_with_every_head_kind(tmp_path):
+    m = cnn_model({"command": ["a", "b"], "speaker": ["x", "y", "z"], "commands": ["1", "2"]})
+    m.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["heads"]["speaker"]["kind"] == "embedding"
+    assert config["heads"]["speaker"]["layer"] == 1
+    back = CommandClassifier.load(tmp_path / "m")
+    assert back.kinds == {"command": "single", "speaker": "embedding", "commands": "multi"}
+    waves = [torch.randn(6000) * 0.1, torch.randn(9000) * 0.1]
+    for a, b in zip(m.eval().predict_all(waves, embeddings=True).values(),
+                    back.predict_all(waves, embeddings=True).values()):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    pred = back.predict_batch(waves, sample_rate=16000)[0]
+    assert len(pred.embeddings["speaker"]) == 16
+    assert np.linalg.norm(pred.embeddings["speaker"]) == pytest.approx(1.0, abs=1e-4)
+    assert set(pred.tasks) == {"command", "speaker", "commands"}
+    # an old config (tasks + head only) still loads, every head single
+    old = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                            {"command": ["a", "b"], "speaker": ["x", "y"]})
+    old.save(tmp_path / "old")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    cfg.pop("heads")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    assert CommandClassifier.load(tmp_path / "old").kinds == {"command": "single",
+                                                              "speaker": "single"}
+
+
+def test_equal_error_rate_on_synthetic_embeddings():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 32))
+    speakers = [str(s) for s in np.repeat(np.arange(4), 20)]
+    tight = centres[np.repeat(np.arange(4), 20)] + 0.1 * rng.normal(size=(80, 32))
+    assert equal_error_rate(tight, speakers) < 0.01
+    noise = rng.normal(size=(80, 32))
+    assert 0.35 < equal_error_rate(noise, speakers) < 0.65
+    with pytest.raises(ValueError, match="both"):
+        equal_error_rate(noise[:3], ["a", "a", "a"])
+
+
+def test_concatenation_clip_type(small_fsdd, tmp_path):
+    made = make_concatenations(load_dataset(small_fsdd).clips, 5, seed=1, out_dir=tmp_path,
+                               hide_label=1.0, hide_speaker=1.0)
+    assert all(isinstance(c, Clip) and c.labels == {} and c.speaker is None for c in made)
