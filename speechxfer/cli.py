@@ -17,9 +17,11 @@ COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFound
 def _train(args: argparse.Namespace) -> None:
     from .jobs import train_job
     from .train import STRATEGIES
+    from .zeroshot import STRATEGY as ZERO_SHOT
 
-    if args.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {args.strategy!r}; choose from {STRATEGIES}")
+    if args.strategy not in (*STRATEGIES, ZERO_SHOT):
+        choices = (*STRATEGIES, ZERO_SHOT)
+        raise ValueError(f"unknown strategy {args.strategy!r}; choose from {choices}")
     specs = [spec.partition(":") for spec in args.task or ["command"]]
     if "command" not in [name for name, _, _ in specs]:
         specs.insert(0, ("command", "", ""))
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoder", default="whisper-tiny.en")
     t.add_argument("--window", default="clip", choices=("clip", "30s"))
     t.add_argument("--strategy", default="top-k",
-                   help="frozen | top-k | full | reinit-k | scratch")
+                   help="frozen | top-k | full | reinit-k | scratch | zero-shot")
     t.add_argument("--k", type=int, default=2, help="blocks tuned (top-k) or re-initialised")
     t.add_argument("--per-class", type=int, help="keep N clips per label per speaker")
     t.add_argument("--epochs", type=int, default=4)

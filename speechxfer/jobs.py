@@ -86,6 +86,10 @@ def train_job(
     if test_speakers is None and data is None:
         test_speakers = [DEFAULT_TEST_SPEAKER]
     split = split_dataset(ds, test_speakers or None, seed=seed)
+    if strategy == "zero-shot":  # nothing to train: label names only, then evaluate and save
+        from .zeroshot import zero_shot_job
+
+        return zero_shot_job(ds, split, encoder, window, out)
     train, val = split.train, split.validation
     if per_class_n:
         train, val = per_class(train + val, per_class_n, seed), []

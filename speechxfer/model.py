@@ -262,6 +262,10 @@ def load_model(directory: str | Path) -> Recognizer:
     config = read_config(Path(directory))
     if config["kind"] == "neural":
         return CommandClassifier.load(directory)
+    if config["kind"] == "zero-shot":
+        from .zeroshot import ZeroShotRecognizer
+
+        return ZeroShotRecognizer.load(directory)
     from .classic import load_classic
 
     return load_classic(directory)

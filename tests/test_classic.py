@@ -82,7 +82,7 @@ def test_save_load_round_trip(kind: str, fitted, split, test_proba, tmp_path: Pa
 
 
 def test_predict_is_argmax_of_proba(fitted, split, test_proba) -> None:
-    predicted = fitted["svm"].predict(split["test"][0])
+    predicted = fitted["svm"].predict_labels(split["test"][0])
     assert predicted == [DIGITS[i] for i in test_proba["svm"].argmax(axis=1)]
 
 
@@ -109,15 +109,15 @@ def test_bad_input_raises_value_error(kind: str, split) -> None:
     with pytest.raises(ValueError, match="two distinct labels"):
         model.fit(waves[:2], ["0", "0"])
     with pytest.raises(RuntimeError, match="not fitted"):
-        model.predict(waves[:1])
+        model.predict_labels(waves[:1])
 
 
 def test_predict_rejects_empty_and_bad_waves(fitted) -> None:
     model = fitted["svm"]
     with pytest.raises(ValueError, match="non-empty"):
-        model.predict([])
+        model.predict_labels([])
     with pytest.raises(ValueError, match="wave 1"):
-        model.predict([torch.randn(8000), torch.zeros(0)])
+        model.predict_labels([torch.randn(8000), torch.zeros(0)])
 
 
 def test_unknown_kind_and_wrong_directory(tmp_path: Path, fitted) -> None:

@@ -7,7 +7,7 @@ Two splits, because the tasks need different held-out sets:
 Every run shares the encoder, the cached lower-layer features, the epochs and the learning rates;
 a "single-task" run keeps the other heads in the model but gives their losses weight 0.
 
-    python recipes/multitask/run.py --quick    # takes 0-19, 6 epochs, 1 seed (< 5 min on CPU)
+    python recipes/multitask/run.py --quick    # takes 0-9, 5 epochs, 1 seed (< 5 min on CPU)
     python recipes/multitask/run.py            # all 50 takes, 8 epochs, 2 seeds
 """
 
@@ -111,8 +111,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/multitask", help="generated audio goes here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    args.takes, args.epochs, seeds = (20, 6, [0]) if args.quick else (50, 8, [0, 1])
-    args.concat_train, args.concat_test = (200, 100) if args.quick else (500, 200)
+    args.takes, args.epochs, seeds = (10, 5, [0]) if args.quick else (50, 8, [0, 1])
+    args.concat_train, args.concat_test = (100, 60) if args.quick else (500, 200)
     torch.set_num_threads(1)
     device = pick_device("auto")
     started = time.perf_counter()

@@ -19,14 +19,19 @@ from safetensors.numpy import load_file, save_file
 from scipy.special import softmax
 
 from speechxfer.classic.mfcc import mfcc_features
+from speechxfer.model import FORMAT, FORMAT_VERSION, Recognizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
-class ClassicRecognizer(ABC):
-    """Base class: turns waves into MFCCs, labels into indices, scores into probabilities."""
+class ClassicRecognizer(Recognizer, ABC):
+    """Base class: turns waves into MFCCs, labels into indices, scores into probabilities.
+
+    As a ``Recognizer`` it also offers ``predict(file or samples)`` and ``predict_batch``, so
+    eval, predict and the recipes treat it like a neural model.
+    """
 
     kind: ClassVar[str]
     sample_rate: int = 16000  # Hz of the waves given to fit/predict
@@ -92,7 +97,7 @@ class ClassicRecognizer(ABC):
         scores = self._log_scores(self.features(waves))
         return softmax(scores.astype(np.float64), axis=1)
 
-    def predict(self, waves: list[torch.Tensor]) -> list[str]:
+    def predict_labels(self, waves: list[torch.Tensor]) -> list[str]:
         """Most probable label per wave."""
         return [self.labels[i] for i in self.predict_proba(waves).argmax(axis=1)]
 
@@ -104,7 +109,8 @@ class ClassicRecognizer(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
         save_file(arrays, str(directory / WEIGHTS_FILE))
-        config = {"kind": f"classic-{self.kind}", "labels": self.labels, "options": self.options()}
+        config = {"format": FORMAT, "version": FORMAT_VERSION, "kind": f"classic-{self.kind}",
+                  "sample_rate": self.sample_rate, "labels": self.labels, "options": self.options()}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
