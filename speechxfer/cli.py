@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune an encoder + head, evaluate, save the model")
     t.add_argument("--data", type=Path, help="dataset folder or manifest (default: bundled FSDD)")
     t.add_argument("--encoder", default="whisper-tiny.en")
-    t.add_argument("--window", default="clip", choices=("clip", "30s"))
+    t.add_argument("--window",
+                   help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "
+                        "window 'Ns', 1 <= N <= 30 ('30s' is Whisper's own); default 2s")
     t.add_argument("--strategy", default="top-k",
                    help="frozen | top-k | full | reinit-k | scratch | zero-shot")
     t.add_argument("--k", type=int, default=2, help="blocks tuned (top-k) or re-initialised")

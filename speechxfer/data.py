@@ -197,7 +197,7 @@ def split_dataset(
     for key in sorted(groups, key=str):
         group = sorted(groups[key], key=lambda c: str(c.path))
         rng.shuffle(group)
-        n_val = int(round(len(group) * val_fraction)) if len(group) > 2 else 0
+        n_val = round(len(group) * val_fraction) if len(group) > 2 else 0
         val += group[:n_val]
         train += group[n_val:]
     return Split(train, val, test)

@@ -15,6 +15,7 @@ import torch
 
 from .data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from .encoders import build_encoder
+from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
 from .heads import multilabel_classes
 from .model import PRIMARY_TASK, CommandClassifier, Recognizer, load_model
@@ -55,7 +56,7 @@ def evaluate_system(system: Recognizer, waves: list[torch.Tensor], truth: list[s
 def train_job(
     data: str | Path | None = None,
     encoder: str = DEFAULT_ENCODER,
-    window: str = "clip",
+    window: str | None = None,
     strategy: str = "top-k",
     k: int = 2,
     per_class_n: int | None = None,
@@ -89,7 +90,7 @@ def train_job(
     if strategy == "zero-shot":  # nothing to train: label names only, then evaluate and save
         from .zeroshot import zero_shot_job
 
-        return zero_shot_job(ds, split, encoder, window, out)
+        return zero_shot_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out)
     train, val = split.train, split.validation
     if per_class_n:
         train, val = per_class(train + val, per_class_n, seed), []
@@ -113,7 +114,7 @@ def train_job(
                  config, out)
     train_seconds = time.perf_counter() - started
     summary = {
-        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
+        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": enc.window,
         "strategy": config.to_dict(), "per_class": per_class_n,
         "train_speakers": sorted({c.speaker for c in train if c.speaker}),
         "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -219,7 +220,7 @@ class CommandClassifier(nn.Module, Recognizer):
         return directory
 
     @classmethod
-    def from_config(cls, config: dict, pretrained: bool = False) -> "CommandClassifier":
+    def from_config(cls, config: dict, pretrained: bool = False) -> CommandClassifier:
         enc = config["encoder"]
         head = config.get("head", {})
         encoder = build_encoder(enc["name"], window=enc["window"], pretrained=pretrained)
@@ -229,7 +230,7 @@ class CommandClassifier(nn.Module, Recognizer):
         return model
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "CommandClassifier":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> CommandClassifier:
         """Rebuild from config.json, then check the weights fit it exactly."""
         directory = Path(directory)
         config = read_config(directory)
@@ -243,7 +244,7 @@ class CommandClassifier(nn.Module, Recognizer):
             state = load_file(str(weights))
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{directory}: config does not describe a model ({err})") from None
-        except Exception as err:  # safetensors raises its own error type for corrupt files
+        except SafetensorError as err:
             raise ModelError(f"{weights}: unreadable weights ({err})") from None
         ours = model.state_dict()
         missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))

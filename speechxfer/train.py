@@ -105,14 +105,14 @@ class FeatureCache:
     """Hidden states 0..n_frozen of every clip, computed once by the frozen part of the encoder.
 
     Stored per clip, trimmed to the frames that cover the audio, in float16 to halve memory.
-    In the 30-s window the trainable blocks attend over the whole window, so the state they
-    start from is also kept untrimmed.
+    In a fixed window ("30s", "2s") the trainable blocks attend over the whole padded window,
+    so the state they start from is also kept untrimmed.
     """
 
     def __init__(self, model: CommandClassifier, waves: list[torch.Tensor], n_frozen: int,
                  device: torch.device, batch_size: int = 16, desc: str = "caching features"):
         self.n_frozen = n_frozen
-        keep_full = n_frozen < model.encoder.num_layers and model.encoder.window == "30s"
+        keep_full = n_frozen < model.encoder.num_layers and model.encoder.window != "clip"
         self.items: list[torch.Tensor] = [torch.empty(0)] * len(waves)
         self.full: list[torch.Tensor] | None = [torch.empty(0)] * len(waves) if keep_full else None
         order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
@@ -146,7 +146,10 @@ class FeatureCache:
             f = self.items[i].shape[1]
             x[:, j, :f] = self.items[i].float()
             mask[j, :f] = True
-        full = torch.stack([self.full[i] for i in idx]).float().to(device) if self.full else None
+        full = None
+        if self.full is not None:  # window lengths differ only if a clip outgrew the window
+            full = nn.utils.rnn.pad_sequence([self.full[i] for i in idx], batch_first=True)
+            full = full.float().to(device)
         return x.to(device), mask.to(device), full
 
 

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_reports_and_skips(trained):
-    data, out = trained
+    _, out = trained
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["skipped"][0]["path"].endswith("4_george_9.wav")
     assert summary["test_speakers"] == ["theo"]

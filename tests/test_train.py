@@ -5,7 +5,13 @@ from speechxfer.audio import load
 from speechxfer.encoders import build_encoder
 from speechxfer.model import CommandClassifier
 from speechxfer.train import (
-    Checkpointer, TrainConfig, encode_targets, fit, length_batches, masked_loss, prepare,
+    Checkpointer,
+    TrainConfig,
+    encode_targets,
+    fit,
+    length_batches,
+    masked_loss,
+    prepare,
 )
 
 

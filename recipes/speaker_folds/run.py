@@ -26,14 +26,14 @@ def main() -> None:
     parser.add_argument("--per-class", type=int)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--encoder", default="whisper-tiny.en")
-    parser.add_argument("--window", default="clip", choices=("clip", "30s"))
+    parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="results file name (default: derived from the options)")
     parser.add_argument("--work", type=Path, default=Path("runs/speaker_folds"))
     args = parser.parse_args()
 
-    name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window}"
+    name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
     data = default_data()
     folds = []
     for speaker in load_dataset(data).speakers:

@@ -17,6 +17,11 @@ An encoder frame is *real* (mask True) when its centre lies inside the clip:
   the max-8 normalisation uses only frames whose window touches the clip (which gives the
   same maximum as Whisper's), and padded frames are excluded from attention. A clip alone and
   the same clip in a padded batch therefore give the same hidden states on its real frames.
+- ``"Ns"`` (e.g. ``"2s"``): as ``"30s"`` but padded only to N seconds (or to the batch's
+  longest clip if that is longer). Whisper learnt to read speech followed by silence, and a
+  couple of seconds of it recovers nearly all the accuracy of the 30-s window (frozen probe,
+  leave-one-speaker-out on the bundled digits: clip 95.8%, 2 s 98.5%, 3 s 98.6%) at a
+  fraction of its cost.
 """
 
 from __future__ import annotations
@@ -42,7 +47,20 @@ SAMPLES_PER_FRAME = HOP_SAMPLES * CONV_STRIDE  # 320 samples = 20 ms per encoder
 LOG_FLOOR = 1e-10  # power floor before log10
 DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each clip's loudest bin
 TEXT_CONTEXT = 448  # decoder positions
-WINDOWS = ("clip", "30s")
+WINDOWS = ("clip", "30s")  # plus any "Ns" with 1 <= N <= 30: a shorter padded window
+
+
+def window_seconds(window: str) -> float | None:
+    """None for ``"clip"``; N for a fixed ``"Ns"`` window, which clips are zero-padded to."""
+    if window == "clip":
+        return None
+    try:
+        seconds = float(window.removesuffix("s")) if window.endswith("s") else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= CHUNK_SAMPLES / SAMPLE_RATE:
+        raise ValueError(f"window must be 'clip' or 'Ns' with 1 <= N <= 30 (e.g. '30s'), got {window!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -166,8 +184,7 @@ class WhisperEncoder(Encoder):
 
     def __init__(self, dims: WhisperDims, window: str = "clip", name: str = "whisper"):
         super().__init__()
-        if window not in WINDOWS:
-            raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        window_seconds(window)  # validates
         self.name, self.window, self.dims = name, window, dims
         self.hidden_size, self.num_layers = dims.d_model, dims.n_layers
         self.log_mel = LogMel(dims.n_mels)
@@ -195,11 +212,15 @@ class WhisperEncoder(Encoder):
     def features(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Normalised log-mel [B, n_mels, frames] and the number of encoder frames to keep."""
         waves = waves * (torch.arange(waves.shape[1], device=waves.device) < lengths[:, None])
-        if self.window == "30s":
-            if waves.shape[1] > CHUNK_SAMPLES:
+        seconds = window_seconds(self.window)
+        if seconds is not None:
+            target = int(seconds * SAMPLE_RATE)
+            if waves.shape[1] > target and target == CHUNK_SAMPLES:
                 raise ValueError(f"clips longer than {CHUNK_SAMPLES} samples (30 s) do not fit")
-            waves = F.pad(waves, (0, CHUNK_SAMPLES - waves.shape[1]))
-            n_mel = CHUNK_MEL_FRAMES
+            # a shorter window grows to the batch's longest clip, in whole encoder frames
+            target = max(target, -(-waves.shape[1] // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME)
+            waves = F.pad(waves, (0, target - waves.shape[1]))
+            n_mel = target // HOP_SAMPLES
             norm_frames = torch.full_like(lengths, n_mel)
             return self.log_mel(waves, n_mel, norm_frames), n_mel // CONV_STRIDE
         n_out = int(encoder_frames(lengths).max())
@@ -231,7 +252,7 @@ class WhisperEncoder(Encoder):
         self, hidden: torch.Tensor, mask: torch.Tensor, start: int
     ) -> list[torch.Tensor]:
         """Hidden states ``start + 1 .. num_layers`` from hidden state ``start`` (see base)."""
-        # in the 30-s window every block attends over the whole (padded) window, as in training;
+        # in a fixed window every block attends over the whole (padded) window, as in training;
         # clip mode hides padded frames; a batch without padding takes SDPA's unmasked fast path
         padded = self.window == "clip" and not bool(mask.all())
         key_mask = mask[:, None, None, :] if padded else None
