@@ -49,11 +49,8 @@ class Clip:
         return self.labels.get("command")
 
 
-def to_mono_resampled(
-    samples: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE,
-    source: str = "<samples>",
-) -> torch.Tensor:
-    """Turn raw samples ([time] or [time, channels]) into a mono float32 tensor at ``target_rate``."""
+def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> torch.Tensor:
+    """Samples as [time] or [time, channels] (or [channels, time]) -> mono float32 tensor."""
     wave = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     if wave.numel() == 0:
         raise AudioError(source, "empty audio (no samples)")
@@ -62,12 +59,26 @@ def to_mono_resampled(
         wave = wave.mean(dim=1) if wave.shape[1] <= wave.shape[0] else wave.mean(dim=0)
     if wave.ndim != 1:
         raise AudioError(source, f"expected 1-D or 2-D samples, got shape {tuple(wave.shape)}")
+    return wave
+
+
+def resample(wave: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
+    """torchaudio's band-limited resampling; a no-op at the target rate."""
+    if sample_rate == target_rate:
+        return wave.contiguous()
+    return AF.resample(wave, sample_rate, target_rate).contiguous()
+
+
+def to_mono_resampled(
+    samples: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int = SAMPLE_RATE,
+    source: str = "<samples>",
+) -> torch.Tensor:
+    """A checked clip: mono float32 at ``target_rate``, or AudioError saying what is wrong."""
+    wave = as_mono(samples, source)
     if sample_rate <= 0:
         raise AudioError(source, f"invalid sample rate {sample_rate}")
     check_wave(wave, sample_rate, source)
-    if sample_rate != target_rate:
-        wave = AF.resample(wave, sample_rate, target_rate)
-    return wave.contiguous()
+    return resample(wave, sample_rate, target_rate)
 
 
 def check_wave(wave: torch.Tensor, sample_rate: int, source: str) -> None:

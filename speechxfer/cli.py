@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import soundfile as sf
+
 from .audio import AudioError
 from .data import DatasetError
 from .model import ModelError
@@ -81,6 +83,25 @@ def _predict(args: argparse.Namespace) -> None:
             print("\t".join([path, pred.label, f"{pred.probability:.3f}", *others]))
 
 
+def _stream(args: argparse.Namespace) -> None:
+    from .model import load_model
+    from .stream import CommandStream, microphone_chunks, stream_chunks
+
+    system = load_model(args.model)
+    if args.file:
+        info = sf.info(args.file)
+        rate = info.samplerate
+        chunks = sf.blocks(args.file, blocksize=rate // 10, dtype="float32")
+    else:
+        rate = system.sample_rate
+        chunks = microphone_chunks(rate)
+        print("listening; Ctrl-C stops", file=sys.stderr)
+    stream = CommandStream(system, rate, threshold=args.threshold)
+    for event in stream_chunks(stream, chunks):
+        print(f"{event.start:7.2f}-{event.end:6.2f} s\t{event.label}\t{event.probability:.3f}",
+              flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speechxfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_predict)
+
+    s = sub.add_parser("stream", help="recognise commands in a live microphone or a long file")
+    s.add_argument("model", type=Path)
+    s.add_argument("file", nargs="?", help="read this file in 100-ms blocks instead of the mic")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="drop utterances whose best probability is lower")
+    s.set_defaults(func=_stream)
     return parser
 
 

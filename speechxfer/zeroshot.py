@@ -186,31 +186,61 @@ class ZeroShotRecognizer(Recognizer):
         out = self.model.encoder(waves, lengths)
         return out.hidden_states[-1], (out.mask if self.window == "clip" else None)
 
-    def candidate_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Length-normalised log-probability of every candidate spelling: [B, candidates]."""
+    def decoder_input(self, batch: int) -> torch.Tensor:
+        """Token + position embeddings of the whole layout, repeated for the batch."""
         dec = self.model.decoder
-        b = states.shape[0]
         x = dec.token_embedding(self._tokens) + dec.positional_embedding[self._positions]
-        x = x.expand(b, *x.shape)
-        self_mask = self._attn_mask
+        return x.expand(batch, *x.shape)
+
+    def run_decoder_blocks(
+        self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor | None,
+        start: int = 0, stop: int | None = None,
+    ) -> torch.Tensor:
+        """Decoder blocks ``start:stop`` over the layout (so a frozen bottom can be cached)."""
         ctx_mask = None if mask is None else mask[:, None, None, :]
-        for block in dec.blocks:
-            x = x + block.attn(block.attn_ln(x), mask=self_mask)
+        for block in list(self.model.decoder.blocks)[start:stop]:
+            x = x + block.attn(block.attn_ln(x), mask=self._attn_mask)
             x = x + block.cross_attn(block.cross_attn_ln(x), states, mask=ctx_mask)
             x = x + block.mlp(block.mlp_ln(x))
+        return x
+
+    def scores_from_hidden(self, x: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate scores [B, candidates] from the last block's output.
+
+        ``vocab`` (token ids that include every target) restricts the softmax normaliser to
+        those tokens: a cheap stand-in for the 51k-token one during fine-tuning only.
+        """
+        dec = self.model.decoder
         hidden = dec.ln(x[:, self._rows])
-        logp = torch.log_softmax((hidden @ dec.token_embedding.weight.T).float(), dim=-1)
-        token_lp = logp[:, self._row_of_target, self._targets]  # [B, targets]
+        weight = dec.token_embedding.weight if vocab is None else dec.token_embedding.weight[vocab]
+        logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
+        targets = self._targets if vocab is None else self._vocab_index(vocab)
+        token_lp = logp[:, self._row_of_target, targets]  # [B, targets]
         return token_lp @ self._average
+
+    def _vocab_index(self, vocab: torch.Tensor) -> torch.Tensor:
+        position = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long)
+        position[vocab] = torch.arange(len(vocab))
+        index = position[self._targets]
+        if bool((index < 0).any()):
+            raise ValueError("the restricted vocabulary must contain every target token")
+        return index
+
+    def candidate_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Length-normalised log-probability of every candidate spelling: [B, candidates]."""
+        x = self.run_decoder_blocks(self.decoder_input(states.shape[0]), states, mask)
+        return self.scores_from_hidden(x)
+
+    def labels_from_candidates(self, cand: torch.Tensor) -> torch.Tensor:
+        """Each label's score: max (or logsumexp) over its spellings: [B, labels]."""
+        parts = [cand[:, self._cand_label == i] for i in range(len(self.labels))]
+        if self.combine == "max":
+            return torch.stack([m.amax(1) for m in parts], 1)
+        return torch.stack([m.logsumexp(1) for m in parts], 1)
 
     def label_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Each label's score: max (or logsumexp) over its spellings: [B, labels]."""
-        cand = self.candidate_scores(states, mask)
-        out = torch.full((cand.shape[0], len(self.labels)), -torch.inf)
-        for i in range(len(self.labels)):
-            mine = cand[:, self._cand_label == i]
-            out[:, i] = mine.amax(1) if self.combine == "max" else mine.logsumexp(1)
-        return out
+        return self.labels_from_candidates(self.candidate_scores(states, mask))
 
     @torch.no_grad()
     def scores(self, waves: list[torch.Tensor]) -> np.ndarray:

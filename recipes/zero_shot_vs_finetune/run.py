@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="zero-shot vs free transcription on all four speakers")
-    m.add_argument("--window", default="clip", choices=("clip", "30s"))
+    m.add_argument("--window", default="2s", help="clip, 30s or a padded Ns window")
     m.add_argument("--takes", type=int, default=10, help="takes per digit per speaker (max 50)")
     m.add_argument("--encoder", default="whisper-tiny.en")
     m.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings)")
