@@ -19,10 +19,11 @@ COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFound
 def _train(args: argparse.Namespace) -> None:
     from .jobs import train_job
     from .train import STRATEGIES
+    from .zeroshot import COMBINED_STRATEGY, GENERATIVE_STRATEGY
     from .zeroshot import STRATEGY as ZERO_SHOT
 
-    if args.strategy not in (*STRATEGIES, ZERO_SHOT):
-        choices = (*STRATEGIES, ZERO_SHOT)
+    choices = (*STRATEGIES, ZERO_SHOT, GENERATIVE_STRATEGY, COMBINED_STRATEGY)
+    if args.strategy not in choices:
         raise ValueError(f"unknown strategy {args.strategy!r}; choose from {choices}")
     specs = [spec.partition(":") for spec in args.task or ["command"]]
     if "command" not in [name for name, _, _ in specs]:
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "
                         "window 'Ns', 1 <= N <= 30 ('30s' is Whisper's own); default 2s")
     t.add_argument("--strategy", default="top-k",
-                   help="frozen | top-k | full | reinit-k | scratch | zero-shot")
+                   help="frozen | top-k | full | reinit-k | scratch | zero-shot | generative | combined")
     t.add_argument("--k", type=int, default=2, help="blocks tuned (top-k) or re-initialised")
     t.add_argument("--per-class", type=int, help="keep N clips per label per speaker")
     t.add_argument("--epochs", type=int, default=4)

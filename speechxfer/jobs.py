@@ -91,6 +91,17 @@ def train_job(
         from .zeroshot import zero_shot_job
 
         return zero_shot_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out)
+    if strategy == "generative":  # the decoder's last block, tuned on the label scores
+        from .zeroshot import generative_job
+
+        return generative_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out,
+                              per_class_n, seed)
+    if strategy == "combined":  # a frozen head times the zero-shot prior
+        from .zeroshot import combined_job
+
+        return combined_job(data or default_data(), split, encoder, window, out, per_class_n, seed,
+                            test_speakers, epochs=epochs, tasks=tasks, pooling=pooling,
+                            layer=layer, device=device, lr_head=lr_head, batch_size=batch_size)
     train, val = split.train, split.validation
     if per_class_n:
         train, val = per_class(train + val, per_class_n, seed), []

@@ -263,10 +263,12 @@ def load_model(directory: str | Path) -> Recognizer:
     config = read_config(Path(directory))
     if config["kind"] == "neural":
         return CommandClassifier.load(directory)
-    if config["kind"] == "zero-shot":
-        from .zeroshot import ZeroShotRecognizer
+    if config["kind"] in ("zero-shot", "generative", "combined"):
+        from .zeroshot import CombinedRecognizer, GenerativeRecognizer, ZeroShotRecognizer
 
-        return ZeroShotRecognizer.load(directory)
+        kinds = {"zero-shot": ZeroShotRecognizer, "generative": GenerativeRecognizer,
+                 "combined": CombinedRecognizer}
+        return kinds[config["kind"]].load(directory)
     from .classic import load_classic
 
     return load_classic(directory)

@@ -20,10 +20,17 @@ probabilities (``"margin"``) or the best raw length-normalised log-probability (
 falls under the threshold. ``calibrate`` sets the threshold from clips of the listed commands
 so that a chosen fraction of them would be rejected; ``predict_proba`` (used by ``eval``)
 never rejects.
+
+With labelled clips, two ways keep the decoder in the loop (``train --strategy ...``):
+``GenerativeRecognizer`` ("generative") fine-tunes the decoder's last block on the label
+scores themselves; ``CombinedRecognizer`` ("combined") multiplies a trained classifier head's
+probabilities by the zero-shot ones raised to a weight chosen on training speakers' clips.
+See recipes/zero_shot_vs_finetune for how they compare with a head alone.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -31,11 +38,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from .audio import batch_waves
-from .encoders.registry import build_whisper, decoding_rules, load_tokenizer
+from .encoders.registry import (
+    WHISPER_DEFAULT_WINDOW,
+    build_whisper,
+    decoding_rules,
+    load_tokenizer,
+)
 from .encoders.whisper import SAMPLE_RATE, Whisper
-from .model import FORMAT, FORMAT_VERSION, Prediction, Recognizer, read_config, to_wave
+from .model import (
+    FORMAT,
+    FORMAT_VERSION,
+    CommandClassifier,
+    ModelError,
+    Prediction,
+    Recognizer,
+    load_model,
+    read_config,
+    to_wave,
+)
 
 KIND = "zero-shot"
 STRATEGY = "zero-shot"  # the ``train --strategy`` value that builds one of these
@@ -79,14 +102,18 @@ def text_to_label(text: str, aliases: dict[str, list[str]]) -> str | None:
 
 
 class ZeroShotRecognizer(Recognizer):
-    """Labels scored by Whisper's decoder as forced transcripts; no trained weights."""
+    """Labels scored by Whisper's decoder as forced transcripts; no trained weights.
+
+    The default window is the padded "2s": on all four bundled speakers (400 clips) it scored
+    0.983, against 0.940 for "clip" and 0.975 for "30s" (40 clips), at the clip window's cost.
+    """
 
     def __init__(
         self,
         labels: list[str],
         aliases: dict[str, list[str]] | None = None,
         encoder: str = "whisper-tiny.en",
-        window: str = "30s",
+        window: str = WHISPER_DEFAULT_WINDOW,
         prompt: str | None = DEFAULT_PROMPT,
         temperature: float = 1.0,
         ending: str = "eot",
@@ -254,6 +281,19 @@ class ZeroShotRecognizer(Recognizer):
             out[idx] = self.label_scores(*self.encode(batch, lengths)).numpy()
         return out
 
+    @torch.no_grad()
+    def cached_scores(self, cache: DecoderCache, batch_size: int = 16) -> np.ndarray:
+        """Label scores [n, labels] from a ``DecoderCache``: only the blocks above its frozen
+        bottom run (``scores`` up to the cache's float16 rounding, ~1e-3)."""
+        self.model.eval()
+        out = np.zeros((len(cache.states), len(self.labels)), np.float32)
+        for start in range(0, len(out), batch_size):
+            idx = list(range(start, min(len(out), start + batch_size)))
+            x, states, mask = cache.batch(idx, self.window == "clip")
+            top = self.run_decoder_blocks(x, states, mask, cache.tuned_from)
+            out[idx] = self.labels_from_candidates(self.scores_from_hidden(top)).numpy()
+        return out
+
     def proba_from_scores(self, scores: np.ndarray) -> np.ndarray:
         z = scores / self.temperature
         z = np.exp(z - z.max(1, keepdims=True))
@@ -354,12 +394,258 @@ class ZeroShotRecognizer(Recognizer):
         config = read_config(Path(directory))
         if config["kind"] != KIND:
             raise ValueError(f"{directory}: a {config['kind']} model, not {KIND}")
-        system = cls(
-            config["labels"], config["aliases"], config["encoder"]["name"],
-            config["encoder"]["window"], config["prompt"], config["temperature"],
-            config["ending"], config["combine"], config["capitalise"], config["reject_by"],
-            config["reject_below"],
-        )
+        system = cls(**_zero_shot_args(config))
+        system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
+        return system
+
+
+class DecoderCache:
+    """Per clip: final encoder states, the decoder layout's hidden state below the tuned
+    blocks, and the zero-shot label scores, all from one frozen pass.
+
+    Why: with the encoder and the bottom decoder blocks frozen, a fine-tuning step only runs
+    the tuned blocks over cached inputs, and the zero-shot scores come for free. Stored in
+    float16 per clip; in the clip window only the real frames are kept.
+    """
+
+    def __init__(self, system: ZeroShotRecognizer, waves: list[torch.Tensor], tuned_from: int,
+                 batch_size: int = 16):
+        self.tuned_from = tuned_from
+        self.states: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+        self.hidden: list[torch.Tensor] = [torch.empty(0)] * len(waves)
+        self.scores = np.zeros((len(waves), len(system.labels)), np.float32)
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+        system.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                states, mask = system.encode(*batch_waves([waves[i] for i in idx]))
+                x = system.run_decoder_blocks(system.decoder_input(len(idx)), states, mask,
+                                              0, tuned_from)
+                top = system.run_decoder_blocks(x, states, mask, tuned_from)
+                self.scores[idx] = system.labels_from_candidates(
+                    system.scores_from_hidden(top)).numpy()
+                for j, i in enumerate(idx):
+                    n = int(mask[j].sum()) if mask is not None else states.shape[1]
+                    self.states[i] = states[j, :n].to(torch.float16)
+                    self.hidden[i] = x[j].to(torch.float16)
+
+    def subset(self, idx: list[int]) -> DecoderCache:
+        """The cache of clips ``idx`` (sharing tensors)."""
+        part = copy.copy(self)
+        part.states = [self.states[i] for i in idx]
+        part.hidden = [self.hidden[i] for i in idx]
+        part.scores = self.scores[idx]
+        return part
+
+    def batch(self, idx: list[int], clip_window: bool):
+        """Stacked hidden [B, T, D], padded states [B, F, D] and their mask (or None)."""
+        lengths = torch.tensor([self.states[i].shape[0] for i in idx])
+        states = torch.nn.utils.rnn.pad_sequence([self.states[i] for i in idx], batch_first=True)
+        mask = torch.arange(states.shape[1])[None, :] < lengths[:, None]
+        if not clip_window and bool(mask.all()):
+            mask = None  # a fixed window attends over all of it, as ``encode`` does
+        hidden = torch.stack([self.hidden[i] for i in idx]).float()
+        return hidden, states.float(), mask
+
+
+GENERATIVE_KIND = "generative"
+GENERATIVE_STRATEGY = "generative"
+GENERATIVE_WEIGHTS = "decoder.safetensors"
+
+
+class GenerativeRecognizer(ZeroShotRecognizer):
+    """Zero-shot scoring whose top decoder blocks (+ final LN) are fine-tuned on labelled clips.
+
+    The loss is cross-entropy over the label scores (softmax over labels of the spellings'
+    length-normalised log-probabilities), so training sharpens exactly what ``predict`` ranks;
+    the encoder and the bottom decoder blocks stay frozen and are cached (``DecoderCache``).
+    Only the tuned tensors are saved; the rest are the installed package's weights.
+    """
+
+    def __init__(self, *args, tuned_from: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.model.decoder.blocks)
+        self.tuned_from = n - 1 if tuned_from is None else tuned_from
+        if not 0 <= self.tuned_from < n:
+            raise ValueError(f"tuned_from must be in [0, {n - 1}], got {tuned_from}")
+
+    def tuned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Decoder blocks ``tuned_from..`` and the final LN (the tied embedding stays frozen)."""
+        names = [f"blocks.{i}." for i in range(self.tuned_from, len(self.model.decoder.blocks))]
+        return {k: v for k, v in self.model.decoder.named_parameters()
+                if k.startswith("ln.") or any(k.startswith(b) for b in names)}
+
+    def shortlist(self, cache: DecoderCache, per_row: int = 64, clips: int = 32) -> tuple[torch.Tensor, float]:
+        """Tokens for the training-time normaliser: every target plus each row's ``per_row``
+        likeliest tokens on up to ``clips`` training clips; also the probability mass they held."""
+        idx = list(range(min(clips, len(cache.states))))
+        with torch.no_grad():
+            x, states, mask = cache.batch(idx, self.window == "clip")
+            top = self.run_decoder_blocks(x, states, mask, self.tuned_from)
+            hidden = self.model.decoder.ln(top[:, self._rows])
+            probs = torch.softmax(hidden @ self.model.decoder.token_embedding.weight.T, -1)
+            vocab = torch.unique(torch.cat([probs.topk(per_row, -1).indices.flatten(),
+                                            self._targets]))
+            mass = float(probs[..., vocab].sum(-1).mean())
+        return vocab, mass
+
+    def fit(
+        self, waves: list[torch.Tensor], truth: list[str], steps: int = 60, batch_size: int = 16,
+        lr: float = 1e-4, seed: int = 0, cache: DecoderCache | None = None,
+    ) -> dict:
+        """Fine-tune the tuned blocks for ``steps`` AdamW steps; returns cost and loss figures.
+
+        ``cache`` (built for ``waves`` with this ``tuned_from``) lets a caller reuse one
+        frozen pass across runs; the model must still hold the pretrained weights then.
+        """
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        if cache is None:
+            cache = DecoderCache(self, waves, self.tuned_from)
+        if cache.tuned_from != self.tuned_from:
+            raise ValueError("the cache was built for another tuned_from")
+        target = torch.tensor([self.labels.index(t) for t in truth])
+        vocab, mass = self.shortlist(cache)
+        params = self.tuned_parameters()
+        for p in self.model.parameters():
+            p.requires_grad = False
+        for p in params.values():
+            p.requires_grad = True
+        optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.01)
+        losses = []
+        self.model.train()
+        for _ in range(steps):
+            idx = rng.choice(len(truth), min(batch_size, len(truth)), replace=False).tolist()
+            x, states, mask = cache.batch(idx, self.window == "clip")
+            top = self.run_decoder_blocks(x, states, mask, self.tuned_from)
+            logits = self.labels_from_candidates(self.scores_from_hidden(top, vocab))
+            loss = torch.nn.functional.cross_entropy(logits / self.temperature, target[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        for p in params.values():
+            p.requires_grad = False
+        self.model.eval()
+        return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                "n_train": len(truth), "tuned_from": self.tuned_from,
+                "tuned_parameters": sum(p.numel() for p in params.values()),
+                "shortlist_tokens": len(vocab), "shortlist_mass": mass,
+                "first_loss": float(np.mean(losses[:5])), "last_loss": float(np.mean(losses[-5:])),
+                "train_seconds": time.perf_counter() - started}
+
+    def config(self) -> dict:
+        return {**super().config(), "kind": GENERATIVE_KIND, "tuned_from": self.tuned_from,
+                "weights": GENERATIVE_WEIGHTS}
+
+    def save(self, directory: str | Path) -> Path:
+        """config.json plus the tuned decoder tensors (safetensors); nothing else is stored."""
+        directory = super().save(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.tuned_parameters().items()}
+        save_file(state, str(directory / GENERATIVE_WEIGHTS))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GenerativeRecognizer:
+        directory = Path(directory)
+        config = read_config(directory)
+        if config["kind"] != GENERATIVE_KIND:
+            raise ModelError(f"{directory}: a {config['kind']} model, not {GENERATIVE_KIND}")
+        system = cls(**_zero_shot_args(config), tuned_from=config["tuned_from"])
+        weights = directory / GENERATIVE_WEIGHTS
+        if not weights.is_file():
+            raise ModelError(f"{directory}: {GENERATIVE_WEIGHTS} is missing")
+        state, ours = load_file(str(weights)), system.tuned_parameters()
+        if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
+            raise ModelError(f"{weights}: tensors do not match tuned_from={system.tuned_from}")
+        with torch.no_grad():
+            for k, v in ours.items():
+                v.copy_(state[k])
+        system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
+        return system
+
+
+def _zero_shot_args(config: dict) -> dict:
+    """Constructor arguments of a zero-shot (or generative) system from its config."""
+    return {"labels": config["labels"], "aliases": config["aliases"],
+            "encoder": config["encoder"]["name"], "window": config["encoder"]["window"],
+            "prompt": config["prompt"], "temperature": config["temperature"],
+            "ending": config["ending"], "combine": config["combine"],
+            "capitalise": config["capitalise"], "reject_by": config["reject_by"],
+            "reject_below": config["reject_below"]}
+
+
+COMBINED_KIND = "combined"
+COMBINED_STRATEGY = "combined"
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def combine_log_linear(head_probs: np.ndarray, zero_probs: np.ndarray, weight: float) -> np.ndarray:
+    """p ∝ p_head · p_zero^weight, row-normalised (in log space, so tiny values survive)."""
+    z = np.log(np.clip(head_probs, 1e-12, None)) + weight * np.log(np.clip(zero_probs, 1e-12, None))
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def choose_weight(head_probs: np.ndarray, zero_probs: np.ndarray, target: np.ndarray,
+                  grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+    """The grid weight of least NLL on held-out clips (NLL is smoother than accuracy on few
+    clips); ties go to the smaller weight. Returns it and the NLL of every weight."""
+    nll = {}
+    for w in grid:
+        p = combine_log_linear(head_probs, zero_probs, w)[np.arange(len(target)), target]
+        nll[w] = float(-np.log(np.clip(p, 1e-12, None)).mean())
+    return min(grid, key=lambda w: (round(nll[w], 9), w)), nll
+
+
+class CombinedRecognizer(Recognizer):
+    """A trained classifier head with the decoder's zero-shot scores as a prior:
+    p ∝ p_head · p_zero^weight. Why: the head learns the speakers it saw, the decoder knows
+    the words; the prior helps most when the head has few clips (``weight`` chosen on
+    held-out clips of the training speakers, see ``choose_weight``)."""
+
+    def __init__(self, head: CommandClassifier, zero: ZeroShotRecognizer, weight: float = 1.0):
+        if sorted(head.labels) != sorted(zero.labels):
+            raise ValueError(f"head labels {head.labels} differ from zero-shot {zero.labels}")
+        self.head, self.zero, self.weight = head, zero, float(weight)
+        self.labels = list(head.labels)
+        self.sample_rate = head.sample_rate
+        self._order = [zero.labels.index(lab) for lab in self.labels]  # zero's columns, our order
+        self.info: dict = {}
+
+    def zero_probs(self, waves: list[torch.Tensor]) -> np.ndarray:
+        return self.zero.predict_proba(waves)[:, self._order]
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        return combine_log_linear(self.head.predict_proba(waves), self.zero_probs(waves),
+                                  self.weight)
+
+    def config(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": COMBINED_KIND,
+                "labels": self.labels, "sample_rate": self.sample_rate, "weight": self.weight,
+                "head": "head", "zero_shot": "zero_shot", **self.info}
+
+    def save(self, directory: str | Path) -> Path:
+        """config.json, the head's folder in head/ and the decoder system's in zero_shot/."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.head.save(directory / "head")
+        self.zero.save(directory / "zero_shot")
+        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CombinedRecognizer:
+        directory = Path(directory)
+        config = read_config(directory)
+        if config["kind"] != COMBINED_KIND:
+            raise ModelError(f"{directory}: a {config['kind']} model, not {COMBINED_KIND}")
+        zero = load_model(directory / config["zero_shot"])
+        if not isinstance(zero, ZeroShotRecognizer):
+            raise ModelError(f"{directory}: zero_shot/ holds no decoder-scoring system")
+        system = cls(CommandClassifier.load(directory / config["head"]), zero, config["weight"])
         system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
         return system
 
@@ -401,3 +687,80 @@ def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
     system.save(out)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _finish_job(system: Recognizer, summary: dict, split, out: Path) -> dict:
+    """Evaluate on the test split, write the reports, save the system: as ``train_job`` does."""
+    from .evaluate import write_report
+    from .jobs import evaluate_system, read_clips
+
+    if split.test:
+        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
+        report = evaluate_system(system, test_w, [c.label for c in test])
+        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+        summary["skipped"] = summary["skipped"] + report["skipped"]
+        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
+        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
+    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
+                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
+                                                      "n_train", "per_class")}}
+    system.save(out)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n: int | None = None,
+                   seed: int = 0, steps: int = 40, batch_size: int = 8) -> dict:
+    """``train --strategy generative``: fine-tune the decoder's last block on the training
+    clips (``per_class_n`` per label per speaker if set), evaluate on the test split, save."""
+    from .data import per_class
+    from .jobs import read_clips
+
+    started = time.perf_counter()
+    train = split.train + split.validation  # no early stopping: a fixed step budget
+    if per_class_n:
+        train = per_class(train, per_class_n, seed)
+    labels = sorted({c.label for c in train if c.label is not None})
+    if not labels:
+        raise ValueError(f"{ds.root}: no labelled training clips")
+    system = GenerativeRecognizer(labels, encoder=encoder, window=window)
+    waves, kept, skipped = read_clips(train, system.sample_rate, "training")
+    fit_info = system.fit(waves, [c.label for c in kept], steps=steps, batch_size=batch_size,
+                          seed=seed)
+    summary = {
+        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
+        "strategy": {"strategy": GENERATIVE_STRATEGY, **fit_info}, "per_class": per_class_n,
+        "train_speakers": sorted({c.speaker for c in kept if c.speaker}),
+        "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
+        "n_train": len(kept), "n_validation": 0, "n_test": len(split.test),
+        "best_epoch": None, "resumed_from_epoch": None, "history": [],
+        "train_seconds": time.perf_counter() - started,
+        "skipped": [{"path": p, "problem": why} for p, why in skipped],
+        "parameters": fit_info["tuned_parameters"],
+    }
+    return _finish_job(system, summary, split, out)
+
+
+def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n: int | None = None,
+                 seed: int = 0, test_speakers: list[str] | None = None, **head_args) -> dict:
+    """``train --strategy combined``: a frozen-encoder head (``train_job``, saved in out/head),
+    the zero-shot prior, its weight chosen on the validation clips of the training speakers
+    (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``), then evaluate."""
+    from .jobs import read_clips, train_job
+
+    started = time.perf_counter()
+    head_summary = train_job(data, encoder, window, "frozen", per_class_n=per_class_n, seed=seed,
+                             out=out / "head", test_speakers=test_speakers, **head_args)
+    head = CommandClassifier.load(out / "head")
+    zero = ZeroShotRecognizer(head.labels, encoder=encoder, window=head.encoder.window)
+    system = CombinedRecognizer(head, zero)
+    held_out, choice = [] if per_class_n else split.validation, {"weight": 1.0, "nll": None}
+    if held_out:
+        waves, kept, _ = read_clips(held_out, head.sample_rate, "validation")
+        target = np.array([head.labels.index(c.label) for c in kept])
+        weight, nll = choose_weight(head.predict_proba(waves), system.zero_probs(waves), target)
+        system.weight, choice = weight, {"weight": weight, "nll": nll, "n": len(kept)}
+    summary = {**head_summary, "strategy": {"strategy": COMBINED_STRATEGY, "head": "frozen",
+                                            "prior_weight": choice}}
+    summary["train_seconds"] = time.perf_counter() - started
+    return _finish_job(system, summary, split, out)
