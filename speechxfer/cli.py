@@ -11,18 +11,20 @@ import soundfile as sf
 
 from .audio import AudioError
 from .data import DatasetError
+from .jobs import DEFAULT_STRATEGY
 from .model import ModelError
 
 COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFoundError)
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .classic import CLASSIC_KINDS
     from .jobs import train_job
     from .train import STRATEGIES
     from .zeroshot import COMBINED_STRATEGY, GENERATIVE_STRATEGY
     from .zeroshot import STRATEGY as ZERO_SHOT
 
-    choices = (*STRATEGIES, ZERO_SHOT, GENERATIVE_STRATEGY, COMBINED_STRATEGY)
+    choices = (*STRATEGIES, ZERO_SHOT, GENERATIVE_STRATEGY, COMBINED_STRATEGY, *CLASSIC_KINDS)
     if args.strategy not in choices:
         raise ValueError(f"unknown strategy {args.strategy!r}; choose from {choices}")
     specs = [spec.partition(":") for spec in args.task or ["command"]]
@@ -113,11 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window",
                    help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "
                         "window 'Ns', 1 <= N <= 30 ('30s' is Whisper's own); default 2s")
-    t.add_argument("--strategy", default="top-k",
-                   help="frozen | top-k | full | reinit-k | scratch | zero-shot | generative | combined")
+    t.add_argument("--strategy", default=DEFAULT_STRATEGY,
+                   help="frozen | top-k | full | reinit-k | scratch | zero-shot | generative | "
+                        "combined | gmm-hmm | dtw | svm (the last three: classic MFCC pipelines)")
     t.add_argument("--k", type=int, default=2, help="blocks tuned (top-k) or re-initialised")
     t.add_argument("--per-class", type=int, help="keep N clips per label per speaker")
-    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--epochs", type=int,
+                   help="default: 30 for a head on a frozen encoder, 4 when encoder blocks train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/default"))
     t.add_argument("--test-speaker", action="append",

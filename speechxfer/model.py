@@ -230,12 +230,16 @@ class CommandClassifier(nn.Module, Recognizer):
         return model
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> CommandClassifier:
-        """Rebuild from config.json, then check the weights fit it exactly."""
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Recognizer:
+        """Rebuild from config.json, then check the weights fit it exactly.
+
+        A folder holding another kind of system (zero-shot, generative, classic...) is opened by
+        ``load_model`` instead, so an app can load whatever `speechxfer train` produced.
+        """
         directory = Path(directory)
         config = read_config(directory)
         if config["kind"] != "neural":
-            raise ModelError(f"{directory}: a {config['kind']} model; use speechxfer.load_model")
+            return load_model(directory)
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise ModelError(f"{directory}: model.safetensors is missing")

@@ -57,6 +57,15 @@ class TrainConfig:
         return asdict(self)
 
 
+HEAD_ONLY_EPOCHS = 30  # a head on cached features: epochs cost seconds, so train it to convergence
+ENCODER_EPOCHS = 4  # strategies that update encoder blocks: a few passes before they overfit
+
+
+def default_epochs(strategy: str) -> int:
+    """Epochs when none are asked for: many for a head alone, few when the encoder trains."""
+    return HEAD_ONLY_EPOCHS if strategy in ("frozen", "combined") else ENCODER_EPOCHS
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -129,3 +129,27 @@ def test_unknown_kind_and_wrong_directory(tmp_path: Path, fitted) -> None:
     assert '"kind": "classic-dtw"' in (tmp_path / CONFIG_FILE).read_text()
     with pytest.raises(ValueError, match="not classic-svm"):
         type(fitted["svm"]).load(tmp_path)
+
+
+def test_cli_trains_evaluates_and_predicts_a_classic_system(tmp_path: Path, capsys) -> None:
+    from speechxfer.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    root = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+    for speaker in ("jackson", "theo"):
+        for digit in ("1", "4", "7"):
+            for take in range(8):
+                name = f"{digit}_{speaker}_{take}.wav"
+                (data / name).write_bytes((root / name).read_bytes())
+    out = tmp_path / "svm"
+    assert main(["train", "--data", str(data), "--strategy", "svm", "--test-speaker", "theo",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(data), "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 48 and report["accuracy"] > 0.5
+    assert main(["predict", str(out), str(data / "7_jackson_0.wav")]) == 0
+    assert "\t7\t" in capsys.readouterr().out

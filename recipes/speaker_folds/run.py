@@ -26,9 +26,16 @@ import torch
 from speechxfer.data import load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
-from speechxfer.jobs import default_data, mean_std, train_job
+from speechxfer.jobs import DEFAULT_STRATEGY, default_data, mean_std, train_job
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
-from speechxfer.train import FeatureCache, TrainConfig, fit, forward_cached, frozen_blocks
+from speechxfer.train import (
+    FeatureCache,
+    TrainConfig,
+    default_epochs,
+    fit,
+    forward_cached,
+    frozen_blocks,
+)
 
 HERE = Path(__file__).resolve().parent
 CACHED = ("frozen", "top-k")
@@ -94,10 +101,10 @@ def job_folds(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--strategy", default="top-k")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--per-class", type=int)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, help="default: the strategy's (as the CLI)")
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
@@ -105,6 +112,7 @@ def main() -> None:
     parser.add_argument("--name", help="results file name (default: derived from the options)")
     parser.add_argument("--work", type=Path, default=Path("runs/speaker_folds"))
     args = parser.parse_args()
+    args.epochs = args.epochs or default_epochs(args.strategy)
 
     name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
     args.work = args.work / name

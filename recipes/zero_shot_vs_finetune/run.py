@@ -173,10 +173,17 @@ def accuracy(probs: np.ndarray, truth: np.ndarray) -> float:
     return float((probs.argmax(1) == truth).mean())
 
 
-def compare(quick: bool, window: str, encoder: str) -> dict:
-    """Leave-one-speaker-out accuracy of every strategy at every clips-per-command budget."""
-    takes, test_takes = (10, 5) if quick else (50, 10)
+def compare(quick: bool, window: str, encoder: str, test_takes: int | None = None,
+            only: list[int | None] | None = None) -> dict:
+    """Leave-one-speaker-out accuracy of every strategy at every clips-per-command budget.
+
+    ``test_takes`` overrides how many takes of each held-out digit are scored (up to 50);
+    ``only`` restricts the budgets (None = all clips).
+    """
+    takes, default_test = (10, 5) if quick else (50, 10)
+    test_takes = test_takes or default_test
     budgets: list[int | None] = [1, 3, None] if quick else [1, 3, 10, None]  # quick: all = 10
+    budgets = [b for b in budgets if only is None or b in only]
     seeds = (0,) if quick else (0, 1, 2)
     seeds_for = {1: seeds, 3: seeds, 10: (0,), None: (0,)}
     bench = Bench(takes, window, encoder)
@@ -308,11 +315,17 @@ def main() -> None:
     c.add_argument("--window", default=WHISPER_DEFAULT_WINDOW)
     c.add_argument("--encoder", default="whisper-tiny.en")
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--test-takes", type=int, help="takes per held-out digit scored (default 10)")
+    c.add_argument("--budgets", help="comma-separated subset of 1,3,10,all (default: every one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.command == "compare":
-        result = compare(args.quick, args.window, args.encoder)
-        stem = f"compare_{args.window}" + ("_quick" if args.quick else "")
+        only = ([None if b == "all" else int(b) for b in args.budgets.split(",")]
+                if args.budgets else None)
+        result = compare(args.quick, args.window, args.encoder, args.test_takes, only)
+        stem = (f"compare_{args.window}" + ("_quick" if args.quick else "")
+                + (f"_test{args.test_takes}" if args.test_takes else "")
+                + (f"_{args.budgets.replace(',', '-')}" if args.budgets else ""))
         write_outputs(result, stem)
         print((RESULTS / f"{stem}.md").read_text())
         return
