@@ -142,20 +142,7 @@ def train_job(
         "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    if split.test:
-        test_w, test, skipped_test = read_clips(split.test, enc.sample_rate, "test")
-        report = evaluate_system(model, test_w, [c.label for c in test])
-        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped_test]
-        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
-        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
-        if len(tasks) > 1:
-            summary["test"]["tasks"] = task_metrics(model, test_w, test)
-    model.info = {"strategy": config.to_dict(), "metrics": summary.get("test", {}),
-                  "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
-                                                     "n_train", "per_class")}}
-    model.save(out)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return finish_job(model, summary, split, out)
 
 
 def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int | None,
@@ -173,12 +160,26 @@ def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int |
         "train_seconds": time.perf_counter() - started,
         "skipped": [{"path": p, "problem": why} for p, why in skipped],
     }
+    return finish_job(system, summary, split, out)
+
+
+def finish_job(system: Recognizer, summary: dict, split, out: Path) -> dict:
+    """Evaluate on the held-out speakers, write the reports, save the system and its summary.
+
+    Every strategy ends here, so every model folder has the same files.
+    """
     if split.test:
-        test_w, test, skipped_test = read_clips(split.test, system.sample_rate, "test")
+        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
         report = evaluate_system(system, test_w, [c.label for c in test])
-        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped_test]
+        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+        summary["skipped"] = summary["skipped"] + report["skipped"]
         write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
         summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
+        if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
+            summary["test"]["tasks"] = task_metrics(system, test_w, test)
+    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
+                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
+                                                      "n_train", "per_class")}}
     system.save(out)
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary

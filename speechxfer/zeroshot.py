@@ -656,8 +656,7 @@ def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
     Labels are the training split's label names; the summary and report files are those of
     the neural path, so ``eval``, ``predict`` and the recipes need no special case.
     """
-    from .evaluate import write_report
-    from .jobs import evaluate_system, read_clips
+    from .jobs import finish_job
 
     started = time.perf_counter()
     train = split.train + split.validation
@@ -674,39 +673,7 @@ def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
         "best_epoch": None, "resumed_from_epoch": None, "history": [],
         "train_seconds": time.perf_counter() - started, "skipped": [], "parameters": 0,
     }
-    if split.test:
-        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
-        report = evaluate_system(system, test_w, [c.label for c in test])
-        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
-        summary["skipped"] = report["skipped"]
-        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
-        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
-    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
-                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
-                                                      "n_train", "per_class")}}
-    system.save(out)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _finish_job(system: Recognizer, summary: dict, split, out: Path) -> dict:
-    """Evaluate on the test split, write the reports, save the system: as ``train_job`` does."""
-    from .evaluate import write_report
-    from .jobs import evaluate_system, read_clips
-
-    if split.test:
-        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
-        report = evaluate_system(system, test_w, [c.label for c in test])
-        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
-        summary["skipped"] = summary["skipped"] + report["skipped"]
-        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
-        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
-    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
-                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
-                                                      "n_train", "per_class")}}
-    system.save(out)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return finish_job(system, summary, split, out)
 
 
 def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n: int | None = None,
@@ -714,7 +681,7 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
     """``train --strategy generative``: fine-tune the decoder's last block on the training
     clips (``per_class_n`` per label per speaker if set), evaluate on the test split, save."""
     from .data import per_class
-    from .jobs import read_clips
+    from .jobs import finish_job, read_clips
 
     started = time.perf_counter()
     train = split.train + split.validation  # no early stopping: a fixed step budget
@@ -738,7 +705,7 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
         "skipped": [{"path": p, "problem": why} for p, why in skipped],
         "parameters": fit_info["tuned_parameters"],
     }
-    return _finish_job(system, summary, split, out)
+    return finish_job(system, summary, split, out)
 
 
 def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n: int | None = None,
@@ -746,7 +713,7 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
     """``train --strategy combined``: a frozen-encoder head (``train_job``, saved in out/head),
     the zero-shot prior, its weight chosen on the validation clips of the training speakers
     (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``), then evaluate."""
-    from .jobs import read_clips, train_job
+    from .jobs import finish_job, read_clips, train_job
 
     started = time.perf_counter()
     head_summary = train_job(data, encoder, window, "frozen", per_class_n=per_class_n, seed=seed,
@@ -763,4 +730,4 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
     summary = {**head_summary, "strategy": {"strategy": COMBINED_STRATEGY, "head": "frozen",
                                             "prior_weight": choice}}
     summary["train_seconds"] = time.perf_counter() - started
-    return _finish_job(system, summary, split, out)
+    return finish_job(system, summary, split, out)
