@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .classic import CLASSIC_KINDS, build_classic
-from .data import DatasetError, load_dataset, load_waves, per_class, split_dataset
+from .data import DatasetError, Split, load_dataset, load_waves, per_class, split_dataset
 from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
@@ -77,11 +77,14 @@ def train_job(
     batch_size: int = 32,
     head_options: dict[str, dict] | None = None,
     task_weights: dict[str, float] | None = None,
+    evaluate: bool = True,
 ) -> dict:
     """Split by speaker, fine-tune, evaluate on the held-out speakers, save the model folder.
 
     ``head_options`` gives a task its head kind and options (e.g. ``{"speaker": {"kind":
     "embedding", "layer": 2}}``); ``task_weights`` scales each task's loss.
+
+    ``evaluate=False`` skips scoring the held-out speakers (a caller that scores them itself).
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
     validation split is carved from so few clips: training runs the set number of epochs.
@@ -142,7 +145,7 @@ def train_job(
         "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    return finish_job(model, summary, split, out)
+    return finish_job(model, summary, split if evaluate else None, out)
 
 
 def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int | None,
@@ -163,12 +166,13 @@ def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int |
     return finish_job(system, summary, split, out)
 
 
-def finish_job(system: Recognizer, summary: dict, split, out: Path) -> dict:
+def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path) -> dict:
     """Evaluate on the held-out speakers, write the reports, save the system and its summary.
 
-    Every strategy ends here, so every model folder has the same files.
+    Every strategy ends here, so every model folder has the same files (``split=None``: save
+    without scoring).
     """
-    if split.test:
+    if split is not None and split.test:
         test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
         report = evaluate_system(system, test_w, [c.label for c in test])
         report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]

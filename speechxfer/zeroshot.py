@@ -51,6 +51,7 @@ from .encoders.whisper import SAMPLE_RATE, Whisper
 from .model import (
     FORMAT,
     FORMAT_VERSION,
+    PRIMARY_TASK,
     CommandClassifier,
     ModelError,
     Prediction,
@@ -618,9 +619,32 @@ class CombinedRecognizer(Recognizer):
     def zero_probs(self, waves: list[torch.Tensor]) -> np.ndarray:
         return self.zero.predict_proba(waves)[:, self._order]
 
+    def shares_encoder(self) -> bool:
+        """True when the head sat on the same, untouched encoder: one encoder pass serves both."""
+        strategy = self.head.info.get("strategy", {}).get("strategy")
+        return (strategy == "frozen" and self.head.encoder.window == self.zero.window
+                and self.head.encoder.name == self.zero.encoder_name)
+
+    @torch.no_grad()
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
-        return combine_log_linear(self.head.predict_proba(waves), self.zero_probs(waves),
-                                  self.weight)
+        if not self.shares_encoder():
+            return combine_log_linear(self.head.predict_proba(waves), self.zero_probs(waves),
+                                      self.weight)
+        self.head.eval()
+        self.zero.model.eval()
+        head = np.zeros((len(waves), len(self.labels)), np.float32)
+        zero = np.zeros((len(waves), len(self.zero.labels)), np.float32)
+        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+        for start in range(0, len(order), self.zero.batch_size):
+            idx = order[start : start + self.zero.batch_size]
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            out = self.head.encoder(batch, lengths)
+            logits = self.head.heads_forward(out)[PRIMARY_TASK].float()
+            head[idx] = torch.softmax(logits, -1).numpy()
+            mask = out.mask if self.zero.window == "clip" else None
+            zero[idx] = self.zero.label_scores(out.hidden_states[-1], mask).numpy()
+        prior = self.zero.proba_from_scores(zero)[:, self._order]
+        return combine_log_linear(head, prior, self.weight)
 
     def config(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION, "kind": COMBINED_KIND,
@@ -717,7 +741,8 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
 
     started = time.perf_counter()
     head_summary = train_job(data, encoder, window, "frozen", per_class_n=per_class_n, seed=seed,
-                             out=out / "head", test_speakers=test_speakers, **head_args)
+                             out=out / "head", test_speakers=test_speakers, evaluate=False,
+                             **head_args)
     head = CommandClassifier.load(out / "head")
     zero = ZeroShotRecognizer(head.labels, encoder=encoder, window=head.encoder.window)
     system = CombinedRecognizer(head, zero)
