@@ -11,14 +11,23 @@ def fsdd() -> Path:
     return FSDD
 
 
-@pytest.fixture
-def small_fsdd(tmp_path: Path) -> Path:
-    """Two speakers, three digits, four takes each: a few-second dataset of real clips."""
-    out = tmp_path / "fsdd"
-    out.mkdir()
-    for speaker in ("jackson", "george", "theo"):
-        for digit in ("1", "4", "7"):
-            for take in range(4):
+def copy_fsdd(out: Path, speakers: tuple[str, ...], digits: tuple[str, ...], takes: int) -> Path:
+    """A small FSDD-style dataset of real clips in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for speaker in speakers:
+        for digit in digits:
+            for take in range(takes):
                 name = f"{digit}_{speaker}_{take}.wav"
                 (out / name).write_bytes((FSDD / name).read_bytes())
     return out
+
+
+@pytest.fixture(scope="session")
+def make_fsdd():
+    return copy_fsdd
+
+
+@pytest.fixture
+def small_fsdd(tmp_path: Path) -> Path:
+    """Three speakers, three digits, four takes each: a few-second dataset of real clips."""
+    return copy_fsdd(tmp_path / "fsdd", ("jackson", "george", "theo"), ("1", "4", "7"), 4)

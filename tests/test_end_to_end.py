@@ -1,7 +1,6 @@
 """Train a few steps on a tiny real subset, save, load, evaluate and predict: through the CLI."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,19 +10,11 @@ from speechxfer import CommandClassifier, load_model
 from speechxfer.cli import main
 from speechxfer.model import ModelError
 
-FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_fsdd):
     root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    data.mkdir()
-    for speaker in ("jackson", "george", "theo"):
-        for digit in ("1", "4", "7"):
-            for take in range(6):
-                name = f"{digit}_{speaker}_{take}.wav"
-                (data / name).write_bytes((FSDD / name).read_bytes())
+    data = make_fsdd(root / "data", ("jackson", "george", "theo"), ("1", "4", "7"), 6)
     (data / "4_george_9.wav").write_bytes(b"corrupt")  # a bad clip must be skipped, not fatal
     out = root / "model"
     rc = main(["train", "--data", str(data), "--strategy", "frozen", "--epochs", "15",
