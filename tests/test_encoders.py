@@ -260,3 +260,17 @@ def test_base_encoder_matches_ctranslate2() -> None:
     reference = np.array(theirs.encode(ctranslate2.StorageView.from_array(mel.numpy())))
     cosine = float((mine * reference).sum() / np.linalg.norm(mine) / np.linalg.norm(reference))
     assert cosine > 0.999
+
+
+def test_traced_encoder_matches_eager_and_rejects_other_lengths():
+    from speechxfer.audio import crop_or_pad
+
+    wave = crop_or_pad(load(FSDD / "7_jackson_32.wav"), 16_000)[None]
+    torch.manual_seed(0)
+    encoder = build_encoder("whisper-tiny.en", window="clip", pretrained=False).eval()
+    traced = encoder.traced(16_000)
+    with torch.inference_mode():
+        eager = encoder(wave).hidden_states[-1]
+    assert torch.allclose(traced(wave), eager, atol=1e-4)
+    with pytest.raises(ValueError, match="traced for 16000 samples"):
+        traced(wave[:, :8000])
