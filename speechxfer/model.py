@@ -45,8 +45,8 @@ class Prediction:
         }
 
 
-def read_config(directory: Path) -> dict:
-    """Read and check a model folder's config.json."""
+def read_config(directory: Path, kind: str | None = None) -> dict:
+    """Read and check a model folder's config.json (and, if given, that it holds ``kind``)."""
     directory = Path(directory)
     path = directory / "config.json"
     if not path.is_file():
@@ -57,6 +57,8 @@ def read_config(directory: Path) -> dict:
         raise ModelError(f"{path}: invalid JSON ({err})") from None
     if config.get("format") != FORMAT or "kind" not in config:
         raise ModelError(f"{path}: not a speechxfer model config (format/kind missing)")
+    if kind is not None and config["kind"] != kind:
+        raise ModelError(f"{directory}: a {config['kind']} model, not {kind}")
     return config
 
 

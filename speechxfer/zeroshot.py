@@ -392,9 +392,7 @@ class ZeroShotRecognizer(Recognizer):
 
     @classmethod
     def load(cls, directory: str | Path) -> ZeroShotRecognizer:
-        config = read_config(Path(directory))
-        if config["kind"] != KIND:
-            raise ValueError(f"{directory}: a {config['kind']} model, not {KIND}")
+        config = read_config(Path(directory), KIND)
         system = cls(**_zero_shot_args(config))
         system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
         return system
@@ -551,9 +549,7 @@ class GenerativeRecognizer(ZeroShotRecognizer):
     @classmethod
     def load(cls, directory: str | Path) -> GenerativeRecognizer:
         directory = Path(directory)
-        config = read_config(directory)
-        if config["kind"] != GENERATIVE_KIND:
-            raise ModelError(f"{directory}: a {config['kind']} model, not {GENERATIVE_KIND}")
+        config = read_config(directory, GENERATIVE_KIND)
         system = cls(**_zero_shot_args(config), tuned_from=config["tuned_from"])
         weights = directory / GENERATIVE_WEIGHTS
         if not weights.is_file():
@@ -663,9 +659,7 @@ class CombinedRecognizer(Recognizer):
     @classmethod
     def load(cls, directory: str | Path) -> CombinedRecognizer:
         directory = Path(directory)
-        config = read_config(directory)
-        if config["kind"] != COMBINED_KIND:
-            raise ModelError(f"{directory}: a {config['kind']} model, not {COMBINED_KIND}")
+        config = read_config(directory, COMBINED_KIND)
         zero = load_model(directory / config["zero_shot"])
         if not isinstance(zero, ZeroShotRecognizer):
             raise ModelError(f"{directory}: zero_shot/ holds no decoder-scoring system")
