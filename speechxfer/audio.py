@@ -2,15 +2,20 @@
 
 Policy (documented in the README):
 - any format soundfile reads (WAV, FLAC, OGG, ...); multi-channel audio is averaged to mono;
+- raw samples may be float (full scale 1) or integer PCM (int8, uint8, int16, int32), scaled to
+  [-1, 1] by soundfile's conventions, so an int16 array means what the same WAV file means;
 - resampled with torchaudio to the rate the encoder was trained at;
 - clips longer than ``MAX_SECONDS`` are rejected rather than silently truncated: a command
-  recogniser fed a 40-s recording is almost always a mistake worth reporting;
+  recogniser fed a 40-s recording is almost always a mistake worth reporting; a file's length
+  is checked from its header, before anything is decoded;
 - for batching, clips are right-padded with zeros and their true lengths travel alongside,
   so pooling only sees real audio; ``crop_or_pad`` centre-crops when a fixed length is asked.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,17 @@ MAX_SECONDS = 30.0  # longest clip accepted: Whisper's whole context window
 MIN_SECONDS = 0.05  # shorter clips hold no word
 SILENCE_PEAK = 1e-4  # peak amplitude (full scale = 1) under which a clip counts as silent
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
+MAX_SAMPLE_RATE = 768_000  # Hz, the highest rate audio hardware records at
+# An exact sinc resampler's kernel is (rate / gcd) x (target / gcd): an odd rate such as 44101 Hz
+# would need gigabytes, so past this size the rate is rounded to a multiple of RATE_STEP first.
+MAX_RESAMPLE_RATIO_PRODUCT = 10_000_000
+RATE_STEP = 50  # Hz
+READ_BLOCK = 1 << 20  # samples decoded at a time (all channels), down-mixed before the next
+# integer PCM -> (offset, full scale), as soundfile reads WAV; 8-bit WAV is unsigned
+PCM_SCALE = {
+    np.dtype(np.int8): (0, 2**7), np.dtype(np.uint8): (2**7, 2**7),
+    np.dtype(np.int16): (0, 2**15), np.dtype(np.int32): (0, 2**31),
+}
 
 
 class AudioError(ValueError):
@@ -50,8 +66,11 @@ class Clip:
 
 
 def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> torch.Tensor:
-    """Samples as [time] or [time, channels] (or [channels, time]) -> mono float32 tensor."""
-    wave = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    """Samples as [time] or [time, channels] (or [channels, time]) -> mono float32 tensor.
+
+    The one entry point for raw samples (the API and the stream), so integer PCM is scaled here.
+    """
+    wave = torch.from_numpy(_as_float32(samples, source))
     if wave.numel() == 0:
         raise AudioError(source, "empty audio (no samples)")
     if wave.ndim == 2:
@@ -62,8 +81,57 @@ def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> to
     return wave
 
 
-def resample(wave: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
-    """torchaudio's band-limited resampling; a no-op at the target rate."""
+def _as_float32(samples: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
+    """Float samples as float32, integer PCM scaled to [-1, 1]; any other type is an AudioError."""
+    try:
+        if isinstance(samples, torch.Tensor):  # half and bfloat16 have no numpy twin: widen first
+            samples = samples.detach().cpu()
+            samples = (samples.float() if samples.is_floating_point() else samples).numpy()
+        array = np.asarray(samples)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise AudioError(source, f"samples are not a numeric array ({err})") from None
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_wave rejects
+            return array.astype(np.float32, copy=False)
+    if array.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[array.dtype]
+        wave = array.astype(np.float32)
+        wave -= offset
+        wave /= scale
+        return wave
+    if array.dtype.kind in "iu":
+        raise AudioError(source, f"samples of type {array.dtype} have no known full scale: pass "
+                                 "integer PCM as int8, uint8, int16 or int32, or float samples")
+    raise AudioError(source, f"samples of type {array.dtype} are not audio: pass float samples "
+                             "(full scale 1) or integer PCM (int8, uint8, int16, int32)")
+
+
+def check_rate(sample_rate: object, source: str = "<samples>") -> int:
+    """A sample rate as a whole number of Hz (8000.0 is 8000; 8000.5 and "8000" are refused)."""
+    whole = isinstance(sample_rate, numbers.Integral) or (
+        isinstance(sample_rate, numbers.Real) and math.isfinite(sample_rate)
+        and float(sample_rate).is_integer()
+    )
+    if isinstance(sample_rate, bool) or not whole:
+        raise AudioError(source, f"invalid sample rate {sample_rate!r}: need a whole number of Hz")
+    rate = int(sample_rate)
+    if not 0 < rate <= MAX_SAMPLE_RATE:
+        raise AudioError(source, f"invalid sample rate {rate}: need 1 to {MAX_SAMPLE_RATE} Hz")
+    return rate
+
+
+def resample(
+    wave: torch.Tensor, sample_rate: int, target_rate: int, source: str = "<samples>"
+) -> torch.Tensor:
+    """torchaudio's band-limited resampling; a no-op at the target rate.
+
+    A rate sharing few factors with the target is first rounded to a multiple of ``RATE_STEP``
+    (a 44101 Hz clip is read as 44100 Hz) so the sinc kernel stays small.
+    """
+    sample_rate = check_rate(sample_rate, source)
+    g = math.gcd(sample_rate, target_rate)
+    if (sample_rate // g) * (target_rate // g) > MAX_RESAMPLE_RATIO_PRODUCT:
+        sample_rate = max(RATE_STEP, round(sample_rate / RATE_STEP) * RATE_STEP)
     if sample_rate == target_rate:
         return wave.contiguous()
     return AF.resample(wave, sample_rate, target_rate).contiguous()
@@ -74,11 +142,14 @@ def to_mono_resampled(
     source: str = "<samples>",
 ) -> torch.Tensor:
     """A checked clip: mono float32 at ``target_rate``, or AudioError saying what is wrong."""
+    sample_rate = check_rate(sample_rate, source)
     wave = as_mono(samples, source)
-    if sample_rate <= 0:
-        raise AudioError(source, f"invalid sample rate {sample_rate}")
     check_wave(wave, sample_rate, source)
-    return resample(wave, sample_rate, target_rate)
+    return resample(wave, sample_rate, target_rate, source)
+
+
+def _too_long(seconds: float) -> str:
+    return f"too long ({seconds:.1f} s > {MAX_SECONDS:.0f} s window); split it first"
 
 
 def check_wave(wave: torch.Tensor, sample_rate: int, source: str) -> None:
@@ -89,9 +160,7 @@ def check_wave(wave: torch.Tensor, sample_rate: int, source: str) -> None:
     if seconds < MIN_SECONDS:
         raise AudioError(source, f"too short ({seconds:.3f} s < {MIN_SECONDS} s)")
     if seconds > MAX_SECONDS:
-        raise AudioError(
-            source, f"too long ({seconds:.1f} s > {MAX_SECONDS:.0f} s window); split it first"
-        )
+        raise AudioError(source, _too_long(seconds))
     if float(wave.abs().max()) < SILENCE_PEAK:
         raise AudioError(source, "silent (peak amplitude below 1e-4)")
 
@@ -102,10 +171,30 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     if not path.is_file():
         raise AudioError(path, "file not found")
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        samples, rate = _read_mono(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"not readable as audio ({err})") from None
     return to_mono_resampled(samples, rate, sample_rate, source=str(path))
+
+
+def _read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """Decode block by block, down-mixing as it goes; the header's length is checked first.
+
+    A small file can hold hours of silence or claim a thousand channels: neither is decoded
+    whole, so memory stays near one ``MAX_SECONDS`` mono clip.
+    """
+    with sf.SoundFile(str(path)) as f:
+        rate = check_rate(f.samplerate, str(path))
+        limit = int(MAX_SECONDS * rate)
+        if f.frames > limit:
+            raise AudioError(path, _too_long(f.frames / rate))
+        blocks, n, frames = [], 0, max(1, READ_BLOCK // f.channels)
+        while len(block := f.read(frames, dtype="float32", always_2d=True)):
+            blocks.append(block.mean(axis=1))
+            n += len(block)
+            if n > limit:  # the header understated the length
+                raise AudioError(path, _too_long(n / rate))
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
 
 
 def crop_or_pad(wave: torch.Tensor, n_samples: int) -> torch.Tensor:

@@ -5,7 +5,9 @@ Three layouts are detected automatically:
   the file itself or as ``manifest.csv`` / ``manifest.jsonl`` inside a folder;
 - a folder per label (Google Speech Commands), honouring ``validation_list.txt`` and
   ``testing_list.txt``; the speaker is the part of the file name before ``_nohash_``;
-- flat FSDD-style names ``{label}_{speaker}_{take}.wav`` (in the folder or its ``recordings/``).
+- flat FSDD-style names ``{label}_{speaker}_{take}.wav`` (in the folder or its ``recordings/``);
+  when at least half the files are so named, the others are skipped and listed in
+  ``Dataset.skipped`` rather than turning the folder into some other layout.
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ class DatasetError(ValueError):
 
 @dataclass
 class Dataset:
-    """Clips plus where they came from; ``split`` maps a clip path to a split named by the data."""
+    """Clips plus where they came from; ``split`` maps a clip path to a split named by the data.
+
+    ``skipped`` lists files the layout could not use, as (path, problem), for the job's report.
+    """
 
     clips: list[Clip]
     root: Path
     layout: str
     split: dict[Path, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -67,28 +73,32 @@ def load_dataset(path: str | Path) -> Dataset:
     for name in MANIFEST_NAMES:
         if (path / name).is_file():
             return _from_manifest(path / name)
-    label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))]
     flat_root = path / "recordings" if (path / "recordings").is_dir() else path
     flat = _audio_files(flat_root)
-    if flat and all(FSDD_NAME.match(p.stem) for p in flat):
+    bad = [p for p in flat if not FSDD_NAME.match(p.stem)]
+    label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and d != flat_root
+                  and not d.name.startswith(("_", ".")) and _audio_files(d)]
+    if flat and (not bad or (not label_dirs and 2 * len(bad) <= len(flat))):
         return _from_fsdd(flat_root, flat)
-    if label_dirs and any(_audio_files(d) for d in label_dirs):
+    if label_dirs:
         return _from_label_folders(path, label_dirs)
     if flat:
-        bad = next(p for p in flat if not FSDD_NAME.match(p.stem))
         raise DatasetError(
             f"{path}: flat audio files must be named {{label}}_{{speaker}}_{{take}} "
-            f"(first offender: {bad.name}); or use a folder per label or a manifest"
+            f"({len(bad)} of {len(flat)} are not; first offender: {bad[0].name}); "
+            "or use a folder per label or a manifest"
         )
     raise DatasetError(f"{path}: no audio files, label folders or manifest found")
 
 
 def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
-    clips = []
+    clips, skipped = [], []
     for p in files:
-        m = FSDD_NAME.match(p.stem)
-        clips.append(Clip(p, {"command": m["label"], "speaker": m["speaker"]}, m["speaker"]))
-    return Dataset(clips, root, "fsdd")
+        if m := FSDD_NAME.match(p.stem):
+            clips.append(Clip(p, {"command": m["label"], "speaker": m["speaker"]}, m["speaker"]))
+        else:
+            skipped.append((str(p), "file name is not {label}_{speaker}_{take}"))
+    return Dataset(clips, root, "fsdd", skipped=skipped)
 
 
 def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
@@ -108,39 +118,75 @@ def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
     return Dataset(clips, root, "folders", split)
 
 
-def _read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
+def _read_manifest_rows(manifest: Path) -> list[tuple[int, object]]:
+    """(line number, row) pairs; UTF-8 with or without the byte-order mark spreadsheets write."""
     try:
         if manifest.suffix.lower() == ".jsonl":
-            text = manifest.read_text().splitlines()
-            return [json.loads(line) for line in text if line.strip()]
-        with manifest.open(newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+            rows = []
+            for n, line in enumerate(manifest.read_text(encoding="utf-8-sig").split("\n"), 1):
+                if line.strip():
+                    try:
+                        rows.append((n, json.loads(line)))
+                    except json.JSONDecodeError as err:
+                        raise DatasetError(f"{manifest}: line {n}: not valid JSON ({err})") from None
+            return rows
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            if columns and "path" not in columns:
+                raise DatasetError(f"{manifest}: manifest needs a 'path' column, has {columns}")
+            if columns and not set(columns) - set(RESERVED_COLUMNS):
+                raise DatasetError(f"{manifest}: no label column (has {columns}); add a 'label' "
+                                   "column or a column per task")
+            return [(reader.line_num, row) for row in reader]
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
         raise DatasetError(f"{manifest}: unreadable manifest ({err})") from None
 
 
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
+              float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _row_values(manifest: Path, n: int, row: object) -> dict[str, str]:
+    """A row's known values as strings (empty cells and nulls dropped), or a DatasetError."""
+    where = f"{manifest}: line {n}"
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: a row must be an object with a 'path', "
+                           f"not {JSON_TYPES.get(type(row), type(row).__name__)}")
+    if None in row:  # csv.DictReader's key for cells past the header
+        raise DatasetError(f"{where}: more cells than the header has columns")
+    if not isinstance(row.get("path"), str) or not row["path"].strip():
+        raise DatasetError(f"{where}: row has no 'path'")
+    values = {}
+    for k, v in row.items():
+        if isinstance(v, (dict, list)):
+            raise DatasetError(f"{where}: {k!r} must be a single value, not {JSON_TYPES[type(v)]}")
+        if v is not None and v != "":
+            values[k] = str(v)
+    return values
+
+
 def _from_manifest(manifest: Path) -> Dataset:
-    """Every column but path/speaker/split is a task label; empty cells mean 'unknown'."""
+    """Every column but path/speaker/split is a task label; empty cells and nulls mean 'unknown'."""
     rows = _read_manifest_rows(manifest)
     if not rows:
         raise DatasetError(f"{manifest}: manifest has no rows")
-    if "path" not in rows[0]:
-        raise DatasetError(f"{manifest}: manifest needs a 'path' column, has {sorted(rows[0])}")
     clips, split = [], {}
-    for row in rows:
-        p = Path(str(row["path"]))
+    for n, row in rows:
+        values = _row_values(manifest, n, row)
+        p = Path(values["path"])
         p = p if p.is_absolute() else manifest.parent / p
-        labels = {
-            ("command" if k == "label" else k): str(v)
-            for k, v in row.items()
-            if k not in RESERVED_COLUMNS and v not in (None, "")
-        }
-        speaker = str(row["speaker"]) if row.get("speaker") not in (None, "") else None
+        labels = {("command" if k == "label" else k): v
+                  for k, v in values.items() if k not in RESERVED_COLUMNS}
+        speaker = values.get("speaker")
         if speaker is not None:
             labels.setdefault("speaker", speaker)
         clips.append(Clip(p, labels, speaker))
-        if row.get("split"):
-            split[p] = str(row["split"])
+        if "split" in values:
+            split[p] = values["split"]
+    if not any(set(row) - set(RESERVED_COLUMNS) for _, row in rows):
+        raise DatasetError(f"{manifest}: no row has a label (fields: path, speaker, split "
+                           "and a 'label' or a field per task)")
     return Dataset(clips, manifest.parent, "manifest", split)
 
 
@@ -155,6 +201,29 @@ def per_class(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:
         group = sorted(groups[key], key=lambda c: str(c.path))
         kept += rng.sample(group, min(n, len(group)))
     return kept
+
+
+# Validation by whole speakers from this many training speakers on, or when the typical
+# (label, speaker) group holds at most SMALL_GROUP clips.
+MANY_SPEAKERS = 10
+SMALL_GROUP = 3
+
+
+def validation_speakers(clips: list[Clip], groups: dict[tuple, list[Clip]], fraction: float,
+                        seed: int) -> set[str]:
+    """The training speakers held out whole for validation; empty for per-group validation.
+
+    Whole speakers once there are many of them (validation then measures what the test does:
+    people the model has not heard), or when groups are too small to split and ``fraction`` of
+    the speakers is at least one of them; never all of them.
+    """
+    speakers = sorted({c.speaker for c in clips if c.speaker is not None})
+    sizes = sorted(len(g) for g in groups.values())
+    small = bool(sizes) and sizes[len(sizes) // 2] <= SMALL_GROUP
+    n = min(len(speakers) - 1, round(len(speakers) * fraction))
+    if n < 1 or not (len(speakers) >= MANY_SPEAKERS or small):
+        return set()
+    return set(random.Random(seed).sample(speakers, n))
 
 
 @dataclass
@@ -173,8 +242,11 @@ def split_dataset(
     """Speaker-disjoint test split; validation is drawn from the training speakers.
 
     ``test_speakers=None`` uses the data's own split lists when it has them, otherwise puts every
-    clip in training. Validation clips come from the training speakers (stratified by label and
-    speaker) so a test speaker never steers early stopping.
+    clip in training. Validation clips come from the training speakers, so a test speaker never
+    steers early stopping or calibration: with a few speakers who each recorded many takes (the
+    bundled digits) a fraction of every (label, speaker) group; with many speakers, or groups of
+    one to three clips (crowd-sourced Speech Commands, where a fraction of each group rounds to
+    nothing), ``val_fraction`` of the speakers whole, chosen by ``seed`` (``validation_speakers``).
     """
     if test_speakers:
         unknown = sorted(set(test_speakers) - set(data.speakers))
@@ -192,6 +264,10 @@ def split_dataset(
     groups: dict[tuple, list[Clip]] = defaultdict(list)
     for c in rest:
         groups[(c.label, c.speaker)].append(c)
+    held = validation_speakers(rest, groups, val_fraction, seed)
+    if held:
+        return Split([c for c in rest if c.speaker not in held],
+                     [c for c in rest if c.speaker in held], test)
     rng = random.Random(seed)
     train, val = [], []
     for key in sorted(groups, key=str):

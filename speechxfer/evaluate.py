@@ -14,8 +14,16 @@ def score(labels: list[str], truth: list[str], probs: np.ndarray) -> dict:
 
     Truth labels the model does not know count as errors (they can never be predicted).
     """
-    predicted = [labels[i] for i in probs.argmax(1)]
-    classes = labels + sorted(set(truth) - set(labels))
+    return score_predictions(labels, truth, [labels[i] for i in probs.argmax(1)])
+
+
+def score_predictions(labels: list[str], truth: list[str], predicted: list[str]) -> dict:
+    """``score`` for decisions already made (e.g. after open-set rejection).
+
+    Classes are the model's labels plus any other label in the truth or the predictions, so a
+    rejection class the model has no column for (``_unknown_`` of a decoder) is still scored.
+    """
+    classes = labels + sorted((set(truth) | set(predicted)) - set(labels))
     p, r, f, support = precision_recall_fscore_support(
         truth, predicted, labels=classes, zero_division=0
     )

@@ -17,13 +17,21 @@ Multi-label values are written ``"1|7"`` (classes present, every other class abs
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import nn
 
 POOLINGS = ("mean", "attentive")
 HEAD_KINDS = ("single", "multi", "embedding")
+# bounds on what a config may ask for: a hostile config.json must fail before allocating
+MAX_CLASSES = 10_000  # labels of one task
+MAX_HIDDEN_SIZE = 8_192  # encoder width
+MAX_STATES = 257  # encoder layers + 1
+MAX_EMBEDDING_DIM = 4_096
+MAX_SCALE = 1_000.0  # cosine-to-logit scale of embedding heads
 MISSING = -1  # target of an unknown label (single/embedding) or an unknown multi-label entry
 SEP, UNKNOWN_MARK = "|", "?"
 
@@ -43,6 +51,23 @@ class HeadConfig:
     margin: float = 0.2  # additive cosine margin of the embedding loss
     scale: float = 30.0  # cosine-to-logit scale of the embedding loss and probabilities
 
+    def __post_init__(self) -> None:
+        """Refuse sizes and options no head can have before anything is allocated (the values
+        come from config.json, a user file)."""
+        check_int("num_classes", self.num_classes, 1, MAX_CLASSES)
+        check_int("hidden_size", self.hidden_size, 1, MAX_HIDDEN_SIZE)
+        check_int("num_states", self.num_states, 1, MAX_STATES)
+        if self.layer is not None:
+            check_int("layer", self.layer, -self.num_states, self.num_states - 1)
+        if not isinstance(self.pooling, str) or self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose from {POOLINGS}")
+        if not isinstance(self.kind, str) or self.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}; choose from {HEAD_KINDS}")
+        check_real("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_int("embedding_dim", self.embedding_dim, 1, MAX_EMBEDDING_DIM)
+        check_real("margin", self.margin, 0.0, 2.0)
+        check_real("scale", self.scale, 0.0, MAX_SCALE, low_open=True)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -50,6 +75,26 @@ class HeadConfig:
         """The per-task choices config.json keeps; the sizes come from the encoder and labels."""
         skip = ("num_classes", "hidden_size", "num_states")
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an integer (not a bool) in [low, high]; else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r:.60}")
+    return int(value)
+
+
+def check_real(name: str, value: object, low: float, high: float, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """``value`` if it is a finite number (not a bool) within the bounds; else a ValueError."""
+    ok = (not isinstance(value, bool) and isinstance(value, Real)
+          and (isinstance(value, Integral) or math.isfinite(value))  # JSON ints may be huge
+          and (low < value if low_open else low <= value)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {bounds}, got {value!r:.60}")
+    return float(value)
 
 
 def multilabel_classes(values: list[str]) -> list[str]:

@@ -6,7 +6,9 @@ and the recipes call the same code the README's commands do.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
 from .heads import multilabel_classes
-from .model import PRIMARY_TASK, CommandClassifier, Recognizer, load_model
+from .log import LOGGER
+from .model import PRIMARY_TASK, CommandClassifier, Recognizer, is_model_folder, load_model
 from .multitask import task_metrics
-from .train import TrainConfig, default_epochs, fit
+from .store import atomic_folder, training_folder
+from .train import TrainConfig, default_epochs, fit, seed_everything
 
 DEFAULT_ENCODER = "whisper-tiny.en"
 # the frozen head times the decoder's zero-shot prior: the best measured speaker-independent
@@ -31,18 +35,29 @@ DEFAULT_TEST_SPEAKER = "theo"  # held out by the no-flag main job (bundled data)
 
 
 def default_data() -> Path:
-    """The bundled FSDD subset: in the source tree, or under the working directory."""
-    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+    """The bundled FSDD subset: in the source tree, or under the working directory.
+
+    The digits ship with the source repository, not with the installed package (a wheel holds
+    no datasets), so an installed copy run elsewhere must be pointed at data.
+    """
+    places = [Path(__file__).resolve().parents[1], Path.cwd()]
+    for root in places:
         if (root / "data" / "fsdd" / "recordings").is_dir():
             return root / "data" / "fsdd"
-    raise DatasetError("bundled data/fsdd not found: run from the repository or pass --data")
+    looked = ", ".join(str(root / "data" / "fsdd") for root in places)
+    raise DatasetError(
+        f"no dataset given and the bundled digits (data/fsdd) are not here (looked in {looked}): "
+        "they ship with the source repository, not the installed package; run from a checkout, "
+        "or pass --data DIR (FSDD-style {label}_{speaker}_{take}.wav files, a folder per label, "
+        "or a .csv/.jsonl manifest)"
+    )
 
 
 def read_clips(clips, sample_rate: int, what: str):
     """Load audio, printing each skipped clip; fail clearly if nothing is usable."""
     waves, kept, skipped = load_waves(clips, sample_rate)
     for path, problem in skipped:
-        print(f"skipped {path}: {problem}")
+        LOGGER.warning("skipped %s: %s", path, problem)
     if clips and not kept:
         raise DatasetError(f"no usable clips left in the {what} set ({len(skipped)} skipped)")
     return waves, kept, skipped
@@ -55,6 +70,12 @@ def evaluate_system(system: Recognizer, waves: list[torch.Tensor], truth: list[s
     report = score(system.labels, truth, probs)
     report["seconds_per_clip"] = (time.perf_counter() - start) / max(len(waves), 1)
     return report
+
+
+def clips_digest(clips) -> str:
+    """A short hash of the clips' paths and labels, order-free: the exact set a run trained on."""
+    rows = sorted([os.path.abspath(c.path), sorted(c.labels.items())] for c in clips)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def train_job(
@@ -88,64 +109,81 @@ def train_job(
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
     validation split is carved from so few clips: training runs the set number of epochs.
+
+    The same ``seed`` gives the same weights (everything is seeded before any model is built);
+    ``out`` is locked for the run, a crashed run resumes from the checkpoint in the sibling
+    ``<out>.partial`` when started again with the same data and options, and ``out`` is
+    replaced whole at the end (``store.atomic_folder``).
     """
     out = Path(out)
-    epochs = epochs or default_epochs(strategy)
-    ds = load_dataset(data or default_data())
-    if test_speakers is None and data is None:
-        test_speakers = [DEFAULT_TEST_SPEAKER]
-    split = split_dataset(ds, test_speakers or None, seed=seed)
-    if strategy == "zero-shot":  # nothing to train: label names only, then evaluate and save
-        from .zeroshot import zero_shot_job
+    with training_folder(out, is_model_folder) as work:  # refuses a file or a busy --out now
+        seed_everything(seed)
+        epochs = epochs or default_epochs(strategy)
+        ds = load_dataset(data or default_data())
+        if test_speakers is None and data is None:
+            test_speakers = [DEFAULT_TEST_SPEAKER]
+        split = split_dataset(ds, test_speakers or None, seed=seed)
+        if strategy == "zero-shot":  # nothing to train: label names only, then evaluate and save
+            from .zeroshot import zero_shot_job
 
-        return zero_shot_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out)
-    if strategy == "generative":  # the decoder's last block, tuned on the label scores
-        from .zeroshot import generative_job
+            return zero_shot_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out)
+        if strategy == "generative":  # the decoder's last block, tuned on the label scores
+            from .zeroshot import generative_job
 
-        return generative_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out,
-                              per_class_n, seed)
-    if strategy == "combined":  # a frozen head times the zero-shot prior
-        from .zeroshot import combined_job
+            return generative_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out,
+                                  per_class_n, seed)
+        if strategy == "combined":  # a frozen head times the zero-shot prior
+            from .zeroshot import combined_job
 
-        return combined_job(data or default_data(), split, encoder, window, out, per_class_n, seed,
-                            test_speakers, epochs=epochs, tasks=tasks, pooling=pooling,
-                            layer=layer, device=device, lr_head=lr_head, batch_size=batch_size)
-    train, val = split.train, split.validation
-    if per_class_n:
-        train, val = per_class(train + val, per_class_n, seed), []
-    if strategy in CLASSIC_KINDS:  # the MFCC pipeline: no encoder, no validation needed
-        return classic_job(ds, split, train + val, strategy, out, per_class_n, seed)
-    started = time.perf_counter()
-    enc = build_encoder(encoder, window=window, pretrained=strategy != "scratch")
-    kinds = {t: (head_options or {}).get(t, {}).get("kind", "single") for t in tasks}
-    task_labels = {t: (multilabel_classes([c.labels[t] for c in train if t in c.labels])
-                       if kinds[t] == "multi" else sorted({c.labels[t] for c in train if t in c.labels}))
-                   for t in tasks}
-    empty = [t for t, labs in task_labels.items() if not labs]
-    if empty:
-        raise DatasetError(f"{ds.root}: no training labels for task(s) {empty}")
-    model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling,
-                              head_options=head_options)
-    train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
-    val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
-    config = TrainConfig(strategy=strategy, k=k, epochs=epochs, seed=seed, device=device,
-                         lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
-                         task_weights=dict(task_weights or {}))
-    result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
-                 config, out)
-    train_seconds = time.perf_counter() - started
-    summary = {
-        "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": enc.window,
-        "strategy": config.to_dict(), "per_class": per_class_n,
-        "train_speakers": sorted({c.speaker for c in train if c.speaker}),
-        "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
-        "n_train": len(train), "n_validation": len(val), "n_test": len(split.test),
-        "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
-        "history": result.history, "train_seconds": train_seconds,
-        "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    return finish_job(model, summary, split if evaluate else None, out)
+            return combined_job(data or default_data(), split, encoder, window, out, per_class_n,
+                                seed, test_speakers, epochs=epochs, tasks=tasks, pooling=pooling,
+                                layer=layer, device=device, lr_head=lr_head, batch_size=batch_size)
+        train, val = split.train, split.validation
+        if per_class_n:
+            train, val = per_class(train + val, per_class_n, seed), []
+        if strategy in CLASSIC_KINDS:  # the MFCC pipeline: no encoder, no validation needed
+            return classic_job(ds, split, train + val, strategy, out, per_class_n, seed)
+        started = time.perf_counter()
+        enc = build_encoder(encoder, window=window, pretrained=strategy != "scratch")
+        kinds = {t: (head_options or {}).get(t, {}).get("kind", "single") for t in tasks}
+        task_labels = {t: (multilabel_classes([c.labels[t] for c in train if t in c.labels])
+                           if kinds[t] == "multi"
+                           else sorted({c.labels[t] for c in train if t in c.labels}))
+                       for t in tasks}
+        empty = [t for t, labs in task_labels.items() if not labs]
+        if empty:
+            raise DatasetError(f"{ds.root}: no training labels for task(s) {empty}")
+        model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling,
+                                  head_options=head_options)
+        train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
+        val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
+        config = TrainConfig(strategy=strategy, k=k, epochs=epochs, seed=seed, device=device,
+                             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
+                             task_weights=dict(task_weights or {}))
+        identity = {  # what makes a checkpoint this run's: anything else starts afresh
+            "data": str(ds.root.resolve()), "train": clips_digest(train),
+            "validation": clips_digest(val),
+            "test_speakers": sorted({str(c.speaker) for c in split.test}),
+            "per_class": per_class_n, "encoder": encoder, "window": enc.window,
+            "head": {"tasks": list(tasks), "kinds": kinds, "pooling": pooling, "layer": layer,
+                     "options": head_options or {}},
+            "strategy": config.to_dict(),
+        }
+        result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
+                     config, work / "checkpoint", identity=identity)
+        train_seconds = time.perf_counter() - started
+        summary = {
+            "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": enc.window,
+            "strategy": config.to_dict(), "per_class": per_class_n,
+            "train_speakers": sorted({c.speaker for c in train if c.speaker}),
+            "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
+            "n_train": len(train), "n_validation": len(val), "n_test": len(split.test),
+            "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
+            "history": result.history, "train_seconds": train_seconds,
+            "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        return finish_job(model, summary, split if evaluate else None, out)
 
 
 def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int | None,
@@ -170,22 +208,27 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
     """Evaluate on the held-out speakers, write the reports, save the system and its summary.
 
     Every strategy ends here, so every model folder has the same files (``split=None``: save
-    without scoring).
+    without scoring). The folder is written whole (``atomic_folder``): a kill leaves the old
+    one or the new one, never reports of one run beside the weights of another.
     """
+    report = None
     if split is not None and split.test:
         test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
         report = evaluate_system(system, test_w, [c.label for c in test])
         report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
         summary["skipped"] = summary["skipped"] + report["skipped"]
-        write_report(report, out, "test_report", f"Held-out speakers {summary['test_speakers']}")
         summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip")}
         if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
             summary["test"]["tasks"] = task_metrics(system, test_w, test)
     system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
                    "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
                                                       "n_train", "per_class")}}
-    system.save(out)
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_folder(out, is_model_folder) as folder:
+        if report is not None:
+            write_report(report, folder, "test_report",
+                         f"Held-out speakers {summary['test_speakers']}")
+        system.save(folder)
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -199,9 +242,16 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
             f"{data}: labels {unknown} are not among the model's labels {system.labels} "
             f"(model: {model_dir})"
         )
-    waves, kept, skipped = read_clips(ds.clips, system.sample_rate, "evaluation")
+    unlabeled = [(str(c.path), "no label to score against") for c in ds.clips if c.label is None]
+    for path, problem in ds.skipped + unlabeled:
+        LOGGER.warning("skipped %s: %s", path, problem)
+    if len(unlabeled) == len(ds.clips):
+        raise DatasetError(f"{data}: no clip has a label to score against")
+    waves, kept, skipped = read_clips([c for c in ds.clips if c.label is not None],
+                                      system.sample_rate, "evaluation")
     report = evaluate_system(system, waves, [c.label for c in kept])
-    report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+    report["skipped"] = [{"path": p, "problem": why}
+                         for p, why in ds.skipped + unlabeled + skipped]
     if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
         report["tasks"] = task_metrics(system, waves, kept)
     if report_dir:

@@ -12,23 +12,32 @@ Strategies:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
+import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from .audio import batch_waves
 from .encoders import EncoderOutput
 from .heads import MISSING, encode_multilabel
+from .log import LOGGER, progress
 from .model import PRIMARY_TASK, CommandClassifier
+from .store import atomic_folder, recover
+
+if TYPE_CHECKING:  # speechbrain loads only when a run augments
+    from .augment import Augmenter
 
 STRATEGIES = ("frozen", "top-k", "full", "reinit-k", "scratch")
 # MISSING (from heads): target of a label a clip does not have: it adds no loss and no gradient
@@ -67,15 +76,64 @@ def default_epochs(strategy: str) -> int:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device for ``name`` (auto, cpu, cuda, cuda:N, mps); a ValueError that says why
+    when torch does not know it or this machine lacks it, so a run fails before reading data."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA GPU is available here (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r}: Apple MPS is not available here (use cpu or auto)")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and GPUs); jobs call it before building any model, so
+    the same seed gives the same initial weights."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def model_fingerprint(model: CommandClassifier) -> dict:
+    """Encoder, tasks, head options and a hash of every tensor's name and shape: a checkpoint
+    of another layout (pooling, layer, labels...) must never be loaded into this one."""
+    shapes = json.dumps([[k, list(v.shape)] for k, v in model.state_dict().items()])
+    return {"encoder": model.encoder.name, "window": model.encoder.window, "tasks": model.tasks,
+            "heads": {t: h.config.options() for t, h in model.heads.items()},
+            "tensors": hashlib.sha256(shapes.encode()).hexdigest()[:16]}
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the tensors training can change (trainable parameters and buffers): what a
+    checkpoint or the best epoch must keep; a frozen encoder's weights stay as built."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in model.named_buffers()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+            if k in keep}
+
+
+def waves_digest(*parts: list) -> str:
+    """A hash of the training clips' samples and labels (and of the validation ones)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(f"|{len(part)}|".encode())
+        for item in part:
+            if isinstance(item, torch.Tensor):
+                digest.update(item.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                digest.update(json.dumps(item, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def frozen_blocks(model: CommandClassifier, config: TrainConfig) -> int:
@@ -127,7 +185,7 @@ class FeatureCache:
         order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
         model.eval()
         with torch.no_grad():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            for start in progress(range(0, len(order), batch_size), desc):
                 idx = order[start : start + batch_size]
                 batch, lengths = batch_waves([waves[i] for i in idx])
                 out = model.encoder(batch.to(device), lengths.to(device))
@@ -227,40 +285,151 @@ def masked_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
     return total
 
 
+CHECKPOINT_FILES = ("state.json", "model.safetensors", "best.safetensors",
+                    "optimizer.safetensors", "rng.safetensors")
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Every global random generator (Python, NumPy, torch CPU and CUDA) as tensors plus
+    JSON, so a checkpoint stores them without pickling."""
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {"python": torch.tensor(keys, dtype=torch.int64),
+               "numpy": torch.from_numpy(np_keys.astype(np.int64)),
+               "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = state
+    return tensors, {"python": [version, gauss], "numpy": [kind, int(pos), int(has_gauss),
+                                                           float(cached)]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore what ``rng_state`` returned; all or nothing (each state is tried on a scratch
+    generator first), so a bad one leaves the generators as they were."""
+    version, gauss = meta["python"]
+    python = (int(version), tuple(int(x) for x in tensors["python"].tolist()), gauss)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    numpy = (str(kind), tensors["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss),
+             float(cached))
+    random.Random().setstate(python)
+    np.random.RandomState().set_state(numpy)
+    torch.Generator().set_state(tensors["torch"])
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[f"cuda.{i}"] for i in range(torch.cuda.device_count())
+                if f"cuda.{i}" in tensors]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _plain(value):
+    """``value`` as JSON gives it back (tuples become lists), for comparing with a saved one."""
+    return json.loads(json.dumps(value))
+
+
+def _changes(old, new, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "signature"]
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    return all(p.name in CHECKPOINT_FILES for p in directory.iterdir())
+
+
 class Checkpointer:
-    """Saves model + optimizer + loop state each epoch so a crash resumes where it stopped."""
+    """Saves model, optimizer, loop and random-generator state each epoch, so a crashed run
+    resumes where it stopped and ends as an uninterrupted one would, dropout included.
+
+    The folder is swapped in whole each epoch (``store.atomic_folder``). One that is torn or
+    was made by another run (its ``signature`` differs) is reported in one line, removed, and
+    training starts from the beginning.
+    """
 
     def __init__(self, directory: Path):
-        self.dir = Path(directory) / "checkpoint"
+        self.dir = Path(directory)
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer,
              best_state: dict[str, torch.Tensor], state: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        save_file(best_state, str(self.dir / "best.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(self.dir / "model.safetensors"))
         opt = optimizer.state_dict()
         tensors = {f"{i}.{name}": torch.as_tensor(v).cpu().contiguous()
                    for i, s in opt["state"].items() for name, v in s.items()}
-        save_file(tensors, str(self.dir / "optimizer.safetensors"))
         groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-        (self.dir / "state.json").write_text(json.dumps({**state, "param_groups": groups}))
+        rng, rng_meta = rng_state()
+        with atomic_folder(self.dir, _is_checkpoint) as folder:
+            save_file(best_state, str(folder / "best.safetensors"))
+            save_file(trained_state(model), str(folder / "model.safetensors"))
+            save_file(tensors, str(folder / "optimizer.safetensors"))
+            save_file(rng, str(folder / "rng.safetensors"))
+            (folder / "state.json").write_text(
+                json.dumps({**state, "param_groups": groups, "rng": rng_meta}))
 
-    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer, signature: dict) -> dict | None:
-        """Restore the last epoch if a checkpoint of the same run exists; else None."""
-        if not (self.dir / "state.json").is_file():
+    def discard(self, reason: str) -> None:
+        LOGGER.warning("discarding checkpoint %s: %s; training from the start", self.dir, reason)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def load(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+             signature: dict) -> dict | None:
+        """Restore model, optimizer and random generators from this run's checkpoint and return
+        the loop state (with ``best_state``); None when there is none to resume."""
+        recover(self.dir)
+        if not self.dir.is_dir():
             return None
-        state = json.loads((self.dir / "state.json").read_text())
-        if state.get("signature") != signature:
+        path = self.dir / "state.json"
+        try:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict):
+                raise TypeError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+            self.discard(f"{path} is unreadable ({err})")
             return None
-        model.load_state_dict(load_file(str(self.dir / "model.safetensors")))
-        tensors = load_file(str(self.dir / "optimizer.safetensors"))
+        changed = _changes(state.get("signature"), _plain(signature))
+        if changed:
+            self.discard(f"it was made by a run with other data or options "
+                         f"(changed: {', '.join(changed[:6])})")
+            return None
+        tensors = {}
+        for name in ("model", "best", "optimizer", "rng"):
+            file = self.dir / f"{name}.safetensors"
+            try:
+                tensors[name] = load_file(str(file))
+            except (OSError, SafetensorError, ValueError, RuntimeError) as err:
+                self.discard(f"{file} is unreadable ({err})")
+                return None
+        try:
+            return self._restore(model, optimizer, state, tensors)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            self.discard(f"{path} does not fit this run ({err!r})")
+            return None
+
+    @staticmethod
+    def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                 tensors: dict[str, dict[str, torch.Tensor]]) -> dict:
+        """Check everything first, then apply: a checkpoint that does not fit changes nothing."""
+        ours = {k: v.shape for k, v in trained_state(model).items()}
+        for name in ("model", "best"):
+            if {k: v.shape for k, v in tensors[name].items()} != ours:
+                raise ValueError(f"{name}.safetensors does not match the model's tensors")
+        loop = {"epoch": int(state["epoch"]), "best_epoch": int(state["best_epoch"]),
+                "history": list(state["history"]), "stale": int(state["stale"]),
+                "best": tuple(float(x) for x in state["best"]), "best_state": tensors["best"]}
         per_param: dict[int, dict] = {}
-        for key, value in tensors.items():
+        for key, value in tensors["optimizer"].items():
             i, name = key.split(".", 1)
             per_param.setdefault(int(i), {})[name] = value
-        optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
-        return state
+        snapshot = rng_state()
+        set_rng_state(tensors["rng"], state["rng"])
+        try:
+            optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        except BaseException:
+            set_rng_state(*snapshot)
+            raise
+        model.load_state_dict(tensors["model"], strict=False)  # the rest never trains
+        return loop
 
 
 @dataclass
@@ -295,13 +464,25 @@ def fit(
     val_waves: list[torch.Tensor],
     val_labels: list[dict[str, str]],
     config: TrainConfig,
-    out_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
     train_cache: FeatureCache | None = None,
+    identity: dict | None = None,
+    augmenter: Augmenter | None = None,
 ) -> TrainResult:
     """Train under ``config.strategy``; keep the best validation epoch; resume if interrupted.
 
+    With ``checkpoint_dir`` each epoch is checkpointed there, and a checkpoint left by a run
+    with the same ``identity`` (what the caller knows of data, split and options: JSON),
+    config, model layout and training clips is resumed; any other one is discarded.
+
     ``train_cache`` (cached strategies only) reuses lower-layer features already computed for
-    ``train_waves`` by a model with the same frozen encoder, as a recipe comparing runs does.
+    ``train_waves`` (followed by their augmented copies, with ``augmenter``) by a model with the
+    same frozen encoder, as a recipe comparing runs does.
+
+    ``augmenter`` augments the training clips, never the validation ones. Cached strategies
+    (frozen, top-k) cache its K seeded copies of every clip beside the clean one, so an epoch
+    sees K + 1 versions of each; the others, which run the encoder every step anyway, draw a
+    fresh version of each clip every epoch (seeded by seed, epoch and clip).
     """
     seed_everything(config.seed)
     device = pick_device(config.device)
@@ -310,13 +491,19 @@ def fit(
     cached = n_frozen > 0
     targets = encode_targets(model, train_labels)
     val_targets = encode_targets(model, val_labels)[PRIMARY_TASK]
+    clean_waves = train_waves
+    if augmenter is not None and cached:
+        copies = augmenter.copies(train_waves)
+        train_waves = list(train_waves) + [w for copy in copies for w in copy]
+        targets = {t: torch.cat([v] * (len(copies) + 1)) for t, v in targets.items()}
 
     if cached:
-        if train_cache is None or train_cache.n_frozen != n_frozen:
+        if (train_cache is None or train_cache.n_frozen != n_frozen
+                or len(train_cache.items) != len(train_waves)):
             train_cache = FeatureCache(model, train_waves, n_frozen, device, desc="caching train")
         val_cache = FeatureCache(model, val_waves, n_frozen, device, desc="caching validation")
 
-        def run_train(idx):
+        def run_train(idx, epoch):
             return forward_cached(model, train_cache, idx, device)
 
         def run_val(idx):
@@ -326,8 +513,13 @@ def fit(
             batch, lengths = batch_waves([waves[i] for i in idx])
             return model(batch.to(device), lengths.to(device))
 
-        def run_train(idx):
-            return run_wave_batch(train_waves, idx)
+        def run_train(idx, epoch):
+            if augmenter is None:
+                return run_wave_batch(train_waves, idx)
+            seed = augmenter.config.seed
+            waves = [augmenter.augment(train_waves[i], np.random.default_rng([seed, epoch, i]))
+                     for i in idx]
+            return run_wave_batch(waves, list(range(len(idx))))
 
         def run_val(idx):
             return run_wave_batch(val_waves, idx)
@@ -348,8 +540,14 @@ def fit(
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    checkpointer = Checkpointer(out_dir) if out_dir else None
-    signature = {"config": config.to_dict(), "n_train": len(train_waves), "tasks": model.tasks}
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+    signature = None
+    if checkpointer:
+        signature = {"identity": identity or {}, "config": config.to_dict(),
+                     "model": model_fingerprint(model),
+                     "data": waves_digest(clean_waves, train_labels, val_waves, val_labels),
+                     "augment": None if augmenter is None else {
+                         **asdict(augmenter.config), "noises": waves_digest(augmenter.noises)}}
     state = checkpointer.load(model, optimizer, signature) if checkpointer else None
     start_epoch, best, best_epoch, history, stale = 0, (-1.0, math.inf), -1, [], 0
     best_state = None
@@ -357,9 +555,8 @@ def fit(
     if state is not None:
         start_epoch, best_epoch, history, stale = (state["epoch"] + 1, state["best_epoch"],
                                                   state["history"], state["stale"])
-        best = tuple(state["best"])
+        best, best_state = state["best"], state["best_state"]
         resumed_from = state["epoch"]
-        best_state = load_file(str(checkpointer.dir / "best.safetensors"))
         with warnings.catch_warnings():  # fast-forwarding the schedule before any step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start_epoch * steps_per_epoch):
@@ -371,11 +568,11 @@ def fit(
         model.train()
         batches = length_batches([w.numel() for w in train_waves], config.batch_size,
                                  config.seed * 1000 + epoch)
-        losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False)
+        losses, epoch_started = [], time.perf_counter()
+        bar = progress(batches, f"epoch {epoch + 1}")
         for idx in bar:
             with autocast:
-                logits = run_train(idx)
+                logits = run_train(idx, epoch)
             loss = masked_loss(logits, {t: v[idx] for t, v in targets.items()},
                                config.task_weights, model.heads)
             optimizer.zero_grad(set_to_none=True)
@@ -392,12 +589,14 @@ def fit(
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                   "val_accuracy": val_acc, "val_loss": val_loss}
         history.append(record)
-        tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}  "
-                   f"val acc {val_acc:.4f}  val loss {val_loss:.4f}")
+        LOGGER.info("epoch %d: train loss %.4f  val acc %.4f  val loss %.4f", epoch + 1,
+                    record["train_loss"], val_acc, val_loss)
+        LOGGER.debug("epoch %d took %.1f s (%d steps)", epoch + 1,
+                     time.perf_counter() - epoch_started, len(losses))
         score = (val_acc, -val_loss) if val_waves else (epoch, 0.0)
         if score > (best[0], -best[1]):
             best, best_epoch, stale = (score[0], -score[1]), epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = trained_state(model)
         else:
             stale += 1
         if checkpointer:
@@ -405,6 +604,6 @@ def fit(
                 "signature": signature, "epoch": epoch, "best": list(best),
                 "best_epoch": best_epoch, "history": history, "stale": stale})
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(best_state, strict=False)
     model.eval()
     return TrainResult(model, history, best_epoch, resumed_from)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .audio import batch_waves
 from .encoders.registry import (
@@ -48,6 +48,7 @@ from .encoders.registry import (
     load_tokenizer,
 )
 from .encoders.whisper import SAMPLE_RATE, Whisper
+from .heads import check_int, check_real
 from .model import (
     FORMAT,
     FORMAT_VERSION,
@@ -56,10 +57,16 @@ from .model import (
     ModelError,
     Prediction,
     Recognizer,
+    check_labels,
+    is_model_folder,
     load_model,
     read_config,
+    read_weights,
+    sub_folder,
     to_wave,
 )
+from .store import atomic_folder, work_folder
+from .vocab import SILENCE, UNKNOWN, is_command
 
 KIND = "zero-shot"
 STRATEGY = "zero-shot"  # the ``train --strategy`` value that builds one of these
@@ -68,7 +75,11 @@ DEFAULT_PROMPT = "auto"  # build the context prompt from the first alias of ever
 TRANSCRIPT_TOKENS = 12  # greedy baseline: enough for a command, stops runaway repetition
 ENDINGS = {"eot": ("<|endoftext|>",), "period": (".", "<|endoftext|>"), "none": ()}
 COMBINES = ("max", "logsumexp")
+MAX_LAYOUT_TOKENS = 2048  # decoder inputs of prompt + every spelling; attention is quadratic in it
 REJECT_BY = ("probability", "margin", "score")
+NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # the name differs between tokenizer files
+UNKNOWN_SCORE = -3.0  # garbage level: a command's spelling usually scores above it, other words below
+SILENCE_OFFSET = -1.0  # added to log P(no speech) to bring it to the spellings' scale
 # default spellings; " oh" is how many people say 0 in phone numbers
 DIGIT_ALIASES: dict[str, list[str]] = {
     "0": ["zero", "oh", "0"], "1": ["one", "1"], "2": ["two", "2"], "3": ["three", "3"],
@@ -107,6 +118,20 @@ class ZeroShotRecognizer(Recognizer):
 
     The default window is the padded "2s": on all four bundled speakers (400 clips) it scored
     0.983, against 0.940 for "clip" and 0.975 for "30s" (40 clips), at the clip window's cost.
+
+    ``_unknown_`` and ``_silence_`` have no spelling, so they are scored otherwise and the
+    system still gives one column per label (a combined system's prior covers them too):
+
+    - ``_silence_``: the log-probability of Whisper's own no-speech token (``<|nocaptions|>``)
+      right after ``<|startoftranscript|>``, plus ``silence_offset``. It is what Whisper was
+      trained to predict for a window without speech, so noise scores high and words low;
+      the offset puts that one-token log-probability on the scale of the spellings' averages.
+    - ``_unknown_``: a constant garbage level ``unknown_score`` on the spellings' scale. A word
+      that is no command still gets a best spelling, but a poor one: when even the best
+      command spelling scores below the level, "some other word" wins.
+
+    Both are fitted with the temperature on validation clips of the training speakers
+    (``fit_open_set``); the defaults are only a reasonable start.
     """
 
     def __init__(
@@ -124,19 +149,25 @@ class ZeroShotRecognizer(Recognizer):
         reject_below: float | None = None,
         batch_size: int = 8,
         model: Whisper | None = None,
+        unknown_score: float = UNKNOWN_SCORE,
+        silence_offset: float = SILENCE_OFFSET,
     ):
         if ending not in ENDINGS or combine not in COMBINES:
             raise ValueError(f"ending must be in {sorted(ENDINGS)}, combine in {COMBINES}")
         if reject_by is not None and reject_by not in REJECT_BY:
             raise ValueError(f"reject_by must be one of {REJECT_BY}, got {reject_by!r}")
+        check_labels(labels, minimum=1)
         if NONE_LABEL in labels:
             raise ValueError(f"{NONE_LABEL!r} is reserved for rejected clips")
+        if not any(is_command(lab) for lab in labels):
+            raise ValueError(f"labels {list(labels)} hold no word to spell")
         self.labels = list(labels)
         table = DIGIT_ALIASES if aliases is None else aliases
-        self.aliases = {lab: list(table.get(lab, [lab])) for lab in self.labels}
+        self.aliases = {lab: list(table.get(lab, [lab])) for lab in self.labels if is_command(lab)}
+        self.unknown_score, self.silence_offset = float(unknown_score), float(silence_offset)
         self.encoder_name, self.window = encoder, window
         if prompt == DEFAULT_PROMPT:
-            prompt = " ".join(self.aliases[lab][0] for lab in self.labels)
+            prompt = " ".join(aliases[0] for aliases in self.aliases.values())
         self.prompt = prompt
         self.temperature, self.ending, self.combine = temperature, ending, combine
         self.capitalise = capitalise
@@ -169,16 +200,21 @@ class ZeroShotRecognizer(Recognizer):
 
         A candidate's last token is only ever a target, never an input, and candidates that
         share leading tokens share their inputs: so " one" + end-of-text costs one input token.
+        ``_silence_`` is one more candidate: the no-speech token read at the position after
+        ``<|startoftranscript|>`` (no input token of its own); ``_unknown_`` has none.
         """
         prefix = self.prefix_tokens()
         end = [self.tokenizer.token_to_id(t) if t.startswith("<|") else self.encode_text(t)[0]
                for t in ENDINGS[self.ending]]
         cands = [(i, self.encode_text(form) + end)
-                 for i, lab in enumerate(self.labels) for alias in self.aliases[lab]
+                 for i, lab in enumerate(self.labels) for alias in self.aliases.get(lab, [])
                  for form in surface_forms(alias, self.capitalise)]
         n_p = len(prefix)
         if n_p + max(len(t) for _, t in cands) > self.model.dims.n_text_ctx:
             raise ValueError("prompt plus the longest alias exceed the decoder's context")
+        if n_p + sum(len(t) - 1 for _, t in cands) > MAX_LAYOUT_TOKENS:
+            raise ValueError(f"prompt plus every spelling of {len(self.labels)} labels exceed "
+                             f"{MAX_LAYOUT_TOKENS} decoder tokens")
         tokens, positions = list(prefix), list(range(n_p))
         seen = [list(range(k + 1)) for k in range(n_p)]  # causal over the prompt
         node: dict[tuple[int, ...], int] = {}
@@ -195,6 +231,12 @@ class ZeroShotRecognizer(Recognizer):
                     seen.append([*parent, len(tokens)])
                     tokens.append(t)
                     positions.append(n_p + k)
+        cand_label = [lab for lab, _ in cands]
+        if SILENCE in self.labels:
+            rows.append(prefix.index(self.tokenizer.token_to_id("<|startoftranscript|>")))
+            targets.append(self.no_speech_token())
+            target_cand.append(len(cand_label))
+            cand_label.append(self.labels.index(SILENCE))
         mask = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
         for i, visible in enumerate(seen):
             mask[i, visible] = True
@@ -203,10 +245,19 @@ class ZeroShotRecognizer(Recognizer):
         self._rows, self._row_of_target = torch.unique(torch.tensor(rows), return_inverse=True)
         self._targets = torch.tensor(targets)
         owner = torch.tensor(target_cand)
-        average = torch.zeros(len(targets), len(cands))
+        average = torch.zeros(len(targets), len(cand_label))
         average[torch.arange(len(targets)), owner] = 1.0
-        self._average = average / torch.bincount(owner, minlength=len(cands)).float()
-        self._cand_label = torch.tensor([lab for lab, _ in cands])
+        self._average = average / torch.bincount(owner, minlength=len(cand_label)).float()
+        self._cand_label = torch.tensor(cand_label)
+
+    def no_speech_token(self) -> int:
+        """Whisper's no-speech token (its silence detector reads it after start-of-transcript)."""
+        for name in NO_SPEECH_TOKENS:
+            token = self.tokenizer.token_to_id(name)
+            if token is not None:
+                return token
+        raise ValueError(f"the {self.encoder_name} tokenizer has no no-speech token "
+                         f"{NO_SPEECH_TOKENS} to score {SILENCE!r} with")
 
     # ---- scoring ---------------------------------------------------------------------
     def encode(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -260,11 +311,21 @@ class ZeroShotRecognizer(Recognizer):
         return self.scores_from_hidden(x)
 
     def labels_from_candidates(self, cand: torch.Tensor) -> torch.Tensor:
-        """Each label's score: max (or logsumexp) over its spellings: [B, labels]."""
-        parts = [cand[:, self._cand_label == i] for i in range(len(self.labels))]
-        if self.combine == "max":
-            return torch.stack([m.amax(1) for m in parts], 1)
-        return torch.stack([m.logsumexp(1) for m in parts], 1)
+        """Each label's score: max (or logsumexp) over its spellings: [B, labels].
+
+        ``_unknown_`` is the constant ``unknown_score``; ``_silence_`` is the no-speech
+        log-probability plus ``silence_offset`` (see the class docstring).
+        """
+        columns = []
+        for i, lab in enumerate(self.labels):
+            if lab == UNKNOWN:
+                columns.append(cand.new_full(cand.shape[:1], self.unknown_score))
+                continue
+            part = cand[:, self._cand_label == i]
+            columns.append(part.amax(1) if self.combine == "max" else part.logsumexp(1))
+            if lab == SILENCE:
+                columns[-1] = columns[-1] + self.silence_offset
+        return torch.stack(columns, 1)
 
     def label_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Each label's score: max (or logsumexp) over its spellings: [B, labels]."""
@@ -306,7 +367,7 @@ class ZeroShotRecognizer(Recognizer):
     def confidence(self, scores: np.ndarray) -> np.ndarray:
         """The quantity ``reject_below`` is compared with, per clip."""
         if self.reject_by == "score":
-            return scores.max(1)
+            return scores[:, [is_command(lab) for lab in self.labels]].max(1)
         probs = np.sort(self.proba_from_scores(scores), axis=1)
         if self.reject_by == "margin":
             return probs[:, -1] - (probs[:, -2] if probs.shape[1] > 1 else 0.0)
@@ -316,17 +377,47 @@ class ZeroShotRecognizer(Recognizer):
         """Like every recogniser, except that low-confidence clips get ``NONE_LABEL``."""
         waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
         scores = self.scores(waves)
-        probs = self.proba_from_scores(scores)
-        reject = np.zeros(len(waves), bool)
+        preds = self.predictions(self.proba_from_scores(scores))
         if self.reject_by and self.reject_below is not None:
-            reject = self.confidence(scores) < self.reject_below
-        preds = []
-        for row, rejected in zip(probs, reject):
-            best = int(row.argmax())
-            dist = {lab: float(p) for lab, p in zip(self.labels, row)}
-            label = NONE_LABEL if rejected else self.labels[best]
-            preds.append(Prediction(label, float(row[best]), dist))
+            for pred, rejected in zip(preds, self.confidence(scores) < self.reject_below):
+                if rejected:
+                    pred.label = NONE_LABEL
         return preds
+
+    def fit_open_set(self, scores: np.ndarray, truth: list[str]) -> dict:
+        """Fit ``unknown_score``, ``silence_offset`` and the temperature (least NLL) on clips of
+        the training speakers: ``scores`` from ``self.scores`` on them, ``truth`` their labels
+        (unknown words and silence among them). Returns what was set.
+
+        Why NLL over all three: they set how the two scored-otherwise columns weigh against
+        the spellings, so one criterion fits them together; a grid keeps it exact and cheap.
+        """
+        target = np.array([self.labels.index(t) for t in truth])
+        base = np.asarray(scores, dtype=np.float64).copy()
+        silence = self.labels.index(SILENCE) if SILENCE in self.labels else None
+        if silence is not None:
+            base[:, silence] -= self.silence_offset
+        unknown = self.labels.index(UNKNOWN) if UNKNOWN in self.labels else None
+        levels = np.arange(-8.0, 0.01, 0.25) if unknown is not None else [self.unknown_score]
+        offsets = np.arange(-6.0, 4.01, 0.25) if silence is not None else [self.silence_offset]
+        temps = np.geomspace(0.05, 10.0, 41)
+        best = (np.inf, self.unknown_score, self.silence_offset, self.temperature)
+        for level in levels:
+            for offset in offsets:
+                z = base.copy()
+                if unknown is not None:
+                    z[:, unknown] = level
+                if silence is not None:
+                    z[:, silence] += offset
+                z = z[None] / temps[:, None, None]  # [temperatures, clips, labels]
+                z = z - z.max(2, keepdims=True)
+                nll = (np.log(np.exp(z).sum(2)) - z[:, np.arange(len(target)), target]).mean(1)
+                i = int(nll.argmin())
+                if nll[i] < best[0] - 1e-12:
+                    best = (float(nll[i]), float(level), float(offset), float(temps[i]))
+        _, self.unknown_score, self.silence_offset, self.temperature = best
+        return {"unknown_score": self.unknown_score, "silence_offset": self.silence_offset,
+                "temperature": self.temperature, "nll": best[0], "n": len(truth)}
 
     def calibrate(
         self, waves: list[torch.Tensor], truth: list[str], reject_by: str = "score",
@@ -380,20 +471,23 @@ class ZeroShotRecognizer(Recognizer):
             "sample_rate": self.sample_rate, "labels": self.labels, "aliases": self.aliases,
             "prompt": self.prompt, "temperature": self.temperature, "ending": self.ending,
             "combine": self.combine, "capitalise": self.capitalise,
-            "reject_by": self.reject_by, "reject_below": self.reject_below, **self.info,
+            "reject_by": self.reject_by, "reject_below": self.reject_below,
+            "unknown_score": self.unknown_score, "silence_offset": self.silence_offset,
+            **self.rejection_config(), **self.info,
         }
 
     def save(self, directory: str | Path) -> Path:
         """config.json only: the weights are the installed package's, named by the encoder."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        with atomic_folder(directory, is_model_folder) as folder:
+            (folder / "config.json").write_text(json.dumps(self.config(), indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> ZeroShotRecognizer:
-        config = read_config(Path(directory), KIND)
-        system = cls(**_zero_shot_args(config))
+        directory = Path(directory)
+        config = read_config(directory, KIND)
+        system = _build(cls, directory, config)
         system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
         return system
 
@@ -541,22 +635,25 @@ class GenerativeRecognizer(ZeroShotRecognizer):
 
     def save(self, directory: str | Path) -> Path:
         """config.json plus the tuned decoder tensors (safetensors); nothing else is stored."""
-        directory = super().save(directory)
+        directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.tuned_parameters().items()}
-        save_file(state, str(directory / GENERATIVE_WEIGHTS))
+        with atomic_folder(directory, is_model_folder) as folder:
+            super().save(folder)
+            save_file(state, str(folder / GENERATIVE_WEIGHTS))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> GenerativeRecognizer:
         directory = Path(directory)
         config = read_config(directory, GENERATIVE_KIND)
-        system = cls(**_zero_shot_args(config), tuned_from=config["tuned_from"])
-        weights = directory / GENERATIVE_WEIGHTS
-        if not weights.is_file():
-            raise ModelError(f"{directory}: {GENERATIVE_WEIGHTS} is missing")
-        state, ours = load_file(str(weights)), system.tuned_parameters()
-        if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
-            raise ModelError(f"{weights}: tensors do not match tuned_from={system.tuned_from}")
+        try:
+            tuned_from = check_int("tuned_from", config.get("tuned_from"), 0, 255)
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        system = _build(cls, directory, config, tuned_from=tuned_from)
+        ours = system.tuned_parameters()
+        state = read_weights(directory / GENERATIVE_WEIGHTS, "pt",
+                             {k: tuple(v.shape) for k, v in ours.items()})
         with torch.no_grad():
             for k, v in ours.items():
                 v.copy_(state[k])
@@ -564,19 +661,79 @@ class GenerativeRecognizer(ZeroShotRecognizer):
         return system
 
 
-def _zero_shot_args(config: dict) -> dict:
-    """Constructor arguments of a zero-shot (or generative) system from its config."""
-    return {"labels": config["labels"], "aliases": config["aliases"],
-            "encoder": config["encoder"]["name"], "window": config["encoder"]["window"],
-            "prompt": config["prompt"], "temperature": config["temperature"],
-            "ending": config["ending"], "combine": config["combine"],
-            "capitalise": config["capitalise"], "reject_by": config["reject_by"],
-            "reject_below": config["reject_below"]}
+ZERO_SHOT_FIELDS = ("labels", "aliases", "encoder", "prompt", "temperature", "ending", "combine",
+                    "capitalise", "reject_by", "reject_below")
+
+
+def _zero_shot_args(config: dict, directory: Path) -> dict:
+    """Constructor arguments of a zero-shot (or generative) system from its config, every
+    field checked first: a wrong one is a ModelError naming it, before Whisper is built."""
+    missing = [k for k in ZERO_SHOT_FIELDS if k not in config]
+    if missing:
+        raise ModelError(f"{directory}: config.json lacks {missing}")
+    c = config
+
+    def words(v: object) -> bool:
+        return isinstance(v, list) and 0 < len(v) <= 64 and all(
+            isinstance(x, str) and x.strip() for x in v)
+
+    def choice(v: object, options) -> bool:
+        return isinstance(v, str) and v in options
+
+    def number(v: object, low: float, high: float) -> bool:
+        try:
+            check_real("", v, low, high, low_open=low == 0)
+        except ValueError:
+            return False
+        return True
+
+    wrong = {
+        "aliases": not (isinstance(c["aliases"], dict) and all(map(words, c["aliases"].values()))),
+        "encoder": not (isinstance(c["encoder"], dict) and isinstance(c["encoder"].get("name"), str)
+                        and isinstance(c["encoder"].get("window"), str)),
+        "prompt": not (c["prompt"] is None or isinstance(c["prompt"], str)),
+        "temperature": not number(c["temperature"], 0, 1e6),
+        "ending": not choice(c["ending"], ENDINGS),
+        "combine": not choice(c["combine"], COMBINES),
+        "capitalise": not isinstance(c["capitalise"], bool),
+        "reject_by": not (c["reject_by"] is None or choice(c["reject_by"], REJECT_BY)),
+        "reject_below": not (c["reject_below"] is None or number(c["reject_below"], -1e6, 1e6)),
+        # optional (older models have no open-set columns): the constructor's defaults
+        "unknown_score": not number(c.get("unknown_score", UNKNOWN_SCORE), -1e3, 1e3),
+        "silence_offset": not number(c.get("silence_offset", SILENCE_OFFSET), -1e3, 1e3),
+    }
+    bad = [k for k, w in wrong.items() if w]
+    if bad:
+        raise ModelError(f"{directory}: config field {bad[0]!r} is invalid: {c[bad[0]]!r:.80}")
+    try:
+        labels = check_labels(c["labels"], minimum=1)
+    except ValueError as err:
+        raise ModelError(f"{directory}: {err}") from None
+    return {"labels": labels, "aliases": c["aliases"], "encoder": c["encoder"]["name"],
+            "window": c["encoder"]["window"], "prompt": c["prompt"],
+            "temperature": c["temperature"], "ending": c["ending"], "combine": c["combine"],
+            "capitalise": c["capitalise"], "reject_by": c["reject_by"],
+            "reject_below": c["reject_below"],
+            "unknown_score": c.get("unknown_score", UNKNOWN_SCORE),
+            "silence_offset": c.get("silence_offset", SILENCE_OFFSET)}
+
+
+def _build(cls: type, directory: Path, config: dict, **extra):
+    """A zero-shot (or generative) system from a checked config; what its constructor refuses
+    (an unknown encoder or window, a prompt too long for the decoder) is a ModelError too."""
+    args = _zero_shot_args(config, directory)
+    try:
+        system = cls(**args, **extra)
+    except ValueError as err:
+        raise ModelError(f"{directory}: {err}") from None
+    system.load_rejection(config, directory)
+    return system
 
 
 COMBINED_KIND = "combined"
 COMBINED_STRATEGY = "combined"
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+MAX_PRIOR_WEIGHT = 1_000.0  # beyond it p_zero^weight under- or overflows to NaN
 
 
 def combine_log_linear(head_probs: np.ndarray, zero_probs: np.ndarray, weight: float) -> np.ndarray:
@@ -645,25 +802,41 @@ class CombinedRecognizer(Recognizer):
     def config(self) -> dict:
         return {"format": FORMAT, "version": FORMAT_VERSION, "kind": COMBINED_KIND,
                 "labels": self.labels, "sample_rate": self.sample_rate, "weight": self.weight,
-                "head": "head", "zero_shot": "zero_shot", **self.info}
+                "head": "head", "zero_shot": "zero_shot", **self.rejection_config(), **self.info}
 
     def save(self, directory: str | Path) -> Path:
         """config.json, the head's folder in head/ and the decoder system's in zero_shot/."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.head.save(directory / "head")
-        self.zero.save(directory / "zero_shot")
-        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        with atomic_folder(directory, is_model_folder) as folder:
+            self.head.save(folder / "head")
+            self.zero.save(folder / "zero_shot")
+            (folder / "config.json").write_text(json.dumps(self.config(), indent=2))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> CombinedRecognizer:
         directory = Path(directory)
         config = read_config(directory, COMBINED_KIND)
-        zero = load_model(directory / config["zero_shot"])
-        if not isinstance(zero, ZeroShotRecognizer):
-            raise ModelError(f"{directory}: zero_shot/ holds no decoder-scoring system")
-        system = cls(CommandClassifier.load(directory / config["head"]), zero, config["weight"])
+        try:
+            weight = check_real("weight", config.get("weight"), 0.0, MAX_PRIOR_WEIGHT)
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        head_dir = sub_folder(directory, config, "head")
+        zero_dir = sub_folder(directory, config, "zero_shot")
+        if read_config(head_dir)["kind"] != "neural":
+            raise ModelError(f"{directory}: 'head' ({head_dir.name}/) holds no neural classifier")
+        if read_config(zero_dir)["kind"] not in (KIND, GENERATIVE_KIND):
+            raise ModelError(f"{directory}: 'zero_shot' ({zero_dir.name}/) holds no "
+                             "decoder-scoring system")
+        head, zero = CommandClassifier.load(head_dir), load_model(zero_dir)
+        try:
+            system = cls(head, zero, weight)
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        if config.get("labels", system.labels) != system.labels:
+            raise ModelError(f"{directory}: labels {config['labels']!r:.60} differ from the "
+                             f"head's {system.labels}")
+        system.load_rejection(config, directory)
         system.info = {k: config[k] for k in ("strategy", "metrics", "data") if k in config}
         return system
 
@@ -679,8 +852,9 @@ def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
     started = time.perf_counter()
     train = split.train + split.validation
     labels = sorted({c.label for c in train if c.label is not None})
-    if not labels:
-        raise ValueError(f"{ds.root}: no labelled training clips to take label names from")
+    if len(labels) < 2:
+        raise ValueError(f"{ds.root}: a classifier needs at least 2 labels in the training "
+                         f"clips, got {labels}")
     system = ZeroShotRecognizer(labels, encoder=encoder, window=window)
     summary = {
         "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
@@ -706,8 +880,9 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
     if per_class_n:
         train = per_class(train, per_class_n, seed)
     labels = sorted({c.label for c in train if c.label is not None})
-    if not labels:
-        raise ValueError(f"{ds.root}: no labelled training clips")
+    if len(labels) < 2:
+        raise ValueError(f"{ds.root}: a classifier needs at least 2 labels in the training "
+                         f"clips, got {labels}")
     system = GenerativeRecognizer(labels, encoder=encoder, window=window)
     waves, kept, skipped = read_clips(train, system.sample_rate, "training")
     fit_info = system.fit(waves, [c.label for c in kept], steps=steps, batch_size=batch_size,
@@ -730,14 +905,16 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
                  seed: int = 0, test_speakers: list[str] | None = None, **head_args) -> dict:
     """``train --strategy combined``: a frozen-encoder head (``train_job``, saved in out/head),
     the zero-shot prior, its weight chosen on the validation clips of the training speakers
-    (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``), then evaluate."""
+    (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``), then evaluate.
+    The head is trained in the run's work folder, so ``out`` changes only in the final save."""
     from .jobs import finish_job, read_clips, train_job
 
     started = time.perf_counter()
+    head_dir = work_folder(out) / "head"
     head_summary = train_job(data, encoder, window, "frozen", per_class_n=per_class_n, seed=seed,
-                             out=out / "head", test_speakers=test_speakers, evaluate=False,
+                             out=head_dir, test_speakers=test_speakers, evaluate=False,
                              **head_args)
-    head = CommandClassifier.load(out / "head")
+    head = CommandClassifier.load(head_dir)
     zero = ZeroShotRecognizer(head.labels, encoder=encoder, window=head.encoder.window)
     system = CombinedRecognizer(head, zero)
     held_out, choice = [] if per_class_n else split.validation, {"weight": 1.0, "nll": None}

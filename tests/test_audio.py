@@ -1,9 +1,19 @@
+import math
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from speechxfer.audio import AudioError, batch_waves, crop_or_pad, load, to_mono_resampled
+from speechxfer import audio
+from speechxfer.audio import (
+    AudioError,
+    as_mono,
+    batch_waves,
+    crop_or_pad,
+    load,
+    to_mono_resampled,
+)
 
 
 def test_load_resamples_real_clip(fsdd):
@@ -55,3 +65,82 @@ def test_crop_pad_and_batch():
     assert crop_or_pad(w, 12)[-2:].tolist() == [0, 0]
     batch, lengths = batch_waves([torch.ones(3), torch.ones(5)])
     assert batch.shape == (2, 5) and lengths.tolist() == [3, 5] and batch[0, 3:].sum() == 0
+
+
+def _pcm(wave: np.ndarray, dtype: str) -> np.ndarray:
+    """Float samples in [-1, 1] as integer PCM, by soundfile's (WAV's) conventions."""
+    if dtype == "uint8":  # 8-bit WAV is unsigned, centred on 128
+        return np.round(wave * 127 + 128).astype(np.uint8)
+    scale = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}[dtype]
+    return np.round(wave * scale).astype(dtype)
+
+
+def test_int16_predict_path_equals_float(fsdd):
+    """``predict(samples, sr)`` goes through to_wave -> to_mono_resampled: int16 PCM is scaled."""
+    from speechxfer.model import to_wave
+
+    path = str(fsdd / "7_jackson_32.wav")
+    as_float, rate = sf.read(path, dtype="float32")
+    as_int16, _ = sf.read(path, dtype="int16")
+    expected = to_mono_resampled(as_float, rate)
+    assert torch.allclose(to_mono_resampled(as_int16, rate), expected, atol=1e-6)
+    assert torch.allclose(to_wave(as_int16, rate, 16_000), expected, atol=1e-6)
+    assert torch.allclose(to_wave(torch.from_numpy(as_int16), rate, 16_000), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "int32"])
+def test_integer_pcm_is_scaled_to_unit_range(dtype):
+    t = np.linspace(0, 1, 8000, endpoint=False)
+    wave = 0.5 * np.sin(2 * np.pi * 440 * t)
+    pcm = _pcm(np.stack([wave, wave], 1), dtype)  # [time, channels], as soundfile reads
+    mono = as_mono(pcm)
+    assert mono.dtype == torch.float32 and mono.shape == (8000,)
+    assert torch.allclose(mono, torch.from_numpy(wave).float(), atol=2 / 127)
+    assert torch.allclose(as_mono(torch.from_numpy(pcm)), mono)  # the stream's tensors too
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [np.ones(8000, dtype=bool), np.ones(8000, dtype=np.complex64),
+     np.array([0.1] * 8000, dtype=object), np.ones(8000, dtype=np.int64),
+     np.array(["0.1"] * 8000), [[0.1] * 10, [0.1] * 3]],
+    ids=["bool", "complex", "object", "int64", "str", "ragged"],
+)
+def test_unusable_sample_types_are_audio_errors(samples):
+    with pytest.raises(AudioError, match="samples"):
+        to_mono_resampled(samples, 16_000)
+
+
+@pytest.mark.parametrize("rate", [8000.5, "8000", 0, -8000, True, float("nan"), float("inf"),
+                                  None, 10**9])
+def test_bad_sample_rates_are_audio_errors(rate):
+    with pytest.raises(AudioError, match="sample rate"):
+        to_mono_resampled(0.1 * np.ones(8000), rate)
+
+
+@pytest.mark.parametrize("rate", [8000, 8000.0, np.int32(8000), np.float64(8000)])
+def test_whole_number_rates_are_accepted(rate):
+    assert to_mono_resampled(0.1 * np.ones(8000), rate).numel() == 16_000
+
+
+def test_long_file_rejected_from_its_header(tmp_path, monkeypatch):
+    """Two hours of audio at 100 Hz: small on disk, and never decoded."""
+    path = tmp_path / "long.flac"
+    sf.write(path, np.zeros(2 * 3600 * 100, dtype=np.int16), 100, subtype="PCM_16")
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded a long file"))
+    with pytest.raises(AudioError, match="too long .*7200.0 s > 30 s"):
+        load(path)
+
+
+def test_odd_rate_resamples_with_a_small_kernel(monkeypatch):
+    """44101 Hz -> 16 kHz exactly would need a [16000, 44135] sinc kernel (gigabytes)."""
+    calls = []
+    real = audio.AF.resample
+    monkeypatch.setattr(audio.AF, "resample",
+                        lambda w, a, b: calls.append((a, b)) or real(w, a, b))
+    rng = np.random.default_rng(0)
+    wave = to_mono_resampled(0.1 * rng.standard_normal(44_101), 44_101)
+    assert abs(wave.numel() - 16_000) <= 1
+    (orig, new), = calls
+    g = math.gcd(orig, new)
+    assert (orig // g) * (new // g) <= audio.MAX_RESAMPLE_RATIO_PRODUCT

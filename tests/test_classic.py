@@ -12,6 +12,7 @@ from speechxfer.audio import load
 from speechxfer.classic import CLASSIC_KINDS, build_classic, load_classic, mfcc_features
 from speechxfer.classic.base import CONFIG_FILE
 from speechxfer.classic.dtw import dtw_distance
+from speechxfer.model import ModelError
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 DIGITS = [str(d) for d in range(10)]
@@ -123,7 +124,7 @@ def test_predict_rejects_empty_and_bad_waves(fitted) -> None:
 def test_unknown_kind_and_wrong_directory(tmp_path: Path, fitted) -> None:
     with pytest.raises(ValueError, match="unknown classic kind"):
         build_classic("neural")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelError, match="no config.json"):
         load_classic(tmp_path)
     fitted["dtw"].save(tmp_path)
     assert '"kind": "classic-dtw"' in (tmp_path / CONFIG_FILE).read_text()

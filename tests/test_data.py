@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,96 @@ def test_bad_clips_are_skipped_and_reported(small_fsdd):
     waves, kept, skipped = load_waves(load_dataset(small_fsdd).clips, 16_000)
     assert len(waves) == len(kept) == 36
     assert skipped[0][0].endswith("1_jackson_9.wav") and "not readable" in skipped[0][1]
+
+
+def test_stray_file_does_not_flip_the_fsdd_layout(small_fsdd, tmp_path):
+    """FSDD keeps its clips in ``recordings/``; a misnamed file there is skipped and listed."""
+    root = tmp_path / "repo"
+    shutil.copytree(small_fsdd, root / "recordings")
+    (root / "recordings" / "foo.wav").write_bytes((small_fsdd / "1_theo_0.wav").read_bytes())
+    (root / "recordings" / "7_theo.wav").write_bytes(b"x")
+    ds = load_dataset(root)
+    assert ds.layout == "fsdd" and ds.labels == ["1", "4", "7"] and len(ds.clips) == 36
+    assert sorted(Path(p).name for p, _ in ds.skipped) == ["7_theo.wav", "foo.wav"]
+    assert all("{label}_{speaker}_{take}" in problem for _, problem in ds.skipped)
+    with pytest.raises(DatasetError, match=r"known: \['george', 'jackson', 'theo'\]"):
+        split_dataset(ds, ["nobody"])
+
+
+def test_mostly_misnamed_flat_folder_names_the_file(small_fsdd):
+    for i in range(40):
+        (small_fsdd / f"take {i}.wav").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="take 0.wav"):
+        load_dataset(small_fsdd)
+
+
+def _jsonl(tmp_path, *lines: str):
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("row", ['["a.wav", "1"]', "3", '"a.wav"', "null", '{"label": "1"}',
+                                 '{"path": null, "label": "1"}', '{"path": 3, "label": "1"}',
+                                 '{"path": "", "label": "1"}', "{not json"])
+def test_bad_jsonl_rows_name_file_and_line(tmp_path, row):
+    path = _jsonl(tmp_path, '{"path": "a.wav", "label": "1"}', "", row)
+    with pytest.raises(DatasetError, match=r"m\.jsonl.*line 3"):
+        load_dataset(path)
+
+
+def test_null_labels_are_unknown(tmp_path):
+    path = _jsonl(tmp_path, '{"path": "a.wav", "label": null, "speaker": null, "mood": "calm"}',
+                  '{"path": "b.wav", "label": "1", "speaker": "ann", "split": null}')
+    a, b = load_dataset(path).clips
+    assert a.label is None and a.speaker is None and a.labels == {"mood": "calm"}
+    assert b.labels == {"command": "1", "speaker": "ann"}
+
+
+def test_csv_without_label_column(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,speaker\na.wav,ann\n")
+    with pytest.raises(DatasetError, match="m.csv.*no label column"):
+        load_dataset(path)
+
+
+def test_csv_rows_with_extra_cells_or_no_path(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label\na.wav,1\nb.wav,2,extra\n")
+    with pytest.raises(DatasetError, match=r"m\.csv.*line 3"):
+        load_dataset(path)
+    path.write_text("path,label\na.wav,1\n,2\n")
+    with pytest.raises(DatasetError, match=r"m\.csv.*line 3.*path"):
+        load_dataset(path)
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    """Spreadsheets save CSV as UTF-8 with a byte-order mark."""
+    path = tmp_path / "m.csv"
+    path.write_bytes("path,label\na.wav,1\n".encode("utf-8-sig"))
+    (clip,) = load_dataset(path).clips
+    assert clip.path == tmp_path / "a.wav" and clip.label == "1"
+
+
+def test_eval_skips_and_lists_unlabeled_and_misnamed_clips(small_fsdd, tmp_path):
+    """A null label at eval is 'unknown': the clip is listed as skipped, the rest is scored."""
+    from speechxfer.classic import build_classic
+    from speechxfer.jobs import eval_job
+
+    clips = [c for c in load_dataset(small_fsdd).clips if c.speaker != "theo"]
+    waves, kept, _ = load_waves(clips, 8000)
+    system = build_classic("svm", seed=0)
+    system.fit(waves, [c.label for c in kept])
+    system.save(tmp_path / "model")
+    theo = sorted(small_fsdd.glob("*_theo_*.wav"))
+    rows = [{"path": str(p), "label": p.name[0]} for p in theo]
+    rows[0]["label"] = None
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = eval_job(tmp_path / "model", manifest)
+    assert report["n"] == len(theo) - 1
+    assert report["skipped"] == [{"path": str(theo[0]), "problem": "no label to score against"}]
+    (small_fsdd / "notes.wav").write_bytes(b"x")
+    report = eval_job(tmp_path / "model", small_fsdd)
+    assert report["n"] == 36 and [s["path"] for s in report["skipped"]] == [
+        str(small_fsdd / "notes.wav")]

@@ -63,7 +63,7 @@ def test_mismatched_model_folder(trained, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     config = json.loads((out / "config.json").read_text())
-    config["tasks"]["command"] = ["1", "4", "7", "9"]
+    config["tasks"]["command"] = config["labels"] = ["1", "4", "7", "9"]  # weights: 3 labels
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
     with pytest.raises(ModelError, match="does not match"):
@@ -83,5 +83,6 @@ def test_predict_bad_file_names_it(trained, tmp_path, capsys):
     _, out = trained
     bad = tmp_path / "silence.wav"
     sf.write(bad, np.zeros(8000), 8000)
-    main(["predict", str(out), str(bad)])
-    assert "silence.wav: silent" in capsys.readouterr().err
+    assert main(["predict", str(out), str(bad), str(tmp_path / "missing.wav")]) == 1
+    err = capsys.readouterr().err
+    assert "silence.wav: silent" in err and "missing.wav: file not found" in err

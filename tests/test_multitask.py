@@ -71,7 +71,7 @@ def test_concatenations_multilabel_head_learns(small_fsdd, tmp_path):
     labels = [c.labels | {"command": "1"} for c in ds.clips]
     torch.manual_seed(0)  # frozen pretrained encoder: features cached once, only the head trains
     model = CommandClassifier(build_encoder("whisper-tiny.en", pretrained=True),
-                              {"command": ["1"], "commands": ["1", "4", "7"]},
+                              {"command": ["0", "1"], "commands": ["1", "4", "7"]},
                               head_options={"commands": {"kind": "multi"}})
     config = TrainConfig(strategy="frozen", epochs=15, batch_size=12, lr_head=5e-3, patience=99,
                          task_weights={"command": 0})

@@ -95,9 +95,9 @@ def test_crash_mid_training_resumes_from_checkpoint(clips, tmp_path, monkeypatch
 
     monkeypatch.setattr(Checkpointer, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path)
+        fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path / "ckpt")
     monkeypatch.setattr(Checkpointer, "save", real_save)
-    result = fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path)
+    result = fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path / "ckpt")
     assert result.resumed_from == 1
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 

@@ -117,7 +117,8 @@ def main() -> None:
     device = pick_device("auto")
     started = time.perf_counter()
     split, pool, _ = build_splits(args)
-    base = CommandClassifier(build_encoder("whisper-tiny.en", pretrained=True), {"command": ["x"]})
+    base = CommandClassifier(build_encoder("whisper-tiny.en", pretrained=True),
+                            {"command": ["x", "y"]})
     base.to(device)
     n_frozen = frozen_blocks(base, TrainConfig(strategy="top-k", k=1))
     pool_waves, pool, _ = read_clips(pool, base.sample_rate, "training")

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from speechxfer.classic.base import ClassicRecognizer, read_config
+from speechxfer.classic.base import ClassicRecognizer
 from speechxfer.classic.dtw import DTWRecognizer
 from speechxfer.classic.hmm import HMMRecognizer
 from speechxfer.classic.mfcc import mfcc_features
 from speechxfer.classic.svm import SVMRecognizer
+from speechxfer.model import ModelError, read_config
 
 RECOGNIZERS: dict[str, type[ClassicRecognizer]] = {
     cls.kind: cls for cls in (HMMRecognizer, DTWRecognizer, SVMRecognizer)
@@ -32,7 +33,7 @@ def load_classic(directory: str | Path) -> ClassicRecognizer:
     """Reopen any saved classic recogniser, dispatching on config.json's "kind"."""
     kind = read_config(Path(directory))["kind"].removeprefix("classic-")
     if kind not in RECOGNIZERS:
-        raise ValueError(f"{directory}: unknown classic model kind {kind!r}")
+        raise ModelError(f"{directory}: unknown classic model kind {kind!r:.60}")
     return RECOGNIZERS[kind].load(directory)
 
 

@@ -15,14 +15,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from scipy.special import softmax
 
-from speechxfer.classic.mfcc import mfcc_features
-from speechxfer.model import FORMAT, FORMAT_VERSION, Recognizer
+from speechxfer.classic.mfcc import FEATURE_DIM, mfcc_features
+from speechxfer.heads import check_int, check_real
+from speechxfer.model import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelError,
+    Recognizer,
+    check_labels,
+    is_model_folder,
+    read_config,
+    read_weights,
+)
+from speechxfer.store import atomic_folder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PROBE_FRAMES = 20  # a loaded model scores one such blank clip: weights that do not fit fail here
 
 
 @dataclass
@@ -38,6 +50,23 @@ class ClassicRecognizer(Recognizer, ABC):
     trim_silence: bool = True
     seed: int = 0
     labels: list[str] = field(default_factory=list, init=False)
+    # [low, high] of every numeric option (a saved config is a user file); subclasses extend it
+    OPTION_RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "sample_rate": (1_000, 192_000), "seed": (0, 2**32 - 1)}
+
+    def __post_init__(self) -> None:
+        """Refuse options of the wrong type or out of range before anything uses them."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not f.init or isinstance(f.default, str):  # str-typed options: the subclass checks
+                continue
+            if isinstance(f.default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError(f"option {f.name} must be true or false, got {value!r:.60}")
+            elif isinstance(f.default, int):
+                check_int(f"option {f.name}", value, *self.OPTION_RANGES[f.name])
+            else:
+                check_real(f"option {f.name}", value, *self.OPTION_RANGES[f.name])
 
     # -- subclass hooks -------------------------------------------------------------------
     @abstractmethod
@@ -105,30 +134,49 @@ class ClassicRecognizer(Recognizer, ABC):
         """Write model.safetensors (parameters) and config.json (kind, labels, options)."""
         if not self.labels:
             raise RuntimeError("cannot save an unfitted recogniser")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
-        save_file(arrays, str(directory / WEIGHTS_FILE))
-        config = {"format": FORMAT, "version": FORMAT_VERSION, "kind": f"classic-{self.kind}",
-                  "sample_rate": self.sample_rate, "labels": self.labels, "options": self.options()}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        with atomic_folder(directory, is_model_folder) as folder:  # weights + config, or neither
+            save_file(arrays, str(folder / WEIGHTS_FILE))
+            config = {"format": FORMAT, "version": FORMAT_VERSION,
+                      "kind": f"classic-{self.kind}", "sample_rate": self.sample_rate,
+                      "labels": self.labels, "options": self.options(), **self.rejection_config()}
+            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> ClassicRecognizer:
-        """Rebuild a recogniser written by ``save``."""
+        """Rebuild a recogniser written by ``save``; options, labels and weights that do not
+        fit together are a ModelError naming the folder (a loaded model never mislabels)."""
         directory = Path(directory)
-        config = read_config(directory)
-        if config["kind"] != f"classic-{cls.kind}":
-            raise ValueError(f"{directory} holds a {config['kind']!r} model, not classic-{cls.kind}")
-        model = cls(**config["options"])
-        model.labels = list(config["labels"])
-        model._restore(load_file(str(directory / WEIGHTS_FILE)))
+        config = read_config(directory, f"classic-{cls.kind}")
+        options, names = config.get("options"), sorted(f.name for f in fields(cls) if f.init)
+        if not isinstance(options, dict) or sorted(options) != names:
+            got = sorted(options) if isinstance(options, dict) else options
+            raise ModelError(f"{directory}: options must name exactly {names}, got {got!r:.200}")
+        try:
+            model = cls(**options)
+        except (TypeError, ValueError) as err:
+            raise ModelError(f"{directory}: bad options ({err})") from None
+        try:
+            model.labels = check_labels(config.get("labels"))
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        model.load_rejection(config, directory)
+        if model.labels != sorted(model.labels):  # fit sorts them: weight i is label i
+            raise ModelError(f"{directory}: labels {model.labels} are not in the sorted order "
+                             "their weights were fitted in")
+        if config.get("sample_rate", model.sample_rate) != model.sample_rate:
+            raise ModelError(f"{directory}: sample_rate {config['sample_rate']!r:.20} differs "
+                             f"from options' {model.sample_rate}")
+        arrays = read_weights(directory / WEIGHTS_FILE, "np")
+        problem = f"{len(model.labels)} labels"
+        try:
+            model._restore(arrays)
+            probe = model._log_scores([np.zeros((PROBE_FRAMES, FEATURE_DIM), np.float32)])
+            fits = (set(model._arrays()) == set(arrays) and np.shape(probe) == (1, len(model.labels))
+                    and bool(np.isfinite(probe).all()))
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as err:
+            fits, problem = False, f"{problem}; {str(err)[:200]}"
+        if not fits:
+            raise ModelError(f"{directory}: the weights in {WEIGHTS_FILE} do not fit config.json "
+                             f"({problem})")
         return model
-
-
-def read_config(directory: Path) -> dict[str, Any]:
-    """config.json of a saved classic model, with a clear error when it is missing."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a saved classic model directory")
-    return json.loads(path.read_text())

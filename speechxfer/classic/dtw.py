@@ -36,6 +36,8 @@ class DTWRecognizer(ClassicRecognizer):
     """Template matching; probabilities = softmax of minus the per-word nearest distance."""
 
     kind: ClassVar[str] = "dtw"
+    OPTION_RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassicRecognizer.OPTION_RANGES, "max_templates": (1, 10_000)}
     max_templates: int = 20  # per word; bounds prediction cost
     _templates: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
     _template_labels: np.ndarray = field(

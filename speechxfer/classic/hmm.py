@@ -65,6 +65,9 @@ class HMMRecognizer(ClassicRecognizer):
     """Isolated-word GMM-HMM: the classic speaker-independent small-vocabulary recogniser."""
 
     kind: ClassVar[str] = "gmm-hmm"
+    OPTION_RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassicRecognizer.OPTION_RANGES, "n_states": (1, 64), "n_mix": (1, 64),
+        "n_iter": (0, 10_000), "self_loop": (0.0, 1.0)}
     n_states: int = 5
     n_mix: int = 3
     n_iter: int = 10

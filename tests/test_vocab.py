@@ -1,0 +1,108 @@
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from speechxfer.audio import load
+from speechxfer.data import DatasetError, load_dataset, split_dataset
+from speechxfer.vocab import (
+    SILENCE,
+    UNKNOWN,
+    apply_commands,
+    load_with_silence,
+    map_for_model,
+    parse_commands,
+    shots,
+    with_silence,
+)
+
+SPEECH_COMMANDS = Path(__file__).resolve().parents[1] / "data" / "speech_commands"
+TEN = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+
+@pytest.fixture(scope="module")
+def commands():
+    return apply_commands(load_with_silence(SPEECH_COMMANDS), TEN)
+
+
+def test_silence_clips_are_read_with_pseudo_speakers():
+    plain = load_dataset(SPEECH_COMMANDS)
+    data = load_with_silence(SPEECH_COMMANDS)
+    silent = [c for c in data.clips if c.label == SILENCE]
+    assert SILENCE not in plain.labels and len(silent) == 204
+    assert data.speakers == plain.speakers  # no fake speaker to hold out by name
+    assert all(c.speaker in plain.speakers and "speaker" not in c.labels for c in silent)
+    # spread round-robin: no speaker carries more than its share
+    assert max(Counter(c.speaker for c in silent).values()) == -(-204 // len(plain.speakers))
+    assert float(load(silent[0].path).abs().max()) > 0  # readable as audio, not rejected
+    assert len(with_silence(data).clips) == len(data.clips)  # never added twice
+
+
+def test_twelve_class_mapping(commands):
+    counts = Counter(c.label for c in commands.clips)
+    assert set(counts) == set(TEN) | {UNKNOWN, SILENCE}
+    assert counts[UNKNOWN] == 87 + 55 and counts[SILENCE] == 204
+    assert sum(counts[w] for w in TEN) == 1307
+    by_path = {c.path: c.label for c in commands.clips}
+    assert by_path[next((SPEECH_COMMANDS / "marvin").iterdir())] == UNKNOWN
+    assert by_path[next((SPEECH_COMMANDS / "yes").iterdir())] == "yes"
+
+
+def test_bad_command_lists_are_refused():
+    data = load_with_silence(SPEECH_COMMANDS)
+    with pytest.raises(DatasetError, match="yse"):
+        apply_commands(data, ["yes", "yse"])
+    with pytest.raises(DatasetError, match="no command"):
+        apply_commands(data, [])
+    with pytest.raises(DatasetError, match="_unknown_"):
+        apply_commands(data, ["yes", UNKNOWN])
+    assert parse_commands(" yes,no ,up") == ["yes", "no", "up"]
+    for bad in ("yes,,no", "yes,yes", "yes,_silence_"):
+        with pytest.raises(ValueError):
+            parse_commands(bad)
+
+
+def test_speaker_split_spreads_silence_deterministically(commands):
+    held_out = commands.speakers[::5]
+    first = split_dataset(commands, test_speakers=held_out)
+    again = split_dataset(commands, test_speakers=held_out)
+    assert [c.path for c in first.test] == [c.path for c in again.test]
+    test_sil = [c for c in first.test if c.label == SILENCE]
+    train_sil = [c for c in first.train + first.validation if c.label == SILENCE]
+    share = len(held_out) / len(commands.speakers)
+    assert abs(len(test_sil) - share * 204) <= 3 and len(train_sil) == 204 - len(test_sil)
+    assert not {c.speaker for c in first.test} & {c.speaker for c in first.train}
+
+
+def test_shots_round_robin_over_speakers(commands):
+    few = shots(commands.clips, 10, seed=1)
+    for word in TEN:
+        picked = [c for c in few if c.label == word]
+        assert len(picked) == 10 and len({c.speaker for c in picked}) == 10
+    kept = Counter(c.label for c in few)
+    assert kept[UNKNOWN] == 142 and kept[SILENCE] == 204  # kept as given
+    assert [c.path for c in few] == [c.path for c in shots(commands.clips, 10, seed=1)]
+    assert {c.path for c in shots(commands.clips, 3, seed=1)} <= {c.path for c in few}
+    assert {c.path for c in shots(commands.clips, 10, seed=2)} != {c.path for c in few}
+    everything = shots(commands.clips, 10_000)
+    assert len(everything) == len(commands.clips)
+    with pytest.raises(ValueError):
+        shots(commands.clips, 0)
+
+
+def test_eval_mapping_for_a_model(commands):
+    data = load_with_silence(SPEECH_COMMANDS)
+    mapped = map_for_model(data, ["go", "stop", UNKNOWN, SILENCE])
+    counts = Counter(c.label for c in mapped.clips)
+    assert set(counts) == {"go", "stop", UNKNOWN, SILENCE} and counts[SILENCE] == 204
+    assert counts[UNKNOWN] == len(data.clips) - 204 - counts["go"] - counts["stop"]
+
+
+def test_silence_only_folder(tmp_path):
+    (tmp_path / SILENCE).mkdir()
+    clip = next((SPEECH_COMMANDS / SILENCE).iterdir())
+    (tmp_path / SILENCE / clip.name).write_bytes(clip.read_bytes())
+    data = load_with_silence(tmp_path)
+    assert [c.label for c in data.clips] == [SILENCE] and data.clips[0].speaker is None
+    with pytest.raises(DatasetError):
+        load_with_silence(tmp_path / "missing")
