@@ -11,9 +11,10 @@ from . import __version__
 from .audio import AudioError
 from .data import DatasetError
 from .encoders.registry import MissingWeightsError
-from .jobs import DEFAULT_STRATEGY
+from .jobs import DEFAULT_AUGMENT_COPIES, DEFAULT_STRATEGY
 from .log import LOGGER, NORMAL, QUIET, VERBOSE, configure
 from .model import ModelError
+from .openset import DEFAULT_MAX_FALSE_ACCEPT
 from .stream import MicrophoneError
 
 COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFoundError,
@@ -46,6 +47,16 @@ def _device(name: str) -> str:
     return name
 
 
+def _commands(text: str) -> list[str]:
+    """``--commands yes,no,up``: the words, or an error at parse time."""
+    from .vocab import parse_commands
+
+    try:
+        return parse_commands(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _out_dir(text: str) -> Path:
     """Refuse an ``--out`` that is an existing file now, not after training."""
     path = Path(text)
@@ -73,16 +84,31 @@ def _train(args: argparse.Namespace) -> None:
         k=args.k, per_class_n=args.per_class, epochs=args.epochs, seed=args.seed, out=args.out,
         test_speakers=args.test_speaker, tasks=tuple(name for name, _, _ in specs),
         pooling=args.pooling, layer=args.layer, device=args.device, head_options=head_options,
+        commands=args.commands, shots=args.shots, max_false_accept=args.max_false_accept,
+        augment=args.augment, noise=args.noise, augment_copies=args.augment_copies,
     )
     test = summary.get("test")
     if test:
         print(f"held-out speakers {summary['test_speakers']}: accuracy {test['accuracy']:.4f}, "
               f"macro-F1 {test['macro_f1']:.4f} on {test['n']} clips")
+        _print_open_set(test)
         _print_tasks(test.get("tasks", {}))
     if summary["skipped"]:
         LOGGER.info("%d bad clip(s) skipped; listed in %s/train_summary.json",
                     len(summary["skipped"]), args.out)
     print(f"model saved to {args.out} (trained in {summary['train_seconds']:.0f} s)")
+
+
+def _print_open_set(report: dict) -> None:
+    """Command recall and false accepts, when the report has them."""
+    rates = report.get("open_set")
+    if not rates:
+        return
+    figures = "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in rates.items()
+                        if v is not None)
+    threshold = report.get("threshold")
+    print(f"  open set: {figures}" + ("" if threshold is None else
+                                      f"  (rejection threshold {threshold:.4f})"))
 
 
 def _print_tasks(tasks: dict[str, dict]) -> None:
@@ -96,12 +122,14 @@ def _eval(args: argparse.Namespace) -> None:
 
     report = eval_job(args.model, args.data, args.report)
     if args.json:
-        print(json.dumps({k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class",
-                                                  "confusion", "labels", "skipped", "tasks")
+        print(json.dumps({k: report[k] for k in ("accuracy", "macro_f1", "n", "open_set",
+                                                  "threshold", "per_class", "confusion",
+                                                  "labels", "skipped", "tasks")
                           if k in report}))
     else:
         print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
               f"on {report['n']} clips")
+        _print_open_set(report)
         _print_tasks(report.get("tasks", {}))
     if report["skipped"]:
         LOGGER.info("%d bad clip(s) skipped", len(report["skipped"]))
@@ -209,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     t.add_argument("--layer", type=int, help="use one hidden state instead of a learned mix")
     t.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    t.add_argument("--commands", type=_commands, metavar="WORD,WORD,...",
+                   help="these words are the classes; every other word becomes _unknown_, the "
+                        "clips of _silence_/ become _silence_ (default: every folder a label)")
+    t.add_argument("--shots", type=_bounded(int, 1), metavar="N",
+                   help="keep N training clips per command in total, from as many speakers as "
+                        "possible (unknown and silence clips are kept)")
+    t.add_argument("--max-false-accept", type=_bounded(float, 0.0, 1.0),
+                   default=DEFAULT_MAX_FALSE_ACCEPT, metavar="RATE",
+                   help="rejection threshold: at most this fraction of the validation speakers' "
+                        "unknown words and silence taken for a command (with _unknown_/_silence_"
+                        " labels; default %(default)s)")
+    t.add_argument("--augment", action="store_true",
+                   help="train on seeded augmented copies too: speed, shift, simulated rooms, "
+                        "noise from the training _silence_ clips, --noise and synthetic")
+    t.add_argument("--noise", type=Path, metavar="DIR",
+                   help="with --augment: also mix in the audio files of this folder")
+    t.add_argument("--augment-copies", type=_bounded(int, 1), metavar="K",
+                   help=f"with --augment: augmented copies per training clip "
+                        f"(default {DEFAULT_AUGMENT_COPIES})")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="score every clip under a dataset with a saved model")

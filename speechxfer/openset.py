@@ -1,12 +1,14 @@
 """The open-set decision: accept the best command, or say ``_unknown_`` / ``_silence_``.
 
-A clip is given its best command when that command's probability reaches a threshold, and is
-rejected otherwise. The threshold is calibrated on validation clips from the training speakers
-for a target false-accept rate on the non-command clips (unknown words and silence together),
-and the lowest such threshold is taken: it keeps the most real commands the target allows.
-The rule needs no ``_unknown_`` / ``_silence_`` columns, so systems that can only score the
-commands (decoders) are thresholded the same way; without those columns a rejected clip is
-``_unknown_``.
+A clip is given its best command when that command's probability reaches a threshold and no
+``_unknown_`` / ``_silence_`` column is more probable still, and is rejected otherwise. The
+second condition matters because a calibrated threshold can be low (on few validation clips,
+the most probable class already rejects them all): a bar of 0.15 must not turn a clip that is
+85% "some other word" into a command. The threshold is calibrated on validation clips from the
+training speakers for a target false-accept rate on the non-command clips (unknown words and
+silence together), and the lowest such threshold is taken: it keeps the most real commands the
+target allows. Systems that score only the commands (no rejection columns) are thresholded the
+same way; a clip they reject is ``_unknown_``.
 """
 
 from __future__ import annotations
@@ -42,14 +44,29 @@ def best_command(labels: list[str], probs: np.ndarray) -> tuple[np.ndarray, np.n
     return best, probs[np.arange(len(probs)), best]
 
 
+def _reject_columns(labels: list[str]) -> np.ndarray:
+    return np.array([i for i, lab in enumerate(labels) if lab in (UNKNOWN, SILENCE)], dtype=int)
+
+
+def acceptance(labels: list[str], probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best command (index into ``labels``) and the score a threshold is compared
+    with: that command's probability, or 0 where ``_unknown_`` or ``_silence_`` is more
+    probable (such a clip is rejected by any threshold above 0)."""
+    best, p = best_command(labels, probs)
+    reject = _reject_columns(labels)
+    if len(reject):
+        p = np.where(np.asarray(probs, dtype=np.float64)[:, reject].max(1) > p, 0.0, p)
+    return best, p
+
+
 def decide(labels: list[str], probs: np.ndarray, threshold: float) -> list[str]:
-    """The label of each row: its best command if probability >= ``threshold``, else rejected.
+    """The label of each row: its best command if ``acceptance`` >= ``threshold``, else rejected.
 
     A rejected clip is ``_silence_`` when silence outscores unknown, otherwise ``_unknown_``.
     """
-    best, p = best_command(labels, probs)
+    best, p = acceptance(labels, probs)
     probs = np.asarray(probs, dtype=np.float64)
-    reject = np.array([i for i, lab in enumerate(labels) if lab in (UNKNOWN, SILENCE)], dtype=int)
+    reject = _reject_columns(labels)
     out = []
     for row, (i, q) in enumerate(zip(best, p)):
         if q >= threshold:
@@ -66,11 +83,11 @@ def calibrate_threshold(
     max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT,
 ) -> float:
     """Lowest threshold at which at most ``max_false_accept`` of the non-command clips
-    (``_unknown_`` and ``_silence_`` in ``truth``) are accepted as a command."""
+    (``_unknown_`` and ``_silence_`` in ``truth``) are accepted as a command (by ``decide``)."""
     if not 0.0 <= max_false_accept <= 1.0:
         raise ValueError(f"max_false_accept must be in [0, 1], got {max_false_accept}")
     probs = _check(labels, probs, truth)
-    _, p = best_command(labels, probs)
+    _, p = acceptance(labels, probs)
     scores = np.sort(p[[not is_command(t) for t in truth]])[::-1]
     if not len(scores):
         raise ValueError("no _unknown_ or _silence_ clips to calibrate the rejection threshold on")

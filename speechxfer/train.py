@@ -438,6 +438,7 @@ class TrainResult:
     history: list[dict]
     best_epoch: int
     resumed_from: int | None
+    train_examples: int = 0  # training examples per epoch: clips plus cached augmented copies
 
 
 def evaluate_accuracy(model: CommandClassifier, run_batch, n: int, targets: torch.Tensor,
@@ -606,4 +607,4 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    return TrainResult(model, history, best_epoch, resumed_from)
+    return TrainResult(model, history, best_epoch, resumed_from, len(train_waves))

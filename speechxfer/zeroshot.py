@@ -65,6 +65,7 @@ from .model import (
     sub_folder,
     to_wave,
 )
+from .openset import DEFAULT_MAX_FALSE_ACCEPT
 from .store import atomic_folder, work_folder
 from .vocab import SILENCE, UNKNOWN, is_command
 
@@ -384,10 +385,11 @@ class ZeroShotRecognizer(Recognizer):
                     pred.label = NONE_LABEL
         return preds
 
-    def fit_open_set(self, scores: np.ndarray, truth: list[str]) -> dict:
+    def fit_open_set(self, scores: np.ndarray, truth: list[str]) -> tuple[dict, np.ndarray]:
         """Fit ``unknown_score``, ``silence_offset`` and the temperature (least NLL) on clips of
         the training speakers: ``scores`` from ``self.scores`` on them, ``truth`` their labels
-        (unknown words and silence among them). Returns what was set.
+        (unknown words and silence among them). Returns what was set, and ``scores`` as
+        ``self.scores`` now gives them (for ``proba_from_scores`` without a second pass).
 
         Why NLL over all three: they set how the two scored-otherwise columns weigh against
         the spellings, so one criterion fits them together; a grid keeps it exact and cheap.
@@ -416,8 +418,13 @@ class ZeroShotRecognizer(Recognizer):
                 if nll[i] < best[0] - 1e-12:
                     best = (float(nll[i]), float(level), float(offset), float(temps[i]))
         _, self.unknown_score, self.silence_offset, self.temperature = best
-        return {"unknown_score": self.unknown_score, "silence_offset": self.silence_offset,
-                "temperature": self.temperature, "nll": best[0], "n": len(truth)}
+        if unknown is not None:
+            base[:, unknown] = self.unknown_score
+        if silence is not None:
+            base[:, silence] += self.silence_offset
+        fitted = {"unknown_score": self.unknown_score, "silence_offset": self.silence_offset,
+                  "temperature": self.temperature, "nll": best[0], "n": len(truth)}
+        return fitted, base.astype(np.float32)
 
     def calibrate(
         self, waves: list[torch.Tensor], truth: list[str], reject_by: str = "score",
@@ -841,11 +848,32 @@ class CombinedRecognizer(Recognizer):
         return system
 
 
-def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
+def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
+                       max_false_accept: float) -> dict | None:
+    """On validation clips of the training speakers, fit a decoder system's ``_unknown_`` /
+    ``_silence_`` scores and temperature (``fit_open_set``), then its rejection threshold
+    (``jobs.calibrate_rejection``). None for a closed-set system or without such clips."""
+    from .jobs import calibrate_rejection, open_set, read_clips
+
+    clips = [c for c in clips if c.label in system.labels]
+    if not open_set(system.labels) or not any(not is_command(c.label) for c in clips):
+        return None
+    waves, kept, _ = read_clips(clips, system.sample_rate, "validation")
+    truth = [c.label for c in kept]
+    fitted, scores = system.fit_open_set(system.scores(waves), truth)
+    rejection = calibrate_rejection(system, waves, truth, max_false_accept,
+                                    system.proba_from_scores(scores))
+    return {"scores": fitted, "rejection": rejection}
+
+
+def zero_shot_job(ds, split, encoder: str, window: str, out: Path,
+                  max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT) -> dict:
     """``train --strategy zero-shot``: no training; evaluate on the test split and save.
 
     Labels are the training split's label names; the summary and report files are those of
-    the neural path, so ``eval``, ``predict`` and the recipes need no special case.
+    the neural path, so ``eval``, ``predict`` and the recipes need no special case. With
+    ``_unknown_`` / ``_silence_`` among them, their scores and the rejection threshold are
+    fitted on the validation clips (``calibrate_open_set``).
     """
     from .jobs import finish_job
 
@@ -856,27 +884,37 @@ def zero_shot_job(ds, split, encoder: str, window: str, out: Path) -> dict:
         raise ValueError(f"{ds.root}: a classifier needs at least 2 labels in the training "
                          f"clips, got {labels}")
     system = ZeroShotRecognizer(labels, encoder=encoder, window=window)
+    fitted = calibrate_open_set(system, split.validation, max_false_accept)
     summary = {
         "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
         "strategy": {"strategy": STRATEGY}, "per_class": None,
         "train_speakers": sorted({c.speaker for c in train if c.speaker}),
         "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
-        "n_train": 0, "n_validation": 0, "n_test": len(split.test),
-        "best_epoch": None, "resumed_from_epoch": None, "history": [],
+        "n_train": 0, "n_validation": len(split.validation) if fitted else 0,
+        "n_test": len(split.test), "best_epoch": None, "resumed_from_epoch": None, "history": [],
         "train_seconds": time.perf_counter() - started, "skipped": [], "parameters": 0,
+        "open_set_fit": fitted and fitted["scores"], "rejection": fitted and fitted["rejection"],
     }
     return finish_job(system, summary, split, out)
 
 
 def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n: int | None = None,
-                   seed: int = 0, steps: int = 40, batch_size: int = 8) -> dict:
+                   seed: int = 0, steps: int = 40, batch_size: int = 8,
+                   max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT,
+                   augment: dict | None = None) -> dict:
     """``train --strategy generative``: fine-tune the decoder's last block on the training
-    clips (``per_class_n`` per label per speaker if set), evaluate on the test split, save."""
+    clips (``per_class_n`` per label per speaker if set), evaluate on the test split, save.
+
+    With ``_unknown_`` / ``_silence_`` labels the validation clips are kept out of training to
+    fit their scores and the rejection threshold (``calibrate_open_set``); ``augment``
+    (``jobs.augment_options``) adds augmented copies as extra training clips.
+    """
     from .data import per_class
-    from .jobs import finish_job, read_clips
+    from .jobs import augmented, finish_job, make_augmenter, open_set, read_clips
 
     started = time.perf_counter()
-    train = split.train + split.validation  # no early stopping: a fixed step budget
+    held = split.validation if open_set([c.label for c in split.train]) and not per_class_n else []
+    train = split.train + ([] if held else split.validation)  # a fixed step budget, no stopping
     if per_class_n:
         train = per_class(train, per_class_n, seed)
     labels = sorted({c.label for c in train if c.label is not None})
@@ -885,18 +923,22 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
                          f"clips, got {labels}")
     system = GenerativeRecognizer(labels, encoder=encoder, window=window)
     waves, kept, skipped = read_clips(train, system.sample_rate, "training")
-    fit_info = system.fit(waves, [c.label for c in kept], steps=steps, batch_size=batch_size,
-                          seed=seed)
+    fit_w, fit_clips = augmented(make_augmenter(augment, waves, kept, system.sample_rate),
+                                 waves, kept)
+    fit_info = system.fit(fit_w, [c.label for c in fit_clips], steps=steps,
+                          batch_size=batch_size, seed=seed)
+    fitted = calibrate_open_set(system, held, max_false_accept)
     summary = {
         "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": window,
         "strategy": {"strategy": GENERATIVE_STRATEGY, **fit_info}, "per_class": per_class_n,
         "train_speakers": sorted({c.speaker for c in kept if c.speaker}),
         "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
-        "n_train": len(kept), "n_validation": 0, "n_test": len(split.test),
+        "n_train": len(kept), "n_validation": len(held), "n_test": len(split.test),
         "best_epoch": None, "resumed_from_epoch": None, "history": [],
         "train_seconds": time.perf_counter() - started,
         "skipped": [{"path": p, "problem": why} for p, why in skipped],
-        "parameters": fit_info["tuned_parameters"],
+        "parameters": fit_info["tuned_parameters"], "augment": augment,
+        "open_set_fit": fitted and fitted["scores"], "rejection": fitted and fitted["rejection"],
     }
     return finish_job(system, summary, split, out)
 
@@ -906,8 +948,13 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
     """``train --strategy combined``: a frozen-encoder head (``train_job``, saved in out/head),
     the zero-shot prior, its weight chosen on the validation clips of the training speakers
     (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``), then evaluate.
-    The head is trained in the run's work folder, so ``out`` changes only in the final save."""
-    from .jobs import finish_job, read_clips, train_job
+    The head is trained in the run's work folder, so ``out`` changes only in the final save.
+
+    With ``_unknown_`` / ``_silence_`` the same validation clips first fit the prior's scores
+    for them (``ZeroShotRecognizer.fit_open_set``), then, after the weight, the combined
+    system's rejection threshold (``jobs.calibrate_rejection``).
+    """
+    from .jobs import calibrate_rejection, finish_job, open_set, read_clips, train_job
 
     started = time.perf_counter()
     head_dir = work_folder(out) / "head"
@@ -918,12 +965,22 @@ def combined_job(data, split, encoder: str, window: str, out: Path, per_class_n:
     zero = ZeroShotRecognizer(head.labels, encoder=encoder, window=head.encoder.window)
     system = CombinedRecognizer(head, zero)
     held_out, choice = [] if per_class_n else split.validation, {"weight": 1.0, "nll": None}
+    fitted = rejection = None
     if held_out:
         waves, kept, _ = read_clips(held_out, head.sample_rate, "validation")
-        target = np.array([head.labels.index(c.label) for c in kept])
-        weight, nll = choose_weight(head.predict_proba(waves), system.zero_probs(waves), target)
+        truth = [c.label for c in kept]
+        target = np.array([head.labels.index(t) for t in truth])
+        head_probs, scores = head.predict_proba(waves), zero.scores(waves)
+        if open_set(zero.labels) and open_set(truth):
+            fitted, scores = zero.fit_open_set(scores, truth)
+        zero_probs = zero.proba_from_scores(scores)[:, system._order]
+        weight, nll = choose_weight(head_probs, zero_probs, target)
         system.weight, choice = weight, {"weight": weight, "nll": nll, "n": len(kept)}
+        rejection = calibrate_rejection(
+            system, waves, truth, head_args.get("max_false_accept", DEFAULT_MAX_FALSE_ACCEPT),
+            combine_log_linear(head_probs, zero_probs, weight))
     summary = {**head_summary, "strategy": {"strategy": COMBINED_STRATEGY, "head": "frozen",
-                                            "prior_weight": choice}}
+                                            "prior_weight": choice},
+               "open_set_fit": fitted, "rejection": rejection}
     summary["train_seconds"] = time.perf_counter() - started
     return finish_job(system, summary, split, out)

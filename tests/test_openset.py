@@ -56,7 +56,9 @@ def test_decision_rule():
         [0.30, 0.50, 0.10, 0.10],  # the best command, not the first
     ])
     assert decide(LABELS, probs, 0.5) == ["go", UNKNOWN, SILENCE, "stop"]
-    assert decide(LABELS, probs, 0.3) == ["go", "go", "go", "stop"]  # low bar accepts commands
+    # a low bar still rejects a clip that _unknown_ or _silence_ outscores every command on
+    assert decide(LABELS, probs, 0.2) == ["go", UNKNOWN, SILENCE, "stop"]
+    assert decide(LABELS, probs, 0.0) == ["go", "go", "go", "stop"]  # 0 never rejects
     # a decoder scores only the commands: a rejected clip is unknown
     assert decide(["go", "stop"], np.array([[0.4, 0.35], [0.9, 0.1]]), 0.5) == [UNKNOWN, "go"]
     with pytest.raises(ValueError, match="do not match"):

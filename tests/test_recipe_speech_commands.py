@@ -1,0 +1,111 @@
+"""The Speech Commands recipe's protocol, shortcuts and reporting (the run itself is slow)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechxfer.data import load_waves
+from speechxfer.encoders import build_encoder
+from speechxfer.model import CommandClassifier
+from speechxfer.train import FeatureCache, forward_cached
+from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, load_with_silence
+
+RUN = Path(__file__).resolve().parents[1] / "recipes" / "speech_commands" / "run.py"
+spec = importlib.util.spec_from_file_location("speech_commands_run", RUN)
+run = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = run  # dataclasses look their module up
+spec.loader.exec_module(run)
+
+
+def test_folds_test_every_speaker_once_and_never_calibrate_on_test_or_train():
+    speakers = [f"s{i:02d}" for i in range(80)]
+    groups = run.speaker_groups(speakers, 2 * run.N_FOLDS, seed=0)
+    assert sorted(s for g in groups for s in g) == speakers
+    assert {len(g) for g in groups} == {8}
+    tested = []
+    for fold in range(run.N_FOLDS):
+        roles = run.fold_roles(fold, len(groups))
+        assert roles["test"].isdisjoint(roles["val"]) and roles["test"].isdisjoint(roles["train"])
+        assert roles["val"].isdisjoint(roles["train"])
+        assert roles["test"] | roles["val"] | roles["train"] == set(range(len(groups)))
+        tested += [s for g in roles["test"] for s in groups[g]]
+    assert sorted(tested) == speakers
+    assert run.speaker_groups(speakers, 10, seed=1) != groups  # the seed moves speakers
+
+
+def test_pooled_cache_gives_the_frozen_head_the_same_probabilities():
+    ds = apply_commands(load_with_silence(run.DATA), list(run.COMMANDS))
+    picked = [next(c for c in ds.clips if c.label == lab) for lab in ("yes", UNKNOWN, SILENCE)]
+    waves, _, _ = load_waves(picked, 16_000)
+    waves[0] = waves[0][:12_000]  # a shorter clip: fewer frames than the others
+    model = CommandClassifier(build_encoder(run.ENCODER, window=run.WINDOW),
+                              {"command": ["yes", UNKNOWN, SILENCE]})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.heads.parameters():
+            p.normal_()
+    cache = FeatureCache(model, waves, model.encoder.num_layers, run.CPU)
+    pooled = run.pooled(cache)
+    assert all(x.shape[1] == 1 for x in pooled.items) and cache.items[0].shape[1] > 1
+    full = run.cached_probs(model, cache)
+    np.testing.assert_allclose(run.cached_probs(model, pooled), full, atol=2e-3)
+    model.eval()
+    with torch.no_grad():
+        direct = torch.softmax(forward_cached(model, cache, [0, 1, 2], run.CPU)["command"], -1)
+    np.testing.assert_allclose(full, direct.numpy(), atol=1e-5)
+
+
+def test_unknown_false_accept_at_recall_reads_the_right_threshold():
+    labels = ["yes", "no", UNKNOWN]
+    truth = ["yes"] * 10 + ["no"] * 10 + [UNKNOWN] * 4
+    probs = np.zeros((24, 3))
+    probs[:20, 2] = 0.0
+    p_cmd = np.linspace(0.5, 0.99, 20)
+    probs[:10, 0], probs[10:20, 1] = p_cmd[:10], p_cmd[10:]
+    probs[:20, 2] = 1 - p_cmd
+    probs[20:, 0] = [0.49, 0.52, 0.60, 0.95]  # unknown words' best command
+    probs[20:, 2] = 1 - probs[20:, 0]
+    # recall 0.95 of 20 commands keeps 19: threshold = the 19th highest, p_cmd[1] ~ 0.526
+    assert run.unknown_fa_at_recall(labels, truth, probs) == pytest.approx(2 / 4)
+    assert run.unknown_fa_at_recall(labels, truth, probs, recall=0.5) == pytest.approx(1 / 4)
+    probs[:10, 0], probs[:10, 1] = 0.1, 0.9  # half the commands wrong: 0.95 unreachable
+    assert run.unknown_fa_at_recall(labels, truth, probs) is None
+
+
+def test_summary_and_table_report_mean_and_spread_per_point(tmp_path):
+    runs = [{"system": "frozen", "augment": False, "point": "10", "fold": f, "n_train": 300,
+             "accuracy": acc, "accuracy_argmax": acc, "macro_f1": acc, "command_recall": 0.9,
+             "unknown_false_accept": 0.1, "silence_false_accept": 0.0,
+             "unknown_fa_at_r95": None, "threshold": 0.5, "train_s": 1.0}
+            for f, acc in ((0, 0.9), (1, 0.8))]
+    runs.append({**runs[0], "system": "zero-shot", "point": "none"})
+    rows = run.summarise(runs)
+    assert [r["system"] for r in rows] == ["zero-shot", "frozen"]
+    frozen = rows[1]
+    assert frozen["folds"] == 2 and frozen["accuracy"] == pytest.approx(0.85)
+    assert frozen["accuracy_std"] == pytest.approx(0.05) and frozen["unknown_fa_at_r95"] is None
+    meta = {"run": "test", "command": "x", "wall_minutes": 0.1, "folds_run": [0, 1],
+            "max_false_accept": 0.03, "skipped_blocks": ["top-k fold 4"]}
+    text = run.markdown(rows, meta)
+    assert "| frozen | 0.850 ± 0.050 |" in text
+    assert "| zero-shot | 0.900 ± 0.000 |" in text  # no training: shown at every point
+    assert "Not run (budget): top-k fold 4" in text
+    run.write_outputs(runs, meta, "_test", tmp_path)
+    saved = json.loads((tmp_path / "results_test.json").read_text())
+    assert len(saved["runs"]) == 3 and (tmp_path / "speech_commands_test.png").stat().st_size
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_system(tmp_path):
+    run.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results_quick.json").read_text())
+    systems = {r["system"] for r in saved["runs"]}
+    assert systems == set(run.SYSTEMS)
+    frozen = [r for r in saved["runs"] if r["system"] == "frozen" and r["point"] == "10"]
+    assert frozen and frozen[0]["accuracy"] > 0.5  # far above 12-class chance on new speakers
+    assert (tmp_path / "results_quick.md").exists() and (tmp_path / "speech_commands_quick.png").exists()
