@@ -231,6 +231,7 @@ class Split:
     train: list[Clip]
     validation: list[Clip]
     test: list[Clip]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # the dataset's unusable files
 
 
 def split_dataset(
@@ -260,14 +261,14 @@ def split_dataset(
     given_val = [c for c in rest if data.split.get(c.path) == "validation"]
     if given_val and not test_speakers:
         train = [c for c in rest if data.split.get(c.path) != "validation"]
-        return Split(train, given_val, test)
+        return Split(train, given_val, test, list(data.skipped))
     groups: dict[tuple, list[Clip]] = defaultdict(list)
     for c in rest:
         groups[(c.label, c.speaker)].append(c)
     held = validation_speakers(rest, groups, val_fraction, seed)
     if held:
         return Split([c for c in rest if c.speaker not in held],
-                     [c for c in rest if c.speaker in held], test)
+                     [c for c in rest if c.speaker in held], test, list(data.skipped))
     rng = random.Random(seed)
     train, val = [], []
     for key in sorted(groups, key=str):
@@ -276,7 +277,7 @@ def split_dataset(
         n_val = round(len(group) * val_fraction) if len(group) > 2 else 0
         val += group[:n_val]
         train += group[n_val:]
-    return Split(train, val, test)
+    return Split(train, val, test, list(data.skipped))
 
 
 def load_waves(

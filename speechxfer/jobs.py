@@ -42,6 +42,11 @@ DEFAULT_ENCODER = "whisper-tiny.en"
 DEFAULT_STRATEGY = "combined"
 DEFAULT_TEST_SPEAKER = "theo"  # held out by the no-flag main job (bundled data)
 DEFAULT_AUGMENT_COPIES = 4  # K augmented copies of each training clip with --augment
+# The lowest rejection threshold calibration may set: a command is accepted only when it is more
+# probable than every alternative together. Validation speakers give a few dozen unknown and
+# silence clips, which a good model often rejects all of at any threshold; calibration alone
+# would then accept a command at any probability above the rejection classes'.
+MIN_THRESHOLD = 0.5
 
 
 def default_data() -> Path:
@@ -98,7 +103,8 @@ def calibrate_rejection(system: Recognizer, waves: list[torch.Tensor], truth: li
                         max_false_accept: float, probs: np.ndarray | None = None) -> dict | None:
     """Set ``system.threshold`` for at most ``max_false_accept`` of the unknown-word and
     silence clips among ``waves`` (validation clips of the training speakers) taken for a
-    command; ``probs``, if given, are the system's probabilities for them.
+    command, and at least ``MIN_THRESHOLD``; ``probs``, if given, are the system's
+    probabilities for them.
 
     Returns what was set, or None (and no threshold: the most probable label wins) for a
     closed-set system or when the clips hold no unknown word or silence to calibrate on.
@@ -112,10 +118,11 @@ def calibrate_rejection(system: Recognizer, waves: list[torch.Tensor], truth: li
                        len(truth))
         return None
     probs = system.predict_proba(waves) if probs is None else probs
-    system.threshold = calibrate_threshold(system.labels, truth, probs, max_false_accept)
+    calibrated = calibrate_threshold(system.labels, truth, probs, max_false_accept)
+    system.threshold = max(calibrated, MIN_THRESHOLD)
     system.max_false_accept = max_false_accept
-    return {"threshold": system.threshold, "max_false_accept": max_false_accept,
-            "n": len(truth), "n_rejectable": rejectable}
+    return {"threshold": system.threshold, "calibrated": calibrated,
+            "max_false_accept": max_false_accept, "n": len(truth), "n_rejectable": rejectable}
 
 
 def load_training_data(data: str | Path, commands: list[str] | None = None) -> Dataset:
@@ -364,6 +371,11 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
     one or the new one, never reports of one run beside the weights of another.
     """
     report = None
+    if split is not None and split.skipped:  # files the dataset reader could not use
+        for path, problem in split.skipped:
+            LOGGER.warning("skipped %s: %s", path, problem)
+        summary["skipped"] = [{"path": str(p), "problem": why} for p, why in split.skipped] + \
+            summary["skipped"]
     if split is not None and split.test:
         test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
         report = evaluate_system(system, test_w, [c.label for c in test])

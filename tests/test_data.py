@@ -174,3 +174,12 @@ def test_eval_skips_and_lists_unlabeled_and_misnamed_clips(small_fsdd, tmp_path)
     report = eval_job(tmp_path / "model", small_fsdd)
     assert report["n"] == 36 and [s["path"] for s in report["skipped"]] == [
         str(small_fsdd / "notes.wav")]
+
+
+def test_training_reports_a_misnamed_file_it_skipped(small_fsdd, tmp_path):
+    from speechxfer.jobs import train_job
+
+    (small_fsdd / "foo.wav").write_bytes((small_fsdd / "1_theo_0.wav").read_bytes())
+    summary = train_job(small_fsdd, strategy="svm", test_speakers=["theo"], out=tmp_path / "m")
+    assert [s["path"] for s in summary["skipped"]] == [str(small_fsdd / "foo.wav")]
+    assert summary["n_test"] == 12  # theo's 3 digits x 4 takes; foo.wav is in no split

@@ -126,6 +126,33 @@ def test_same_seed_gives_identical_weights(data, tmp_path, strategy, options):
     assert not work_folder(tmp_path / "a").exists()
 
 
+def saved_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor under a model folder (sub-models included) and the config's learnt numbers."""
+    tensors = {f"{f.relative_to(folder)}:{k}": v for f in sorted(folder.rglob("*.safetensors"))
+               for k, v in load_file(str(f)).items()}
+    config = json.loads((folder / "config.json").read_text())
+    return tensors, {k: config.get(k) for k in ("labels", "weight", "threshold", "temperature")}
+
+
+@pytest.mark.parametrize("strategy, options", [
+    ("full", {"epochs": 1}),
+    ("reinit-k", {"k": 1, "epochs": 1}),
+    ("combined", {"epochs": 4}),
+    pytest.param("generative", {}, marks=pytest.mark.slow),  # about 70 s on 2 cores
+    ("dtw", {}),
+    ("gmm-hmm", {}),
+])
+def test_same_seed_gives_the_same_model_for_every_other_strategy(data, tmp_path, strategy, options):
+    torch.manual_seed(5)
+    run(data, tmp_path / "a", strategy, seed=2, **options)
+    torch.manual_seed(6)  # a different process state: only the seed may decide
+    run(data, tmp_path / "b", strategy, seed=2, **options)
+    (ta, ca), (tb, cb) = saved_state(tmp_path / "a"), saved_state(tmp_path / "b")
+    assert ca == cb
+    assert ta.keys() == tb.keys()
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 # ---- kill and resume ----------------------------------------------------------------------------
 def cli_train(data: Path, out: Path, strategy: str, epochs: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "speechxfer", "train", "--data", str(data), "--strategy",

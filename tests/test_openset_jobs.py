@@ -15,7 +15,7 @@ from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.cli import main
 from speechxfer.data import load_dataset, split_dataset
 from speechxfer.encoders import build_encoder
-from speechxfer.jobs import augment_options, eval_job, train_job
+from speechxfer.jobs import MIN_THRESHOLD, augment_options, eval_job, train_job
 from speechxfer.model import CommandClassifier, ModelError, load_model
 from speechxfer.train import TrainConfig, fit
 from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, load_with_silence
@@ -71,7 +71,8 @@ def test_commands_become_the_classes_and_the_threshold_is_stored(svm_model):
     out, summary = svm_model
     config = json.loads((out / "config.json").read_text())
     assert config["labels"] == LABELS
-    assert summary["rejection"]["threshold"] == config["threshold"]
+    assert summary["rejection"]["threshold"] == config["threshold"] == max(
+        summary["rejection"]["calibrated"], MIN_THRESHOLD)
     assert config["max_false_accept"] == 0.0 and summary["n_validation"] > 0
     system = load_model(out)
     assert system.threshold == config["threshold"]

@@ -58,7 +58,7 @@ from speechxfer.encoders import build_encoder
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.openset import (
     DEFAULT_MAX_FALSE_ACCEPT,
-    best_command,
+    acceptance,
     calibrate_threshold,
     open_set_metrics,
 )
@@ -154,14 +154,14 @@ def cached_probs(model: CommandClassifier, cache: FeatureCache, batch: int = 64)
 def unknown_fa_at_recall(labels: list[str], truth: list[str], probs: np.ndarray,
                          recall: float = RECALL) -> float | None:
     """Unknown-word false accepts at the highest threshold that keeps ``recall`` of the command
-    clips accepted with the right label; None when even threshold 0 keeps fewer.
+    clips accepted with the right label (``openset``'s rule); None when no threshold keeps so many.
 
     Descriptive only: this threshold is read off the test clips, so no system could deploy it.
     """
-    best, p = best_command(labels, probs)
+    best, p = acceptance(labels, probs)
     truth_a = np.array(truth)
     commands = np.array([is_command(t) for t in truth])
-    right = commands & (np.array(labels)[best] == truth_a)
+    right = commands & (np.array(labels)[best] == truth_a) & (p > 0)
     need = math.ceil(recall * commands.sum() - 1e-9)
     if need == 0 or right.sum() < need:
         return None
@@ -288,8 +288,8 @@ class Runner:
         if fold not in self.zero_fit:
             system.unknown_score, system.silence_offset = UNKNOWN_SCORE, SILENCE_OFFSET
             system.temperature = 1.0
-            self.zero_fit[fold] = system.fit_open_set(self.zero_scores(val),
-                                                      [self.truth[i] for i in val])
+            self.zero_fit[fold], _ = system.fit_open_set(self.zero_scores(val),
+                                                         [self.truth[i] for i in val])
         fitted = self.zero_fit[fold]
         system.unknown_score, system.silence_offset = fitted["unknown_score"], fitted["silence_offset"]
         system.temperature = fitted["temperature"]
