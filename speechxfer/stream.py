@@ -25,6 +25,7 @@ import torch
 
 from .audio import AudioError, as_mono, resample
 from .model import Recognizer
+from .vocab import is_command
 
 FRAME_S = 0.02  # analysis frame length, seconds
 START_DB = 12.0  # frame energy above the noise floor that opens a segment, dB
@@ -134,7 +135,7 @@ class CommandStream:
         if voiced < MIN_SEGMENT_S:
             return None
         prediction = self.recognizer.predict_batch([wave], sample_rate=self.rate)[0]
-        if prediction.probability < self.threshold:
+        if prediction.probability < self.threshold or not is_command(prediction.label):
             return None
         start = self._start / self.rate
         return Event(prediction.label, prediction.probability, start, start + wave.numel() / self.rate)

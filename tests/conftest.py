@@ -16,7 +16,7 @@ def _drop_unimportable_lazy_modules() -> None:
         for name, module in list(sys.modules.items()):
             if isinstance(module, LazyModule):
                 try:
-                    getattr(module, "__file__")
+                    module.__file__  # noqa: B018
                 except ImportError:
                     del sys.modules[name]
 

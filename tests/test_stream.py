@@ -170,3 +170,16 @@ def test_cli_stream_without_microphone_package(svm, monkeypatch, capsys):
     assert main(["stream", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "speechxfer stream: error: " in err and "speechxfer[mic]" in err
+
+
+def test_rejected_words_are_not_events():
+    """A word the model files under _unknown_ (here every "8") yields no event."""
+    waves, labels = [], []
+    for d in DIGITS:
+        for take in range(10, 30):
+            waves.append(load(FSDD / f"{d}_jackson_{take}.wav"))
+            labels.append("_unknown_" if d == "8" else d)
+    model = build_classic("svm").fit(waves, labels)
+    _, events = run_stream(model, session())
+    assert [e.label for e in events if e.label in ("5", "2")]  # the commands are still heard
+    assert all(e.label != "_unknown_" for e in events)
