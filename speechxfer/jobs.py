@@ -68,6 +68,11 @@ def default_data() -> Path:
     )
 
 
+def skipped_records(pairs) -> list[dict[str, str]]:
+    """(path, problem) pairs of unusable files as the JSON rows summaries and reports list."""
+    return [{"path": str(path), "problem": problem} for path, problem in pairs]
+
+
 def read_clips(clips, sample_rate: int, what: str):
     """Load audio, printing each skipped clip; fail clearly if nothing is usable."""
     waves, kept, skipped = load_waves(clips, sample_rate)
@@ -327,7 +332,7 @@ def train_job(
             "n_train_examples": result.train_examples,
             "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
             "history": result.history, "train_seconds": train_seconds,
-            "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_val],
+            "skipped": skipped_records(skipped + skipped_val),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         return finish_job(model, summary, split if evaluate else None, out)
@@ -358,7 +363,7 @@ def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int |
         "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
         "n_train": len(train), "n_validation": len(held), "n_test": len(split.test),
         "train_seconds": time.perf_counter() - started,
-        "skipped": [{"path": p, "problem": why} for p, why in skipped + skipped_held],
+        "skipped": skipped_records(skipped + skipped_held),
     }
     return finish_job(system, summary, split, out)
 
@@ -374,12 +379,11 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
     if split is not None and split.skipped:  # files the dataset reader could not use
         for path, problem in split.skipped:
             LOGGER.warning("skipped %s: %s", path, problem)
-        summary["skipped"] = [{"path": str(p), "problem": why} for p, why in split.skipped] + \
-            summary["skipped"]
+        summary["skipped"] = skipped_records(split.skipped) + summary["skipped"]
     if split is not None and split.test:
         test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
         report = evaluate_system(system, test_w, [c.label for c in test])
-        report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+        report["skipped"] = skipped_records(skipped)
         summary["skipped"] = summary["skipped"] + report["skipped"]
         summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip",
                                                   "threshold", "open_set") if k in report}
@@ -425,8 +429,7 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     waves, kept, skipped = read_clips([c for c in ds.clips if c.label is not None],
                                       system.sample_rate, "evaluation")
     report = evaluate_system(system, waves, [c.label for c in kept])
-    report["skipped"] = [{"path": p, "problem": why}
-                         for p, why in ds.skipped + unlabeled + skipped]
+    report["skipped"] = skipped_records(ds.skipped + unlabeled + skipped)
     if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
         report["tasks"] = task_metrics(system, waves, kept)
     if report_dir:

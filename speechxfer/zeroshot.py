@@ -910,7 +910,7 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
     (``jobs.augment_options``) adds augmented copies as extra training clips.
     """
     from .data import per_class
-    from .jobs import augmented, finish_job, make_augmenter, open_set, read_clips
+    from .jobs import augmented, finish_job, make_augmenter, open_set, read_clips, skipped_records
 
     started = time.perf_counter()
     held = split.validation if open_set([c.label for c in split.train]) and not per_class_n else []
@@ -936,7 +936,7 @@ def generative_job(ds, split, encoder: str, window: str, out: Path, per_class_n:
         "n_train": len(kept), "n_validation": len(held), "n_test": len(split.test),
         "best_epoch": None, "resumed_from_epoch": None, "history": [],
         "train_seconds": time.perf_counter() - started,
-        "skipped": [{"path": p, "problem": why} for p, why in skipped],
+        "skipped": skipped_records(skipped),
         "parameters": fit_info["tuned_parameters"], "augment": augment,
         "open_set_fit": fitted and fitted["scores"], "rejection": fitted and fitted["rejection"],
     }
