@@ -14,8 +14,10 @@ Policy (documented in the README):
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,29 +173,41 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     if not path.is_file():
         raise AudioError(path, "file not found")
     try:
-        samples, rate = _read_mono(path)
+        samples, rate = _read_mono(str(path), path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"not readable as audio ({err})") from None
     return to_mono_resampled(samples, rate, sample_rate, source=str(path))
 
 
-def _read_mono(path: Path) -> tuple[np.ndarray, int]:
+def decode(data: bytes, source: str, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """``load`` for an encoded file held in memory (an upload): the same checks and messages,
+    naming it ``source``, and nothing written to or read from the file system."""
+    buffer = io.BytesIO(data)
+    try:
+        samples, rate = _read_mono(buffer, source)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        problem = str(err).replace(repr(buffer), repr(source))  # libsndfile's words, as for a path
+        raise AudioError(source, f"not readable as audio ({problem})") from None
+    return to_mono_resampled(samples, rate, sample_rate, source=source)
+
+
+def _read_mono(file: str | io.BytesIO, source: str | Path) -> tuple[np.ndarray, int]:
     """Decode block by block, down-mixing as it goes; the header's length is checked first.
 
     A small file can hold hours of silence or claim a thousand channels: neither is decoded
     whole, so memory stays near one ``MAX_SECONDS`` mono clip.
     """
-    with sf.SoundFile(str(path)) as f:
-        rate = check_rate(f.samplerate, str(path))
+    with sf.SoundFile(file) as f:
+        rate = check_rate(f.samplerate, str(source))
         limit = int(MAX_SECONDS * rate)
         if f.frames > limit:
-            raise AudioError(path, _too_long(f.frames / rate))
+            raise AudioError(source, _too_long(f.frames / rate))
         blocks, n, frames = [], 0, max(1, READ_BLOCK // f.channels)
         while len(block := f.read(frames, dtype="float32", always_2d=True)):
             blocks.append(block.mean(axis=1))
             n += len(block)
             if n > limit:  # the header understated the length
-                raise AudioError(path, _too_long(n / rate))
+                raise AudioError(source, _too_long(n / rate))
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
 
 
@@ -213,3 +227,11 @@ def batch_waves(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, w in enumerate(waves):
         batch[i, : w.numel()] = w
     return batch, lengths
+
+
+def batches_by_length(waves: list[torch.Tensor], batch_size: int) -> Iterator[list[int]]:
+    """Index lists of up to ``batch_size`` clips of similar length, shortest first: batched
+    inference pads each clip only to its neighbours' length (callers write results by index)."""
+    order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]

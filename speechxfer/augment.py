@@ -56,6 +56,8 @@ class AugmentConfig:
     speeds: tuple[int, ...] = (90, 95, 105, 110)  # percent of the original speed
     shift_prob: float = 0.5
     max_shift_s: float = 0.1
+    # SpecAugment on the encoder's log-mel features (``train.masked_features``): off by default
+    specaugment: bool = False
     freq_masks: int = 2
     freq_mask_fraction: float = 0.1  # widest mask, as a fraction of the feature bins
     time_masks: int = 2

@@ -11,10 +11,10 @@ from . import __version__
 from .audio import AudioError
 from .data import DatasetError
 from .encoders.registry import MissingWeightsError
-from .jobs import DEFAULT_AUGMENT_COPIES, DEFAULT_STRATEGY
+from .jobs import DEFAULT_AUGMENT_COPIES, DEFAULT_STRATEGY, JOBS
 from .log import LOGGER, NORMAL, QUIET, VERBOSE, configure
-from .model import ModelError
 from .openset import DEFAULT_MAX_FALSE_ACCEPT
+from .recognizer import ModelError
 from .stream import MicrophoneError
 
 COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFoundError,
@@ -47,6 +47,13 @@ def _device(name: str) -> str:
     return name
 
 
+def _loaded_on(name: str):
+    """The torch device ``--device`` names (``auto``: a GPU when there is one)."""
+    from .train import pick_device
+
+    return pick_device(name)
+
+
 def _commands(text: str) -> list[str]:
     """``--commands yes,no,up``: the words, or an error at parse time."""
     from .vocab import parse_commands
@@ -66,15 +73,8 @@ def _out_dir(text: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .classic import CLASSIC_KINDS
     from .jobs import train_job
-    from .train import STRATEGIES
-    from .zeroshot import COMBINED_STRATEGY, GENERATIVE_STRATEGY
-    from .zeroshot import STRATEGY as ZERO_SHOT
 
-    choices = (*STRATEGIES, ZERO_SHOT, GENERATIVE_STRATEGY, COMBINED_STRATEGY, *CLASSIC_KINDS)
-    if args.strategy not in choices:
-        raise ValueError(f"unknown strategy {args.strategy!r}; choose from {choices}")
     specs = [spec.partition(":") for spec in args.task or ["command"]]
     if "command" not in [name for name, _, _ in specs]:
         specs.insert(0, ("command", "", ""))
@@ -96,7 +96,10 @@ def _train(args: argparse.Namespace) -> None:
     if summary["skipped"]:
         LOGGER.info("%d bad clip(s) skipped; listed in %s/train_summary.json",
                     len(summary["skipped"]), args.out)
-    print(f"model saved to {args.out} (trained in {summary['train_seconds']:.0f} s)")
+    from .train import is_main_process
+
+    if is_main_process():  # torchrun: rank 0 saved it; the other ranks only trained beside it
+        print(f"model saved to {args.out} (trained in {summary['train_seconds']:.0f} s)")
 
 
 def _print_open_set(report: dict) -> None:
@@ -120,7 +123,7 @@ def _print_tasks(tasks: dict[str, dict]) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from .jobs import eval_job
 
-    report = eval_job(args.model, args.data, args.report)
+    report = eval_job(args.model, args.data, args.report, device=args.device)
     if args.json:
         print(json.dumps({k: report[k] for k in ("accuracy", "macro_f1", "n", "open_set",
                                                   "threshold", "per_class", "confusion",
@@ -139,20 +142,23 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Label every file, then exit 1 if any of them could not be read."""
-    from .model import load_model
+    from .recognizer import load
 
-    system = load_model(args.model)
+    system = load(args.model, _loaded_on(args.device))
+    speakers = _speaker_scorer(args.model, system) if args.json else None
     failed = 0
     for path in args.files:
         try:
             pred = system.predict(path)
+            speaker = speakers.identify_file(path) if speakers else None
         except AudioError as err:
             failed += 1
             print(json.dumps({"file": path, "error": str(err)}) if args.json else f"error: {err}",
                   file=sys.stdout if args.json else sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"file": path, **pred.to_dict()}))
+            print(json.dumps({"file": path, **pred.to_dict()}
+                             | ({"speaker": speaker} if speaker else {})))
         else:
             others = [f"{t}={max(d, key=d.get)}" if d else t for t, d in pred.tasks.items()
                       if t != "command"]
@@ -162,33 +168,63 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _stream(args: argparse.Namespace) -> int:
-    from .model import load_model
-    from .stream import CommandStream, file_chunks, microphone_chunks, stream_chunks
+def _speaker_scorer(model: Path, system):
+    """The enrolled voiceprints' scorer for predict --json, or None (no speaker enrolled)."""
+    from .voiceprint import scorer_for
 
-    if args.file:
-        rate, chunks = file_chunks(args.file)  # a bad file fails before the model loads
-        system = load_model(args.model)
-    else:
-        system = load_model(args.model)
-        rate = system.sample_rate
-        chunks = microphone_chunks(rate)
-        print("listening; Ctrl-C stops", file=sys.stderr)
-    stream = CommandStream(system, rate, threshold=args.threshold)
-    interrupted = False
-    try:
-        for event in stream_chunks(stream, chunks):
-            print(f"{event.start:7.2f}-{event.end:6.2f} s\t{event.label}\t{event.probability:.3f}",
-                  flush=True)
-    except KeyboardInterrupt:  # how a microphone session ends; a file is left unfinished
-        interrupted = bool(args.file)
-    source = args.file or "microphone input"
-    if stream.repaired:
-        LOGGER.warning("%d non-finite sample(s) in %s set to 0", stream.repaired, source)
-    if stream.dropped:
-        LOGGER.info("%d sustained sound(s) in %s taken as background noise", stream.dropped,
-                    source)
-    return 130 if interrupted else 0
+    return scorer_for(model, system)
+
+
+def _enroll(args: argparse.Namespace) -> None:
+    from .voiceprint import enroll
+
+    prints = enroll(args.model, args.speaker, args.clips, device=_loaded_on(args.device))
+    print(f"enrolled {args.speaker!r} from {len(args.clips)} clip(s) in {args.model}/voiceprints "
+          f"({len(prints.names)} speaker(s); embeddings: {prints.source})")
+
+
+def _eval_speakers(args: argparse.Namespace) -> None:
+    from .voiceprint import eval_speakers
+
+    report = eval_speakers(args.model, args.data, k=args.enroll, seed=args.seed,
+                           device=_loaded_on(args.device), calibrate=args.calibrate)
+    if args.json:
+        print(json.dumps(report))
+        return
+
+    def show(value) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    print(f"{report['backend']}: EER text-dependent {show(report['eer_text_dependent'])}, "
+          f"text-independent {show(report['eer_text_independent'])}, minDCF(0.01) "
+          f"{show(report['min_dcf'])}, identification {show(report['id_accuracy'])} "
+          f"({report['n_trials']} trials, {report['n_speakers']} speakers, k={report['k']})")
+
+
+def _add_speaker_parsers(sub) -> None:
+    n = sub.add_parser("enroll", help="add a speaker's voiceprint to a model folder")
+    n.add_argument("model", type=Path)
+    n.add_argument("--speaker", required=True, help="the name predict --json reports")
+    n.add_argument("clips", nargs="+", help="recordings of the speaker (3 or more is best)")
+    n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    n.set_defaults(func=_enroll)
+    v = sub.add_parser("eval-speakers", help="speaker verification EER, minDCF and "
+                                             "identification on speakers the model never saw")
+    v.add_argument("model", help="model folder, or gmm-ubm:BACKGROUND_DIR for the classic "
+                                 "MFCC GMM-UBM fitted on that folder's clips")
+    v.add_argument("--data", type=Path, required=True,
+                   help="clips of speakers (Speech Commands layout, FSDD names, or a manifest)")
+    v.add_argument("--enroll", type=_bounded(int, 1), default=3, metavar="K",
+                   help="enrolment clips per speaker (default %(default)s)")
+    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
+                   help="enrolment draw(s); several: the figures are their means")
+    v.add_argument("--calibrate", action="store_true",
+                   help="store, in MODEL/voiceprints, the accept threshold that lets 1%% of "
+                        "these trials' impostors through (calibrate on other speakers than "
+                        "those you measure on)")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.set_defaults(func=_eval_speakers)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -196,6 +232,203 @@ def _info(args: argparse.Namespace) -> None:
 
     info = collect()
     print(json.dumps(info) if args.json else format_text(info))
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from .synth import SynthConfig, distractors, synthesise
+
+    unknown = distractors(args.unknown_words, args.words, args.seed)
+    config = SynthConfig(words=args.words, unknown_words=tuple(unknown), per_word=args.per_word,
+                         unknown_clips=args.unknown_clips, seed=args.seed,
+                         engines=args.engines, accents=not args.no_accents,
+                         perturb=not args.no_perturb, augment=args.augment)
+    result = synthesise(config, args.out, args.with_data or ())
+    counts = ", ".join(f"{label} {n}" for label, n in result.labels.items())
+    print(f"{result.n_clips} clips in {result.out} ({counts}); "
+          f"train on them: speechxfer train --data {result.out}")
+
+
+def _add_synth_parser(sub) -> None:
+    from .synth import ENGINES, parse_words
+
+    def words(text: str) -> tuple[str, ...]:
+        try:
+            return parse_words(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    def engines(text: str) -> tuple[str, ...]:
+        names = tuple(e.strip() for e in text.split(","))
+        if not names or any(e not in ENGINES for e in names):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {','.join(ENGINES)}")
+        return names
+
+    y = sub.add_parser("synth", help="synthesise a labelled dataset of words (espeak-ng, Piper)")
+    y.add_argument("--words", type=words, required=True, metavar="WORD,WORD,...",
+                   help='the command words, e.g. "yes,no,lights on" (a folder each)')
+    y.add_argument("--unknown-words", metavar="FILE|N",
+                   help="distractor words for _unknown_: a file (one a line) or N words of the "
+                        "shipped list (default: none)")
+    y.add_argument("--unknown-clips", type=_bounded(int, 0), metavar="N",
+                   help="_unknown_ clips in all (default: 2 x --per-word)")
+    y.add_argument("--out", type=_out_dir, required=True)
+    y.add_argument("--per-word", type=_bounded(int, 1), default=20, help="clips per word")
+    y.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
+    y.add_argument("--engines", type=engines, default=ENGINES, metavar="espeak,piper")
+    y.add_argument("--no-accents", action="store_true",
+                   help="espeak-ng's English voices only (no other languages' voices)")
+    y.add_argument("--no-perturb", action="store_true",
+                   help="every voice at its default rate and pitch, no vocal-tract warp")
+    y.add_argument("--augment", action="store_true",
+                   help="noise, simulated rooms and shifts on every clip (speechxfer.augment)")
+    y.add_argument("--with-data", action="append", type=Path, metavar="PATH",
+                   help="list this real dataset's clips in the manifest too (repeatable), so "
+                        "--data OUT trains on synthetic and real clips together")
+    y.set_defaults(func=_synth)
+
+
+def _listen(args: argparse.Namespace) -> int:
+    from .detect import Detector, detect_chunks
+    from .recognizer import load
+    from .stream import file_chunks, microphone_chunks
+
+    if args.file:
+        rate, chunks = file_chunks(args.file)  # a bad file fails before the model loads
+        system = load(args.model, _loaded_on(args.device))
+    else:
+        system = load(args.model, _loaded_on(args.device))
+        rate = system.sample_rate
+        chunks = microphone_chunks(rate)
+        print("listening; Ctrl-C stops", file=sys.stderr)
+    detector = Detector(system, args.threshold, rate)
+    interrupted = False
+    try:
+        for event in detect_chunks(detector, chunks):
+            if args.json:
+                print(json.dumps({"label": event.label, "probability": event.probability,
+                                  "start": event.start, "end": event.end,
+                                  "heard_at": event.heard_at}), flush=True)
+            else:
+                print(f"{event.start:7.2f}-{event.end:6.2f} s\t{event.label}\t"
+                      f"{event.probability:.3f}", flush=True)
+    except KeyboardInterrupt:  # how a microphone session ends; a file is left unfinished
+        interrupted = bool(args.file)
+    source = args.file or "microphone input"
+    if detector.repaired:
+        LOGGER.warning("%d non-finite sample(s) in %s set to 0", detector.repaired, source)
+    if detector.overlong:
+        LOGGER.info("%d utterance(s) in %s too long for a command", detector.overlong, source)
+    return 130 if interrupted else 0
+
+
+def _add_listen_parser(sub, name: str = "listen") -> None:
+    """``listen``, or ``stream``: the same command, where no FILE means the microphone."""
+    n = sub.add_parser(name, help="the same as listen (no FILE: the microphone)" if name == "stream"
+                       else "print each command heard in a long file or the microphone")
+    n.add_argument("model", type=Path)
+    source = n.add_mutually_exclusive_group(required=name == "listen")
+    source.add_argument("file", nargs="?", help="read this recording in 100-ms blocks")
+    source.add_argument("--mic", action="store_true",
+                        help="listen to the default microphone (pip install 'speechxfer[mic]')")
+    n.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+                   help="open-set bar on the command's probability (default: the model's own)")
+    n.add_argument("--json", action="store_true", help="one JSON object per event")
+    n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    n.set_defaults(func=_listen)
+
+
+def _eval_stream(args: argparse.Namespace) -> None:
+    from .recognizer import load
+    from .streameval import measure, plot_det
+
+    system = load(args.model, _loaded_on(args.device))
+    report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
+                     threshold=args.threshold, target_fa=args.target_fa)
+    if args.plot:
+        plot_det(report, args.plot)
+    if args.json:
+        print(json.dumps(report))
+        return
+    fa = report["false_accepts_per_hour"]
+    print(f"{report['hours'] * 60:.1f} min, {report['n_commands']} commands: recall "
+          f"{report['recall']:.3f}, wrong label {report['wrong_label']}, false accepts "
+          f"{report['false_accepts']} ({fa:.2f}/h) at threshold {report['threshold']:.3f}")
+    if report["latency_s"] is not None:
+        print(f"latency {report['latency_s']:.2f} s (median word end to event), real-time "
+              f"factor {report['rtf']:.3f} ({report['rtf_cpu']:.3f} in CPU time) on "
+              f"{report['threads']} thread(s)")
+    if args.target_fa is not None:
+        found = report["threshold_for"]
+        print(f"threshold for <= {args.target_fa}/h on this stream: " + (
+            f"{found['threshold']:.4f} (recall {found['recall']:.3f}); use it with listen "
+            f"--threshold" if found else "none (even the highest fires more often)"))
+
+
+def _add_eval_stream_parser(sub) -> None:
+    v = sub.add_parser("eval-stream", help="recall and false accepts per hour on a long stream")
+    v.add_argument("model", type=Path)
+    v.add_argument("--data", type=Path, required=True,
+                   help="dataset folder to build the stream from (Speech Commands layout), or "
+                        "with --labels a long recording")
+    v.add_argument("--labels", type=Path, metavar="CSV",
+                   help="the recording's words: start,end,label rows (seconds)")
+    v.add_argument("--minutes", type=_bounded(float, 0.01), default=30.0,
+                   help="length of the built stream (default %(default)s)")
+    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
+    v.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+                   help="open-set bar (default: the model's own)")
+    v.add_argument("--target-fa", type=_bounded(float, 0.0), metavar="PER_HOUR",
+                   help="also report the lowest threshold with at most this many false accepts "
+                        "per hour on this stream (calibrate on your training speakers or room)")
+    v.add_argument("--json", action="store_true", help="print one JSON object (with the curve)")
+    v.add_argument("--plot", type=Path, metavar="FILE", help="draw the DET curve into FILE (png)")
+    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.set_defaults(func=_eval_stream)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve  # before the model loads: the extra may be missing
+    except ImportError as err:
+        print(f"speechxfer serve: error: {err}", file=sys.stderr)
+        return 2
+    serve(args.model, args.host, args.port, device=_loaded_on(args.device),
+          log_level="warning" if args.verbosity == QUIET else "info")
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    v = sub.add_parser("serve", help="HTTP API, WebSocket and a microphone page for a model "
+                                     "(pip install 'speechxfer[serve]')")
+    v.add_argument("model", type=Path)
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default %(default)s: this machine only)")
+    v.add_argument("--port", type=_bounded(int, 0, 65535), default=8000)
+    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.set_defaults(func=_serve)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_folder
+
+    out, parity = export_folder(args.model, args.out, args.int8, args.data, args.check_clips)
+    print(f"exported {args.model} to {out} ({'int8' if args.int8 else 'fp32'} ONNX)")
+    print(parity.line() if parity else "parity: not checked (no --data and the training data "
+                                       "is not here)")
+
+
+def _add_export_parser(sub) -> None:
+    x = sub.add_parser("export", help="an ONNX model folder that load_model runs with ONNX "
+                                      "Runtime (neural and combined systems)")
+    x.add_argument("model", type=Path)
+    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
+    x.add_argument("--out", type=_out_dir, required=True)
+    x.add_argument("--data", type=Path,
+                   help="clips for the parity check (default: the model's training data)")
+    x.add_argument("--check-clips", type=_bounded(int, 1), default=100, metavar="N",
+                   help="clips drawn for the parity check (default %(default)s)")
+    x.set_defaults(func=_export)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
@@ -218,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window",
                    help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "
                         "window 'Ns', 1 <= N <= 30 ('30s' is Whisper's own); default 2s")
-    t.add_argument("--strategy", default=DEFAULT_STRATEGY,
-                   help="frozen | top-k | full | reinit-k | scratch | zero-shot | generative | "
-                        "combined | gmm-hmm | dtw | svm (the last three: classic MFCC pipelines)")
+    t.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=tuple(JOBS), metavar="NAME",
+                   help=" | ".join(JOBS) + " (gmm-hmm, dtw and svm: classic MFCC pipelines; "
+                        "--task beyond command needs a head: a neural strategy or combined)")
     t.add_argument("--k", type=_bounded(int, 1), default=2,
                    help="blocks tuned (top-k) or re-initialised")
     t.add_argument("--per-class", type=_bounded(int, 1), help="keep N clips per label per speaker")
@@ -265,25 +498,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object on stdout (diagnostics go to stderr)")
     e.add_argument("--report", type=_out_dir, metavar="DIR",
                    help="write eval_report.json/.md/_confusion.png into DIR (default: none)")
+    e.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     e.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="label and probability for each file")
     p.add_argument("model", type=Path)
     p.add_argument("files", nargs="+")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     p.set_defaults(func=_predict)
 
-    s = sub.add_parser("stream", help="recognise commands in a live microphone or a long file")
-    s.add_argument("model", type=Path)
-    s.add_argument("file", nargs="?", help="read this file in 100-ms blocks instead of the mic")
-    s.add_argument("--threshold", type=_bounded(float, 0.0, 1.0), default=0.5,
-                   help="drop utterances whose best probability is lower")
-    s.set_defaults(func=_stream)
+    _add_listen_parser(sub, "stream")
 
     i = sub.add_parser("info", help="versions, devices, installed weights: paste into bug reports")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=_info)
 
+    _add_synth_parser(sub)
+    _add_listen_parser(sub)
+    _add_eval_stream_parser(sub)
+    _add_serve_parser(sub)
+    _add_export_parser(sub)
+    _add_speaker_parsers(sub)
     _add_verbosity(parser, NORMAL)
     for command in sub.choices.values():
         _add_verbosity(command, argparse.SUPPRESS)

@@ -1,4 +1,8 @@
-"""Metrics and reports: JSON for machines, Markdown for people, a confusion-matrix PNG."""
+"""Metrics and reports: JSON for machines, Markdown for people, a confusion-matrix PNG.
+
+Every figure stored or printed is a number that was measured: one that cannot be computed on
+the clips at hand (no clip of a known class, no pair to verify) is left out, never ``nan``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_curve
 
 
 def score(labels: list[str], truth: list[str], probs: np.ndarray) -> dict:
@@ -43,6 +47,30 @@ def score_predictions(labels: list[str], truth: list[str], predicted: list[str])
     }
 
 
+def equal_error_rate(embeddings: np.ndarray, labels: list[str]) -> float:
+    """Verification EER over every same/different-label pair, scored by cosine similarity.
+
+    The threshold where false acceptances equal false rejections; read off sklearn's ROC
+    by linear interpolation between the two points that straddle it. A ValueError when the
+    labels give no same-label pair or no different-label pair.
+    """
+    emb = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
+    sims = emb @ emb.T
+    spk = np.array(labels)
+    upper = np.triu_indices(len(spk), k=1)
+    same = (spk[:, None] == spk[None, :])[upper]
+    if same.all() or not same.any():
+        raise ValueError("EER needs both same-speaker and different-speaker pairs")
+    fpr, tpr, _ = roc_curve(same, sims[upper])
+    fnr = 1 - tpr
+    i = int(np.nonzero(fnr <= fpr)[0][0])
+    if i == 0:
+        return float(fpr[0])
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
 def markdown(report: dict, title: str = "Evaluation") -> str:
     """A readable summary: headline figures, per-class table, confusion matrix."""
     lines = [f"# {title}", "", f"- clips: {report['n']}",
@@ -59,6 +87,13 @@ def markdown(report: dict, title: str = "Evaluation") -> str:
               "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for lab, row in zip(labels, report["confusion"]):
         lines.append(f"| **{lab}** | " + " | ".join(str(v) for v in row) + " |")
+    if report.get("tasks"):
+        lines += ["", "Other tasks (identification on known classes, verification EER on unseen)",
+                  ""]
+        for task, m in report["tasks"].items():
+            figures = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in m.items() if k != "kind")
+            lines.append(f"- {task} ({m['kind']}): {figures}")
     return "\n".join(lines) + "\n"
 
 

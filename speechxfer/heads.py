@@ -68,9 +68,6 @@ class HeadConfig:
         check_real("margin", self.margin, 0.0, 2.0)
         check_real("scale", self.scale, 0.0, MAX_SCALE, low_open=True)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def options(self) -> dict:
         """The per-task choices config.json keeps; the sizes come from the encoder and labels."""
         skip = ("num_classes", "hidden_size", "num_states")

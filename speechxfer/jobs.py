@@ -1,7 +1,10 @@
 """The jobs the CLI and recipes run: train-evaluate-save, and evaluate a saved model.
 
-Each job is a plain function returning a JSON-ready dict, so the CLI only parses arguments
-and the recipes call the same code the README's commands do.
+Every ``train --strategy`` choice is one entry of ``JOBS`` (strategy -> its job); ``train_job``
+loads and splits the data once and hands the job a ``Run``; every job builds its summary with
+``job_summary`` and ends in ``finish_job``, so every model folder holds the same files. Each
+job returns a JSON-ready dict, so the CLI only parses arguments and the recipes call the same
+code the README's commands do.
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,16 +26,35 @@ import torch
 from .audio import SILENCE_PEAK
 from .classic import CLASSIC_KINDS, build_classic
 from .data import Dataset, DatasetError, Split, load_dataset, load_waves, per_class, split_dataset
+from .decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
+from .decoder.generative import GenerativeRecognizer
+from .decoder.scoring import ZeroShotRecognizer
 from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
 from .heads import multilabel_classes
 from .log import LOGGER
-from .model import PRIMARY_TASK, CommandClassifier, Recognizer, is_model_folder, load_model
+from .model import PRIMARY_TASK, CommandClassifier
 from .multitask import task_metrics
-from .openset import DEFAULT_MAX_FALSE_ACCEPT, calibrate_threshold, open_set_metrics, open_set_rates
+from .openset import (
+    DEFAULT_MAX_FALSE_ACCEPT,
+    MIN_THRESHOLD,
+    calibrate_threshold,
+    open_set_metrics,
+    open_set_rates,
+)
+from .recognizer import Recognizer, is_model_folder, load
 from .store import atomic_folder, training_folder
-from .train import TrainConfig, default_epochs, fit, seed_everything
+from .train import (
+    STRATEGIES,
+    TrainConfig,
+    default_epochs,
+    fit,
+    fit_generative,
+    is_main_process,
+    pick_device,
+    seed_everything,
+)
 from .vocab import RESERVED, SILENCE, apply_commands, is_command, load_with_silence, map_for_model
 from .vocab import shots as keep_shots
 
@@ -42,11 +67,6 @@ DEFAULT_ENCODER = "whisper-tiny.en"
 DEFAULT_STRATEGY = "combined"
 DEFAULT_TEST_SPEAKER = "theo"  # held out by the no-flag main job (bundled data)
 DEFAULT_AUGMENT_COPIES = 4  # K augmented copies of each training clip with --augment
-# The lowest rejection threshold calibration may set: a command is accepted only when it is more
-# probable than every alternative together. Validation speakers give a few dozen unknown and
-# silence clips, which a good model often rejects all of at any threshold; calibration alone
-# would then accept a command at any probability above the rejection classes'.
-MIN_THRESHOLD = 0.5
 
 
 def default_data() -> Path:
@@ -191,6 +211,305 @@ def clips_digest(clips) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+@dataclass
+class Run:
+    """One training run as every strategy's job receives it: the loaded data and speaker
+    split, the options the caller gave, and where the run works and saves."""
+
+    ds: Dataset
+    split: Split
+    out: Path
+    work: Path  # the run's work folder (checkpoints; out changes only in the final save)
+    strategy: str
+    encoder: str = DEFAULT_ENCODER
+    window: str | None = None
+    k: int = 2
+    per_class_n: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    tasks: tuple[str, ...] = (PRIMARY_TASK,)
+    pooling: str = "mean"
+    layer: int | None = None
+    device: str = "auto"
+    lr_encoder: float = 1e-4
+    lr_head: float = 2e-3
+    batch_size: int = 32
+    head_options: dict[str, dict] | None = None
+    task_weights: dict[str, float] | None = None
+    evaluate: bool = True
+    commands: list[str] | None = None
+    shots: int | None = None
+    max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT
+    augment: dict | None = None  # ``augment_options``: what the run augments with, or None
+
+    @property
+    def decoder_window(self) -> str:
+        return self.window or WHISPER_DEFAULT_WINDOW
+
+    def pools(self) -> tuple[list, list]:
+        """Training and validation clips: with ``per_class_n``, that many per label per speaker
+        and no validation split (too few clips to carve one from)."""
+        if self.per_class_n:
+            return per_class(self.split.train + self.split.validation, self.per_class_n,
+                             self.seed), []
+        return self.split.train, self.split.validation
+
+
+def job_summary(run: Run, strategy: dict, started: float, train: list,
+                n_train: int | None = None, n_validation: int = 0, skipped: list = (),
+                **extra) -> dict:
+    """The train_summary.json of every strategy: the same keys whatever trained (``extra``
+    adds or overrides the strategy's own figures)."""
+    decoder_based = run.strategy in DECODER_STRATEGIES
+    classic = run.strategy in CLASSIC_KINDS
+    return {
+        "data": str(run.ds.root), "layout": run.ds.layout,
+        "encoder": None if classic else run.encoder,
+        "window": None if classic else (run.decoder_window if decoder_based else run.window),
+        "strategy": strategy, "per_class": run.per_class_n, "commands": run.commands,
+        "shots": run.shots, "augment": run.augment, "tasks": list(run.tasks),
+        "train_speakers": sorted({c.speaker for c in train if c.speaker}),
+        "test_speakers": sorted({c.speaker for c in run.split.test if c.speaker}),
+        "n_train": len(train) if n_train is None else n_train, "n_validation": n_validation,
+        "n_test": len(run.split.test), "n_train_examples": len(train) if n_train is None else n_train,
+        "best_epoch": None, "resumed_from_epoch": None, "history": [],
+        "train_seconds": time.perf_counter() - started, "skipped": skipped_records(skipped),
+        "parameters": None, "open_set_fit": None, "rejection": None, **extra,
+    }
+
+
+def neural_job(run: Run) -> dict:
+    """A CommandClassifier (one head per task) trained under a transfer strategy (``train.fit``),
+    the rejection threshold calibrated on the validation clips, evaluated and saved."""
+    started = time.perf_counter()
+    train, val = run.pools()
+    enc = build_encoder(run.encoder, window=run.window, pretrained=run.strategy != "scratch")
+    kinds = {t: (run.head_options or {}).get(t, {}).get("kind", "single") for t in run.tasks}
+    task_labels = {t: (multilabel_classes([c.labels[t] for c in train if t in c.labels])
+                       if kinds[t] == "multi"
+                       else sorted({c.labels[t] for c in train if t in c.labels}))
+                   for t in run.tasks}
+    empty = [t for t, labs in task_labels.items() if not labs]
+    if empty:
+        raise DatasetError(f"{run.ds.root}: no training labels for task(s) {empty}")
+    model = CommandClassifier(enc, task_labels, layer=run.layer, pooling=run.pooling,
+                              head_options=run.head_options)
+    train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
+    val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
+    augmenter = make_augmenter(run.augment, train_w, train, enc.sample_rate)
+    config = TrainConfig(strategy=run.strategy, k=run.k,
+                         epochs=run.epochs or default_epochs(run.strategy), seed=run.seed,
+                         device=run.device, lr_encoder=run.lr_encoder, lr_head=run.lr_head,
+                         batch_size=run.batch_size, task_weights=dict(run.task_weights or {}))
+    identity = {  # what makes a checkpoint this run's: anything else starts afresh
+        "data": str(run.ds.root.resolve()), "train": clips_digest(train),
+        "validation": clips_digest(val),
+        "test_speakers": sorted({str(c.speaker) for c in run.split.test}),
+        "per_class": run.per_class_n, "encoder": run.encoder, "window": enc.window,
+        "head": {"tasks": list(run.tasks), "kinds": kinds, "pooling": run.pooling,
+                 "layer": run.layer, "options": run.head_options or {}},
+        "strategy": config.to_dict(), "commands": run.commands, "shots": run.shots,
+        "augment": run.augment,
+    }
+    result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
+                 config, run.work / "checkpoint", identity=identity, augmenter=augmenter)
+    rejection = calibrate_rejection(model, val_w, [c.label for c in val], run.max_false_accept)
+    summary = job_summary(
+        run, config.to_dict(), started, train, n_validation=len(val),
+        skipped=skipped + skipped_val, window=enc.window, rejection=rejection,
+        n_train_examples=result.train_examples, best_epoch=result.best_epoch,
+        resumed_from_epoch=result.resumed_from, history=result.history,
+        parameters=sum(p.numel() for p in model.parameters()))
+    return finish_job(model, summary, run.split if run.evaluate else None, run.out)
+
+
+def classic_job(run: Run) -> dict:
+    """Fit a classic recogniser (MFCC + GMM-HMM / DTW / SVM), evaluate, save like any model.
+
+    For an open-set vocabulary the validation clips (training speakers', not trained on)
+    calibrate the rejection threshold; otherwise they are trained on too. Augmented copies
+    (``run.augment``) are extra training clips.
+    """
+    started = time.perf_counter()
+    train, val = run.pools()
+    held = val if open_set(run.ds.labels) else []
+    system = build_classic(run.strategy, seed=run.seed)
+    train_w, train, skipped = read_clips(train if held else train + val, system.sample_rate,
+                                         "training")
+    augmenter = make_augmenter(run.augment, train_w, train, system.sample_rate)
+    fit_w, fit_clips = augmented(augmenter, train_w, train)
+    system.fit(fit_w, [c.label for c in fit_clips])
+    held_w, held, skipped_held = read_clips(held, system.sample_rate, "validation")
+    rejection = calibrate_rejection(system, held_w, [c.label for c in held], run.max_false_accept)
+    summary = job_summary(run, {"strategy": run.strategy}, started, train,
+                          n_validation=len(held), skipped=skipped + skipped_held,
+                          n_train_examples=len(fit_clips), rejection=rejection)
+    return finish_job(system, summary, run.split, run.out)
+
+
+def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
+                       max_false_accept: float) -> dict | None:
+    """On validation clips of the training speakers, fit a decoder system's ``_unknown_`` /
+    ``_silence_`` scores and temperature (``fit_open_set``), then its rejection threshold
+    (``calibrate_rejection``). None for a closed-set system or without such clips."""
+    clips = [c for c in clips if c.label in system.labels]
+    if not open_set(system.labels) or not any(not is_command(c.label) for c in clips):
+        return None
+    waves, kept, _ = read_clips(clips, system.sample_rate, "validation")
+    truth = [c.label for c in kept]
+    fitted, scores = system.fit_open_set(system.scores(waves), truth)
+    rejection = calibrate_rejection(system, waves, truth, max_false_accept,
+                                    system.proba_from_scores(scores))
+    return {"scores": fitted, "rejection": rejection}
+
+
+def decoder_labels(run: Run, clips: list) -> list[str]:
+    labels = sorted({c.label for c in clips if c.label is not None})
+    if len(labels) < 2:
+        raise ValueError(f"{run.ds.root}: a classifier needs at least 2 labels in the training "
+                         f"clips, got {labels}")
+    return labels
+
+
+def zero_shot_job(run: Run) -> dict:
+    """No training: the training clips' label names are scored by the decoder
+    (``decoder.scoring``), evaluated on the test split and saved. With ``_unknown_`` /
+    ``_silence_`` among them, their scores and the rejection threshold are fitted on the
+    validation clips (``calibrate_open_set``)."""
+    started = time.perf_counter()
+    train = run.split.train + run.split.validation
+    system = ZeroShotRecognizer(decoder_labels(run, train), encoder=run.encoder,
+                                window=run.decoder_window, device=pick_device(run.device))
+    fitted = calibrate_open_set(system, run.split.validation, run.max_false_accept)
+    summary = job_summary(run, {"strategy": run.strategy}, started, train, n_train=0,
+                          n_validation=len(run.split.validation) if fitted else 0,
+                          parameters=0, open_set_fit=fitted and fitted["scores"],
+                          rejection=fitted and fitted["rejection"])
+    return finish_job(system, summary, run.split, run.out)
+
+
+GENERATIVE_STEPS, GENERATIVE_BATCH = 40, 8  # a fixed fine-tuning budget, no early stopping
+
+
+def generative_job(run: Run) -> dict:
+    """The decoder's last block fine-tuned on the training clips' label scores
+    (``train.fit_generative``, checkpointed in the run's work folder), evaluated, saved.
+
+    With ``_unknown_`` / ``_silence_`` labels the validation clips are kept out of training to
+    fit their scores and the rejection threshold (``calibrate_open_set``).
+    """
+    started = time.perf_counter()
+    split = run.split
+    held = split.validation if open_set([c.label for c in split.train]) and not run.per_class_n \
+        else []
+    train = split.train + ([] if held else split.validation)
+    if run.per_class_n:
+        train = per_class(train, run.per_class_n, run.seed)
+    system = GenerativeRecognizer(decoder_labels(run, train), encoder=run.encoder,
+                                  window=run.decoder_window)
+    waves, kept, skipped = read_clips(train, system.sample_rate, "training")
+    fit_w, fit_clips = augmented(make_augmenter(run.augment, waves, kept, system.sample_rate),
+                                 waves, kept)
+    identity = {"data": str(run.ds.root.resolve()), "train": clips_digest(kept),
+                "augment": run.augment, "encoder": run.encoder, "window": run.decoder_window}
+    fit_info = fit_generative(system, fit_w, [c.label for c in fit_clips], GENERATIVE_STEPS,
+                              GENERATIVE_BATCH, seed=run.seed, device=run.device,
+                              checkpoint_dir=run.work / "checkpoint", identity=identity)
+    fitted = calibrate_open_set(system, held, run.max_false_accept)
+    summary = job_summary(run, {"strategy": run.strategy, **fit_info}, started, kept,
+                          n_validation=len(held), skipped=skipped,
+                          n_train_examples=len(fit_clips),
+                          parameters=fit_info["tuned_parameters"],
+                          open_set_fit=fitted and fitted["scores"],
+                          rejection=fitted and fitted["rejection"])
+    return finish_job(system, summary, split, run.out)
+
+
+def combined_job(run: Run) -> dict:
+    """A frozen-encoder head (``neural_job``, with every task the run asks for, saved in the
+    work folder's head/), the zero-shot prior, its weight chosen on the validation clips of the
+    training speakers (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``),
+    then evaluate and save. ``out`` changes only in the final save.
+
+    With ``_unknown_`` / ``_silence_`` the same validation clips first fit the prior's scores
+    for them (``ZeroShotRecognizer.fit_open_set``), then, after the weight, the combined
+    system's rejection threshold (``calibrate_rejection``).
+    """
+    started = time.perf_counter()
+    head_dir = run.work / "head"
+    head_summary = neural_job(replace(run, strategy="frozen", out=head_dir, evaluate=False))
+    head = CommandClassifier.load(head_dir, pick_device(run.device))
+    zero = ZeroShotRecognizer(head.labels, encoder=run.encoder, window=head.encoder.window,
+                              device=pick_device(run.device))
+    system = CombinedRecognizer(head, zero)
+    held_out, choice = [] if run.per_class_n else run.split.validation, {"weight": 1.0, "nll": None}
+    fitted = rejection = None
+    if held_out:
+        waves, kept, _ = read_clips(held_out, head.sample_rate, "validation")
+        truth = [c.label for c in kept]
+        target = np.array([head.labels.index(t) for t in truth])
+        if system.shares_encoder():
+            head_probs, scores = system.shared_pass(waves)
+        else:
+            head_probs, scores = head.predict_proba(waves), zero.scores(waves)
+        if open_set(zero.labels) and open_set(truth):
+            fitted, scores = zero.fit_open_set(scores, truth)
+        zero_probs = system.prior_from_scores(scores)
+        weight, nll = choose_weight(head_probs, zero_probs, target)
+        system.weight, choice = weight, {"weight": weight, "nll": nll, "n": len(kept)}
+        rejection = calibrate_rejection(system, waves, truth, run.max_false_accept,
+                                        combine_log_linear(head_probs, zero_probs, weight))
+    summary = {**head_summary, "strategy": {"strategy": run.strategy, "head": "frozen",
+                                            "prior_weight": choice},
+               "open_set_fit": fitted, "rejection": rejection,
+               "train_seconds": time.perf_counter() - started}
+    return finish_job(system, summary, run.split, run.out)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A ``train --strategy`` choice: its job, and what it can do with the run's options."""
+
+    job: Callable[[Run], dict]
+    trains_head: bool  # extra tasks (--task speaker) need a classifier head to hang them on
+    trains: bool = True  # something to train, so something to augment
+
+
+DECODER_STRATEGIES = ("zero-shot", "generative", "combined")
+JOBS: dict[str, Strategy] = {
+    **{name: Strategy(neural_job, trains_head=True) for name in STRATEGIES},
+    "zero-shot": Strategy(zero_shot_job, trains_head=False, trains=False),
+    "generative": Strategy(generative_job, trains_head=False),
+    "combined": Strategy(combined_job, trains_head=True),
+    **{name: Strategy(classic_job, trains_head=False) for name in CLASSIC_KINDS},
+}
+
+
+def strategy_of(name: str, tasks: tuple[str, ...] = (PRIMARY_TASK,),
+                augment: bool = False) -> Strategy:
+    """The table's entry for ``name``; a ValueError when it is unknown or cannot do what the
+    run asks (extra tasks without a head, augmentation with nothing to train)."""
+    if name not in JOBS:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(JOBS)}")
+    strategy = JOBS[name]
+    extra = [t for t in tasks if t != PRIMARY_TASK]
+    if extra and not strategy.trains_head:
+        heads = ", ".join(n for n, s in JOBS.items() if s.trains_head)
+        raise ValueError(f"--task {extra[0]}: the {name} strategy trains no classifier head to "
+                         f"learn it with; use one that does ({heads})")
+    if augment and not strategy.trains:
+        raise ValueError(f"--augment: the {name} strategy trains nothing to augment")
+    return strategy
+
+
+@contextmanager
+def rank_folder() -> Iterator[Path]:
+    """The private, temporary work folder of a torchrun rank above 0: rank 0 alone holds the
+    run's lock, checkpoints and model folder."""
+    with tempfile.TemporaryDirectory(prefix="speechxfer-rank-") as work:
+        yield Path(work)
+
+
 def train_job(
     data: str | Path | None = None,
     encoder: str = DEFAULT_ENCODER,
@@ -219,7 +538,8 @@ def train_job(
     noise: str | Path | None = None,
     augment_copies: int | None = None,
 ) -> dict:
-    """Split by speaker, fine-tune, evaluate on the held-out speakers, save the model folder.
+    """Split by speaker, train under ``strategy`` (its job in ``JOBS``), evaluate on the
+    held-out speakers, save the model folder; returns the train summary.
 
     ``commands`` makes the listed words the classes, every other word ``_unknown_`` and the
     clips of ``_silence_/`` ``_silence_`` (``load_training_data``). Then, for every strategy,
@@ -235,8 +555,9 @@ def train_job(
     top-k, a fresh draw per epoch for the others; extra training clips for classic and
     generative), with noise from the training ``_silence_`` clips, ``noise`` and synthetic.
 
-    ``head_options`` gives a task its head kind and options (e.g. ``{"speaker": {"kind":
-    "embedding", "layer": 2}}``); ``task_weights`` scales each task's loss.
+    ``tasks`` beyond ``command`` need a strategy that trains a head (the neural ones and
+    combined); ``head_options`` gives a task its head kind and options (e.g. ``{"speaker":
+    {"kind": "embedding", "layer": 2}}``); ``task_weights`` scales each task's loss.
 
     ``evaluate=False`` skips scoring the held-out speakers (a caller that scores them itself).
 
@@ -251,121 +572,26 @@ def train_job(
     out = Path(out)
     if per_class_n and shots:
         raise ValueError("--per-class and --shots both choose the training clips; give one")
-    if augment and strategy == "zero-shot":
-        raise ValueError("--augment: the zero-shot strategy trains nothing to augment")
+    job = strategy_of(strategy, tuple(tasks), augment).job
     augment_spec = augment_options(augment, noise, augment_copies, seed)
-    with training_folder(out, is_model_folder) as work:  # refuses a file or a busy --out now
+    # refuses a file or a busy --out now; torchrun's other ranks write nothing of the run's
+    lock = training_folder(out, is_model_folder) if is_main_process() else rank_folder()
+    with lock as work:
         seed_everything(seed)
-        epochs = epochs or default_epochs(strategy)
         ds = load_training_data(data or default_data(), commands)
         if test_speakers is None and data is None:
             test_speakers = [DEFAULT_TEST_SPEAKER]
         split = split_dataset(ds, test_speakers or None, seed=seed)
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))
-        if strategy == "zero-shot":  # nothing to train: label names only, then evaluate and save
-            from .zeroshot import zero_shot_job
-
-            return zero_shot_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out,
-                                 max_false_accept=max_false_accept)
-        if strategy == "generative":  # the decoder's last block, tuned on the label scores
-            from .zeroshot import generative_job
-
-            return generative_job(ds, split, encoder, window or WHISPER_DEFAULT_WINDOW, out,
-                                  per_class_n, seed, max_false_accept=max_false_accept,
-                                  augment=augment_spec)
-        if strategy == "combined":  # a frozen head times the zero-shot prior
-            from .zeroshot import combined_job
-
-            return combined_job(data or default_data(), split, encoder, window, out, per_class_n,
-                                seed, test_speakers, epochs=epochs, tasks=tasks, pooling=pooling,
-                                layer=layer, device=device, lr_head=lr_head, batch_size=batch_size,
-                                commands=commands, shots=shots, max_false_accept=max_false_accept,
-                                augment=augment, noise=noise, augment_copies=augment_copies)
-        train, val = split.train, split.validation
-        if per_class_n:
-            train, val = per_class(train + val, per_class_n, seed), []
-        if strategy in CLASSIC_KINDS:  # the MFCC pipeline: validation only calibrates rejection
-            held = val if open_set(ds.labels) else []
-            return classic_job(ds, split, train if held else train + val, strategy, out,
-                               per_class_n, seed, held=held, max_false_accept=max_false_accept,
-                               augment=augment_spec)
-        started = time.perf_counter()
-        enc = build_encoder(encoder, window=window, pretrained=strategy != "scratch")
-        kinds = {t: (head_options or {}).get(t, {}).get("kind", "single") for t in tasks}
-        task_labels = {t: (multilabel_classes([c.labels[t] for c in train if t in c.labels])
-                           if kinds[t] == "multi"
-                           else sorted({c.labels[t] for c in train if t in c.labels}))
-                       for t in tasks}
-        empty = [t for t, labs in task_labels.items() if not labs]
-        if empty:
-            raise DatasetError(f"{ds.root}: no training labels for task(s) {empty}")
-        model = CommandClassifier(enc, task_labels, layer=layer, pooling=pooling,
-                                  head_options=head_options)
-        train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
-        val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
-        augmenter = make_augmenter(augment_spec, train_w, train, enc.sample_rate)
-        config = TrainConfig(strategy=strategy, k=k, epochs=epochs, seed=seed, device=device,
-                             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
-                             task_weights=dict(task_weights or {}))
-        identity = {  # what makes a checkpoint this run's: anything else starts afresh
-            "data": str(ds.root.resolve()), "train": clips_digest(train),
-            "validation": clips_digest(val),
-            "test_speakers": sorted({str(c.speaker) for c in split.test}),
-            "per_class": per_class_n, "encoder": encoder, "window": enc.window,
-            "head": {"tasks": list(tasks), "kinds": kinds, "pooling": pooling, "layer": layer,
-                     "options": head_options or {}},
-            "strategy": config.to_dict(), "commands": commands, "shots": shots,
-            "augment": augment_spec,
-        }
-        result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
-                     config, work / "checkpoint", identity=identity, augmenter=augmenter)
-        rejection = calibrate_rejection(model, val_w, [c.label for c in val], max_false_accept)
-        train_seconds = time.perf_counter() - started
-        summary = {
-            "data": str(ds.root), "layout": ds.layout, "encoder": encoder, "window": enc.window,
-            "strategy": config.to_dict(), "per_class": per_class_n, "commands": commands,
-            "shots": shots, "augment": augment_spec, "rejection": rejection,
-            "train_speakers": sorted({c.speaker for c in train if c.speaker}),
-            "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
-            "n_train": len(train), "n_validation": len(val), "n_test": len(split.test),
-            "n_train_examples": result.train_examples,
-            "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
-            "history": result.history, "train_seconds": train_seconds,
-            "skipped": skipped_records(skipped + skipped_val),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
-        return finish_job(model, summary, split if evaluate else None, out)
-
-
-def classic_job(ds, split, train: list, kind: str, out: Path, per_class_n: int | None,
-                seed: int, held: list | None = None,
-                max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT,
-                augment: dict | None = None) -> dict:
-    """Fit a classic recogniser (MFCC + GMM-HMM / DTW / SVM), evaluate, save like any model.
-
-    ``held`` (validation clips of the training speakers, not trained on) calibrates the
-    rejection threshold of an open-set vocabulary; ``augment`` (``augment_options``) adds the
-    augmented copies as extra training clips.
-    """
-    system = build_classic(kind, seed=seed)
-    started = time.perf_counter()
-    train_w, train, skipped = read_clips(train, system.sample_rate, "training")
-    augmenter = make_augmenter(augment, train_w, train, system.sample_rate)
-    fit_w, fit_clips = augmented(augmenter, train_w, train)
-    system.fit(fit_w, [c.label for c in fit_clips])
-    held_w, held, skipped_held = read_clips(held or [], system.sample_rate, "validation")
-    rejection = calibrate_rejection(system, held_w, [c.label for c in held], max_false_accept)
-    summary = {
-        "data": str(ds.root), "layout": ds.layout, "strategy": {"strategy": kind},
-        "per_class": per_class_n, "augment": augment, "rejection": rejection,
-        "train_speakers": sorted({c.speaker for c in train if c.speaker}),
-        "test_speakers": sorted({c.speaker for c in split.test if c.speaker}),
-        "n_train": len(train), "n_validation": len(held), "n_test": len(split.test),
-        "train_seconds": time.perf_counter() - started,
-        "skipped": skipped_records(skipped + skipped_held),
-    }
-    return finish_job(system, summary, split, out)
+        return job(Run(
+            ds=ds, split=split, out=out, work=work, strategy=strategy, encoder=encoder,
+            window=window, k=k, per_class_n=per_class_n, epochs=epochs, seed=seed,
+            tasks=tuple(tasks), pooling=pooling, layer=layer, device=device,
+            lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
+            head_options=head_options, task_weights=task_weights, evaluate=evaluate,
+            commands=commands, shots=shots, max_false_accept=max_false_accept,
+            augment=augment_spec))
 
 
 def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path) -> dict:
@@ -387,11 +613,13 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
         summary["skipped"] = summary["skipped"] + report["skipped"]
         summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip",
                                                   "threshold", "open_set") if k in report}
-        if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
-            summary["test"]["tasks"] = task_metrics(system, test_w, test)
+        if system.task_model() is not None:
+            summary["test"]["tasks"] = task_metrics(system.task_model(), test_w, test)
     system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
                    "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
                                                       "n_train", "per_class")}}
+    if not is_main_process():  # a torchrun rank above 0: rank 0 saves the same system
+        return summary
     with atomic_folder(out, is_model_folder) as folder:
         if report is not None:
             write_report(report, folder, "test_report",
@@ -401,7 +629,8 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
     return summary
 
 
-def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | None = None) -> dict:
+def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | None = None,
+             device: str = "cpu") -> dict:
     """Score every clip under ``data`` (any layout, any sample rate) with a saved model.
 
     For a model with ``_unknown_`` / ``_silence_`` the data is mapped as in training: words the
@@ -409,7 +638,7 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     (``vocab.map_for_model``); the report then scores what ``predict`` returns (after
     rejection) and adds the ``open_set`` figures.
     """
-    system = load_model(model_dir)
+    system = load(model_dir, pick_device(device))
     if open_set(system.labels):
         ds = load_with_silence(data) if SILENCE in system.labels else load_dataset(data)
         ds = map_for_model(ds, system.labels)
@@ -430,8 +659,8 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
                                       system.sample_rate, "evaluation")
     report = evaluate_system(system, waves, [c.label for c in kept])
     report["skipped"] = skipped_records(ds.skipped + unlabeled + skipped)
-    if isinstance(system, CommandClassifier) and len(system.tasks) > 1:
-        report["tasks"] = task_metrics(system, waves, kept)
+    if system.task_model() is not None:
+        report["tasks"] = task_metrics(system.task_model(), waves, kept)
     if report_dir:
         write_report(report, Path(report_dir), "eval_report", f"Evaluation on {data}")
     return report

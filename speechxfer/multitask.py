@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from sklearn.metrics import roc_curve
 
 from .audio import SAMPLE_RATE, Clip, load
+from .evaluate import equal_error_rate
 from .heads import MISSING, SEP, UNKNOWN_MARK, encode_multilabel
-from .model import CommandClassifier
+from .model import PRIMARY_TASK, CommandClassifier
 
 MULTI_TASK = "commands"
 
@@ -103,43 +103,35 @@ def multilabel_micro_f1(probs: np.ndarray, values: list[str | None], classes: li
     return 2 * tp / max(2 * tp + fp + fn, 1.0)
 
 
-def identification_accuracy(probs: np.ndarray, classes: list[str], truth: list[str | None]) -> float:
-    """Closed-set accuracy over the clips whose true class the model knows."""
+def identification_accuracy(probs: np.ndarray, classes: list[str],
+                            truth: list[str | None]) -> float | None:
+    """Closed-set accuracy over the clips whose true class the model knows; None if there are
+    none (a class the head never saw cannot be identified, only verified)."""
     index = {c: i for i, c in enumerate(classes)}
     rows = [(i, index[t]) for i, t in enumerate(truth) if t in index]
     if not rows:
-        return float("nan")
+        return None
     return float(np.mean([probs[i].argmax() == j for i, j in rows]))
 
 
-def equal_error_rate(embeddings: np.ndarray, speakers: list[str]) -> float:
-    """Verification EER over every same/different pair, scored by cosine similarity.
-
-    The threshold where false acceptances equal false rejections; read off sklearn's ROC
-    by linear interpolation between the two points that straddle it.
-    """
-    emb = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
-    sims = emb @ emb.T
-    spk = np.array(speakers)
-    upper = np.triu_indices(len(spk), k=1)
-    same = (spk[:, None] == spk[None, :])[upper]
-    if same.all() or not same.any():
-        raise ValueError("EER needs both same-speaker and different-speaker pairs")
-    fpr, tpr, _ = roc_curve(same, sims[upper])
-    fnr = 1 - tpr
-    i = int(np.nonzero(fnr <= fpr)[0][0])
-    if i == 0:
-        return float(fpr[0])
-    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+def verification_eer(vectors: np.ndarray, truth: list[str]) -> float | None:
+    """EER of cosine scores over the pairs of ``vectors``; None without both pair kinds."""
+    if len(truth) < 2 or len(set(truth)) < 2 or len(set(truth)) == len(truth):
+        return None
+    return equal_error_rate(vectors, truth)
 
 
 def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: list[Clip]) -> dict[str, dict]:
-    """Every head's headline metric on the clips labelled for it.
+    """Every head's headline metric on the clips labelled for it; never a ``nan``.
 
-    single: accuracy; multi: micro-F1 over known entries; embedding: identification accuracy
-    among the speakers the model knows, plus verification EER over all labelled clips.
+    multi: micro-F1 over the known entries. single and embedding: identification ``accuracy``
+    over the ``n_known`` clips whose class the head was trained on. For a task other than the
+    command, the ``n_unseen`` clips of classes the head never saw (test speakers absent from
+    training) are scored by verification instead: ``eer`` over the same- and different-class
+    pairs among them, by cosine of an embedding head's vectors or of a single head's centred
+    log-probabilities (its logits up to a constant). An embedding head also reports
+    ``eer_known``, the same over the known classes' clips. Figures that cannot be computed (no
+    known clip; unseen clips of one speaker only) are left out.
     """
     vectors = model.predict_all(waves, embeddings=True)
     with torch.no_grad():
@@ -155,9 +147,25 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
             out[task] = {"kind": kind, "n": len(idx),
                          "micro_f1": multilabel_micro_f1(probs[task][idx], truth, model.tasks[task])}
             continue
-        report = {"kind": kind, "n": len(idx),
-                  "accuracy": identification_accuracy(probs[task][idx], model.tasks[task], truth)}
-        if kind == "embedding" and len(set(truth)) > 1:
-            report["eer"] = equal_error_rate(vectors[task][idx], truth)
+        known = [k for k, t in enumerate(truth) if t in model.tasks[task]]
+        unseen = [k for k, t in enumerate(truth) if t not in model.tasks[task]]
+        report: dict = {"kind": kind, "n": len(idx), "n_known": len(known)}
+        if known:
+            report["accuracy"] = identification_accuracy(probs[task][idx], model.tasks[task], truth)
+        if kind == "embedding":
+            eer = verification_eer(vectors[task][[idx[k] for k in known]], [truth[k] for k in known])
+            if eer is not None:
+                report["eer_known"] = eer
+        if task != PRIMARY_TASK and unseen:
+            report["n_unseen"] = len(unseen)
+            rows = [idx[k] for k in unseen]
+            if kind == "embedding":
+                emb = vectors[task][rows]
+            else:
+                logp = np.log(np.clip(probs[task][rows], 1e-30, None))
+                emb = logp - logp.mean(axis=1, keepdims=True)
+            eer = verification_eer(emb, [truth[k] for k in unseen])
+            if eer is not None:
+                report["eer"] = eer
         out[task] = report
     return out

@@ -78,6 +78,14 @@ def decide(labels: list[str], probs: np.ndarray, threshold: float) -> list[str]:
     return out
 
 
+# The lowest rejection threshold a trained system is given (``jobs.calibrate_rejection``): a
+# command is accepted only when it is more probable than every alternative together. Validation
+# speakers give a few dozen unknown and silence clips, which a good model often rejects all of at
+# any threshold; calibration alone would then accept a command at any probability above the
+# rejection classes'.
+MIN_THRESHOLD = 0.5
+
+
 def calibrate_threshold(
     labels: list[str], truth: list[str], probs: np.ndarray,
     max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT,

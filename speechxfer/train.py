@@ -1,4 +1,5 @@
-"""Transfer strategies, the training loop, checkpoints and resume.
+"""Transfer strategies, the training loops (``fit`` for classifier heads, ``fit_generative``
+for the decoder), checkpoints and resume.
 
 Strategies:
 - ``frozen``: linear probe; the encoder never changes, so its hidden states are computed once;
@@ -7,6 +8,12 @@ Strategies:
 - ``full``: fine-tune everything; ``reinit-k``: re-initialise the top k blocks, then fine-tune
   everything (the textbook recipe: keep the general lower layers, relearn the task-specific ones);
 - ``scratch``: the same network randomly initialised: the no-transfer control.
+
+Several processes (``torchrun --nproc-per-node N -m speechxfer train ...``): ``fit`` joins the
+process group torchrun describes in its environment (gloo on the CPU, NCCL on GPUs), wraps the
+trainable part in DistributedDataParallel and gives each process its share of every global
+batch (``shard``), so N processes take the steps one process would take on the same batches;
+only rank 0 writes checkpoints (and, in the jobs, the model folder).
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +39,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .audio import batch_waves
-from .encoders import EncoderOutput
+from .audio import batch_waves, batches_by_length
+from .decoder.generative import DecoderCache, GenerativeRecognizer
+from .encoders import Encoder, EncoderOutput
 from .heads import MISSING, encode_multilabel
 from .log import LOGGER, progress
 from .model import PRIMARY_TASK, CommandClassifier
@@ -95,6 +106,47 @@ def pick_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): a torchrun launch (WORLD_SIZE > 1) joins its process group here,
+    once, over NCCL when this process has a GPU and gloo otherwise; a plain run is (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    """True except in the non-zero ranks of a torchrun launch: the one process that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def shard(idx: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """This rank's clips of the global batch ``idx`` and the factor its mean loss is scaled by,
+    so that DDP's average of the ranks' gradients is the gradient of the global batch's mean.
+    A rank left without clips (a batch smaller than the world) runs one with factor 0: every
+    rank must take part in each gradient exchange."""
+    part = idx[rank::world]
+    if not part:
+        return idx[:1], 0.0
+    return part, len(part) * world / len(idx)
+
+
+class _Step(nn.Module):
+    """One training forward (``run(idx, epoch)``) as a module, so DistributedDataParallel sees
+    the forward it must prepare the gradient exchange for; ``model`` holds the parameters."""
+
+    def __init__(self, model: nn.Module, run):
+        super().__init__()
+        self.model, self.run = model, run
+
+    def forward(self, idx: list[int], epoch: int) -> dict[str, torch.Tensor]:
+        return self.run(idx, epoch)
 
 
 def seed_everything(seed: int) -> None:
@@ -182,11 +234,9 @@ class FeatureCache:
         keep_full = n_frozen < model.encoder.num_layers and model.encoder.window != "clip"
         self.items: list[torch.Tensor] = [torch.empty(0)] * len(waves)
         self.full: list[torch.Tensor] | None = [torch.empty(0)] * len(waves) if keep_full else None
-        order = sorted(range(len(waves)), key=lambda i: waves[i].numel())
         model.eval()
         with torch.no_grad():
-            for start in progress(range(0, len(order), batch_size), desc):
-                idx = order[start : start + batch_size]
+            for idx in progress(list(batches_by_length(waves, batch_size)), desc):
                 batch, lengths = batch_waves([waves[i] for i in idx])
                 out = model.encoder(batch.to(device), lengths.to(device))
                 states = torch.stack(out.hidden_states[: n_frozen + 1], 1)  # [B, S, F, D]
@@ -201,6 +251,13 @@ class FeatureCache:
         part = copy.copy(self)
         part.items = [self.items[i] for i in idx]
         part.full = [self.full[i] for i in idx] if self.full is not None else None
+        return part
+
+    def joined(self, other: FeatureCache) -> FeatureCache:
+        """This cache's clips followed by ``other``'s (made by the same frozen encoder part)."""
+        part = copy.copy(self)
+        part.items = self.items + other.items
+        part.full = None if self.full is None else self.full + other.full
         return part
 
     def batch(self, idx: list[int], device: torch.device):
@@ -218,6 +275,57 @@ class FeatureCache:
             full = nn.utils.rnn.pad_sequence([self.full[i] for i in idx], batch_first=True)
             full = full.float().to(device)
         return x.to(device), mask.to(device), full
+
+
+def log_mel_front_end(encoder: Encoder) -> nn.Module | None:
+    """The module whose output is the encoder's log-mel features [batch, mels, frames]:
+    Whisper's ``log_mel``, a DS-CNN's mel front end; None for encoders that read samples."""
+    from .encoders.cnn import LogMel
+
+    front = getattr(encoder, "log_mel", None)
+    if front is None and isinstance(getattr(encoder, "front_end", None), LogMel):
+        front = encoder.front_end
+    return front
+
+
+@contextmanager
+def masked_features(encoder: Encoder, augmenter: Augmenter | None) -> Iterator[None]:
+    """Inside, the encoder's log-mel features go through ``augmenter.mask_features``
+    (SpecAugment) before the network reads them; a no-op without an augmenter or with its
+    ``specaugment`` off.
+
+    Masks must come before the encoder, so strategies that cache encoder states (frozen,
+    top-k) cache masked copies of the clips; the others mask every training step.
+    """
+    if augmenter is None or not augmenter.config.specaugment:
+        yield
+        return
+    front = log_mel_front_end(encoder)
+    if front is None:
+        raise ValueError(f"SpecAugment masks log-mel features, and the {encoder.name} encoder "
+                         "reads raw samples: turn specaugment off for it")
+
+    def mask(_module, _inputs, mel: torch.Tensor) -> torch.Tensor:
+        return augmenter.mask_features(mel.transpose(1, 2)).transpose(1, 2)
+
+    handle = front.register_forward_hook(mask)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def training_cache(model: CommandClassifier, waves: list[torch.Tensor], n_clean: int,
+                   n_frozen: int, device: torch.device,
+                   augmenter: Augmenter | None = None) -> FeatureCache:
+    """The cache of ``waves``: ``n_clean`` clean clips, then their augmented copies, whose
+    features are masked (``masked_features``) when the augmenter asks for SpecAugment."""
+    if augmenter is None or not augmenter.config.specaugment or n_clean == len(waves):
+        return FeatureCache(model, waves, n_frozen, device, desc="caching train")
+    clean = FeatureCache(model, waves[:n_clean], n_frozen, device, desc="caching train")
+    with masked_features(model.encoder, augmenter):
+        masked = FeatureCache(model, waves[n_clean:], n_frozen, device, desc="caching copies")
+    return clean.joined(masked)
 
 
 def forward_cached(model: CommandClassifier, cache: FeatureCache, idx: list[int],
@@ -434,7 +542,6 @@ class Checkpointer:
 
 @dataclass
 class TrainResult:
-    model: CommandClassifier
     history: list[dict]
     best_epoch: int
     resumed_from: int | None
@@ -483,10 +590,16 @@ def fit(
     ``augmenter`` augments the training clips, never the validation ones. Cached strategies
     (frozen, top-k) cache its K seeded copies of every clip beside the clean one, so an epoch
     sees K + 1 versions of each; the others, which run the encoder every step anyway, draw a
-    fresh version of each clip every epoch (seeded by seed, epoch and clip).
+    fresh version of each clip every epoch (seeded by seed, epoch and clip). With the
+    augmenter's ``specaugment``, the cached copies' log-mel features are masked before the
+    encoder reads them, and the other strategies mask every training batch
+    (``masked_features``).
     """
     seed_everything(config.seed)
+    rank, world = distributed()
     device = pick_device(config.device)
+    if world > 1 and device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model.to(device)
     n_frozen = prepare(model, config)
     cached = n_frozen > 0
@@ -501,7 +614,8 @@ def fit(
     if cached:
         if (train_cache is None or train_cache.n_frozen != n_frozen
                 or len(train_cache.items) != len(train_waves)):
-            train_cache = FeatureCache(model, train_waves, n_frozen, device, desc="caching train")
+            train_cache = training_cache(model, train_waves, len(clean_waves), n_frozen, device,
+                                         augmenter)
         val_cache = FeatureCache(model, val_waves, n_frozen, device, desc="caching validation")
 
         def run_train(idx, epoch):
@@ -520,7 +634,8 @@ def fit(
             seed = augmenter.config.seed
             waves = [augmenter.augment(train_waves[i], np.random.default_rng([seed, epoch, i]))
                      for i in idx]
-            return run_wave_batch(waves, list(range(len(idx))))
+            with masked_features(model.encoder, augmenter):
+                return run_wave_batch(waves, list(range(len(idx))))
 
         def run_val(idx):
             return run_wave_batch(val_waves, idx)
@@ -541,7 +656,7 @@ def fit(
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir and rank == 0 else None
     signature = None
     if checkpointer:
         signature = {"identity": identity or {}, "config": config.to_dict(),
@@ -553,6 +668,15 @@ def fit(
     start_epoch, best, best_epoch, history, stale = 0, (-1.0, math.inf), -1, [], 0
     best_state = None
     resumed_from = None
+    if world > 1:  # rank 0 alone reads the checkpoint: every rank resumes from its state
+        import torch.distributed as dist
+
+        shared = [state, optimizer.state_dict(), trained_state(model)]
+        dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+        state = shared[0]
+        if rank:
+            optimizer.load_state_dict(shared[1])
+            model.load_state_dict(shared[2], strict=False)
     if state is not None:
         start_epoch, best_epoch, history, stale = (state["epoch"] + 1, state["best_epoch"],
                                                   state["history"], state["stale"])
@@ -562,6 +686,11 @@ def fit(
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start_epoch * steps_per_epoch):
                 schedule.step()
+    step = _Step(model, run_train)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step = DistributedDataParallel(step, find_unused_parameters=len(model.tasks) > 1)
 
     for epoch in range(start_epoch, config.epochs):
         if stale >= config.patience:
@@ -571,11 +700,12 @@ def fit(
                                  config.seed * 1000 + epoch)
         losses, epoch_started = [], time.perf_counter()
         bar = progress(batches, f"epoch {epoch + 1}")
-        for idx in bar:
+        for batch_idx in bar:
+            idx, scale = shard(batch_idx, rank, world)
             with autocast:
-                logits = run_train(idx, epoch)
-            loss = masked_loss(logits, {t: v[idx] for t, v in targets.items()},
-                               config.task_weights, model.heads)
+                logits = step(idx, epoch)
+            loss = scale * masked_loss(logits, {t: v[idx] for t, v in targets.items()},
+                                       config.task_weights, model.heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 5.0)
@@ -583,18 +713,20 @@ def fit(
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        with autocast:
-            val_acc, val_loss = (evaluate_accuracy(model, run_val, len(val_waves), val_targets,
-                                                   config.batch_size)
-                                 if val_waves else (float("nan"), float("nan")))
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                  "val_accuracy": val_acc, "val_loss": val_loss}
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if val_waves:  # no validation clips: no val figures at all, never a NaN in the history
+            with autocast:
+                val_acc, val_loss = evaluate_accuracy(model, run_val, len(val_waves), val_targets,
+                                                      config.batch_size)
+            record.update(val_accuracy=val_acc, val_loss=val_loss)
+            LOGGER.info("epoch %d: train loss %.4f  val acc %.4f  val loss %.4f", epoch + 1,
+                        record["train_loss"], val_acc, val_loss)
+        else:
+            LOGGER.info("epoch %d: train loss %.4f", epoch + 1, record["train_loss"])
         history.append(record)
-        LOGGER.info("epoch %d: train loss %.4f  val acc %.4f  val loss %.4f", epoch + 1,
-                    record["train_loss"], val_acc, val_loss)
         LOGGER.debug("epoch %d took %.1f s (%d steps)", epoch + 1,
                      time.perf_counter() - epoch_started, len(losses))
-        score = (val_acc, -val_loss) if val_waves else (epoch, 0.0)
+        score = (record["val_accuracy"], -record["val_loss"]) if val_waves else (epoch, 0.0)
         if score > (best[0], -best[1]):
             best, best_epoch, stale = (score[0], -score[1]), epoch + 1, 0
             best_state = trained_state(model)
@@ -607,4 +739,73 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    return TrainResult(model, history, best_epoch, resumed_from, len(train_waves))
+    return TrainResult(history, best_epoch, resumed_from, len(train_waves))
+
+
+GENERATIVE_CHECKPOINT_STEPS = 10  # optimiser steps between checkpoints of ``fit_generative``
+
+
+def fit_generative(
+    system: GenerativeRecognizer, waves: list[torch.Tensor], truth: list[str],
+    steps: int = 60, batch_size: int = 16, lr: float = 1e-4, seed: int = 0,
+    device: str = "auto", cache: DecoderCache | None = None,
+    checkpoint_dir: Path | None = None, identity: dict | None = None,
+) -> dict:
+    """Fine-tune the system's tuned decoder blocks for ``steps`` AdamW steps on the label
+    scores of ``waves`` (cross-entropy over labels); returns cost and loss figures.
+
+    The frozen encoder and decoder bottom run once (``DecoderCache``; pass ``cache``, built
+    for ``waves`` with this ``tuned_from``, to reuse one across runs while the model still
+    holds the pretrained weights). With ``checkpoint_dir`` the loop is checkpointed every
+    GENERATIVE_CHECKPOINT_STEPS steps and a run with the same ``identity``, options and
+    clips resumes there, ending as an uninterrupted run would.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    system.to(pick_device(device))
+    if cache is None:
+        cache = DecoderCache(system, waves, system.tuned_from)
+    if cache.tuned_from != system.tuned_from:
+        raise ValueError("the cache was built for another tuned_from")
+    target = torch.tensor([system.labels.index(t) for t in truth], device=system.device)
+    vocab, mass = system.shortlist(cache)
+    params = system.tuned_parameters()
+    for p in system.model.parameters():
+        p.requires_grad = False
+    for p in params.values():
+        p.requires_grad = True
+    optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.01)
+    options = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+               "tuned_from": system.tuned_from}
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir else None
+    signature = {"identity": identity or {}, "config": options, "labels": system.labels,
+                 "data": waves_digest(waves, truth)} if checkpointer else None
+    state = checkpointer.load(system.model, optimizer, signature) if checkpointer else None
+    losses: list[float] = [] if state is None else [float(x) for x in state["history"]]
+    rng = np.random.default_rng(seed)
+    system.model.train()
+    bar = progress(range(steps), "tuning the decoder")
+    for step in bar:
+        idx = rng.choice(len(truth), min(batch_size, len(truth)), replace=False).tolist()
+        if step < len(losses):  # resumed: draw the batch as the first run did, skip the step
+            continue
+        logits = system.cached_label_scores(cache, idx, vocab)
+        loss = nn.functional.cross_entropy(logits / system.options.temperature, target[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if checkpointer and (step + 1) % GENERATIVE_CHECKPOINT_STEPS == 0 and step + 1 < steps:
+            checkpointer.save(system.model, optimizer, trained_state(system.model), {
+                "signature": signature, "epoch": step, "best": [0.0, 0.0], "best_epoch": step,
+                "history": losses, "stale": 0})
+    for p in params.values():
+        p.requires_grad = False
+    system.model.eval()
+    return {**options, "n_train": len(truth), "device": str(system.device),
+            "resumed_from_step": None if state is None else len(state["history"]),
+            "tuned_parameters": sum(p.numel() for p in params.values()),
+            "shortlist_tokens": len(vocab), "shortlist_mass": mass,
+            "first_loss": float(np.mean(losses[:5])), "last_loss": float(np.mean(losses[-5:])),
+            "train_seconds": time.perf_counter() - started}

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "data" / "fsdd" / "recordings"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fsdd() -> Path:
+    """The bundled FSDD recordings, ``<digit>_<speaker>_<take>.wav`` at 8 kHz (tests' real clips)."""
     return FSDD
 
 
@@ -41,6 +42,14 @@ def copy_fsdd(out: Path, speakers: tuple[str, ...], digits: tuple[str, ...], tak
                 name = f"{digit}_{speaker}_{take}.wav"
                 (out / name).write_bytes((FSDD / name).read_bytes())
     return out
+
+
+@pytest.fixture
+def real_clip(fsdd: Path):
+    """One bundled recording (a "7" by jackson), resampled to 16 kHz: a [time] float tensor."""
+    from speechxfer.audio import load
+
+    return load(fsdd / "7_jackson_32.wav")
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def _pcm(wave: np.ndarray, dtype: str) -> np.ndarray:
 
 def test_int16_predict_path_equals_float(fsdd):
     """``predict(samples, sr)`` goes through to_wave -> to_mono_resampled: int16 PCM is scaled."""
-    from speechxfer.model import to_wave
+    from speechxfer.recognizer import to_wave
 
     path = str(fsdd / "7_jackson_32.wav")
     as_float, rate = sf.read(path, dtype="float32")

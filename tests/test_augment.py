@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,84 @@ def test_bad_config_and_noise_folder(tmp_path):
     sf.write(tmp_path / "quiet.wav", np.zeros(800), 8000)
     with pytest.raises(AudioError, match="quiet.wav"):
         load_noise_folder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    from speechxfer.encoders import build_encoder
+
+    return build_encoder("whisper-tiny.en", window="clip").eval()
+
+
+def test_specaugment_masks_the_log_mel_the_encoder_reads(whisper, word):
+    from speechxfer.train import masked_features
+
+    batch, lengths = word[None], torch.tensor([word.numel()])
+    clean, _ = whisper.features(batch, lengths)
+    on = AugmentConfig(seed=5, specaugment=True, time_mask_fraction=0.2)
+    with masked_features(whisper, Augmenter(on)):
+        masked, _ = whisper.features(batch, lengths)
+        with torch.no_grad():
+            states = whisper(batch, lengths).hidden_states[-1]
+    with masked_features(whisper, Augmenter(on)):
+        again, _ = whisper.features(batch, lengths)
+    with masked_features(whisper, Augmenter(replace(on, specaugment=False))):
+        off, _ = whisper.features(batch, lengths)
+    after, _ = whisper.features(batch, lengths)
+    assert masked.shape == clean.shape and torch.equal(masked, again)  # seeded
+    assert torch.equal(off, clean) and torch.equal(after, clean)  # off, and the hook is gone
+    fill = masked[0] != clean[0]  # [mels, frames]
+    assert fill.all(dim=1).any() and fill.all(dim=0).any()  # whole bands and whole frames
+    assert len(torch.unique(masked[0][fill])) == 1  # filled with one value (the clip's mean)
+    with torch.no_grad():
+        assert not torch.allclose(states, whisper(batch, lengths).hidden_states[-1])
+
+
+def test_specaugment_refuses_an_encoder_without_log_mel():
+    from speechxfer.train import masked_features
+
+    raw = torch.nn.Module()
+    raw.name = "raw-samples"
+    with (pytest.raises(ValueError, match="raw-samples.*raw samples"),
+          masked_features(raw, Augmenter(AugmentConfig(specaugment=True)))):
+        pass
+    with masked_features(raw, Augmenter(AugmentConfig())):  # masks off: nothing to refuse
+        pass
+
+
+def test_frozen_cache_holds_masked_copies(whisper, word):
+    from speechxfer.model import CommandClassifier
+    from speechxfer.train import FeatureCache, training_cache
+
+    model = CommandClassifier(whisper, {"command": ["a", "b"]})
+    waves = [word, word[:9000]]
+    cpu, n = torch.device("cpu"), whisper.num_layers
+    clean = FeatureCache(model, waves, n, cpu)
+    masks_only = AugmentConfig(copies=1, noise_prob=0, reverb_prob=0, speed_prob=0, shift_prob=0,
+                               specaugment=True)
+    copies = Augmenter(masks_only).copies(waves)[0]
+    assert all(torch.equal(a, b) for a, b in zip(copies, waves))  # the waves are untouched
+    cache = training_cache(model, waves + copies, 2, n, cpu, Augmenter(masks_only))
+    assert len(cache.items) == 4
+    assert all(torch.equal(cache.items[i], clean.items[i]) for i in range(2))
+    assert all(cache.items[i + 2].shape == clean.items[i].shape for i in range(2))
+    assert not any(torch.equal(cache.items[i + 2], clean.items[i]) for i in range(2))
+
+
+def test_strategies_that_run_the_encoder_mask_only_training_batches(whisper, word, monkeypatch):
+    import copy
+
+    from speechxfer.model import CommandClassifier
+    from speechxfer.train import TrainConfig, fit
+
+    calls = []
+    original = Augmenter.mask_features
+    monkeypatch.setattr(Augmenter, "mask_features",
+                        lambda self, x: calls.append(x.shape[0]) or original(self, x))
+    waves, labels = [word, word[:9000]], [{"command": "a"}, {"command": "b"}]
+    masks_only = AugmentConfig(noise_prob=0, reverb_prob=0, speed_prob=0, shift_prob=0,
+                               specaugment=True)
+    model = CommandClassifier(copy.deepcopy(whisper), {"command": ["a", "b"]})
+    fit(model, waves, labels, waves, labels, TrainConfig(strategy="full", epochs=1, batch_size=1),
+        augmenter=Augmenter(masks_only))
+    assert calls == [1, 1]  # the two training batches; the two validation clips are not masked

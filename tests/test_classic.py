@@ -12,24 +12,22 @@ from speechxfer.audio import load
 from speechxfer.classic import CLASSIC_KINDS, build_classic, load_classic, mfcc_features
 from speechxfer.classic.base import CONFIG_FILE
 from speechxfer.classic.dtw import dtw_distance
-from speechxfer.model import ModelError
+from speechxfer.recognizer import ModelError
 
-RECORDINGS = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 DIGITS = [str(d) for d in range(10)]
 
-pytestmark = pytest.mark.skipif(not RECORDINGS.is_dir(), reason="FSDD recordings not present")
 
 
-def _clips(speakers: list[str], takes: range) -> tuple[list[torch.Tensor], list[str]]:
+def _clips(fsdd: Path, speakers: list[str], takes: range) -> tuple[list[torch.Tensor], list[str]]:
     keys = [(d, s, t) for s in speakers for d in DIGITS for t in takes]
-    return [load(RECORDINGS / f"{d}_{s}_{t}.wav") for d, s, t in keys], [k[0] for k in keys]
+    return [load(fsdd / f"{d}_{s}_{t}.wav") for d, s, t in keys], [k[0] for k in keys]
 
 
 @pytest.fixture(scope="module")
-def split() -> dict[str, tuple[list[torch.Tensor], list[str]]]:
+def split(fsdd) -> dict[str, tuple[list[torch.Tensor], list[str]]]:
     """2 speakers x 10 digits x 5 takes to train; an unseen speaker's 30 clips to test."""
-    return {"train": _clips(["george", "jackson"], range(5, 10)),
-            "test": _clips(["theo"], range(3))}
+    return {"train": _clips(fsdd, ["george", "jackson"], range(5, 10)),
+            "test": _clips(fsdd, ["theo"], range(3))}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +44,8 @@ def test_proba(fitted, split) -> dict[str, np.ndarray]:
     return {kind: model.predict_proba(split["test"][0]) for kind, model in fitted.items()}
 
 
-def test_mfcc_shape_and_normalisation() -> None:
-    wave = load(RECORDINGS / "3_theo_0.wav")
+def test_mfcc_shape_and_normalisation(fsdd) -> None:
+    wave = load(fsdd / "3_theo_0.wav")
     feats = mfcc_features(wave, 16000)
     assert feats.dtype == np.float32 and feats.shape[1] == 39 and feats.shape[0] > 10
     assert np.isfinite(feats).all()
@@ -132,17 +130,11 @@ def test_unknown_kind_and_wrong_directory(tmp_path: Path, fitted) -> None:
         type(fitted["svm"]).load(tmp_path)
 
 
-def test_cli_trains_evaluates_and_predicts_a_classic_system(tmp_path: Path, capsys) -> None:
+def test_cli_trains_evaluates_and_predicts_a_classic_system(tmp_path: Path, capsys,
+                                                            make_fsdd) -> None:
     from speechxfer.cli import main
 
-    data = tmp_path / "data"
-    data.mkdir()
-    root = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
-    for speaker in ("jackson", "theo"):
-        for digit in ("1", "4", "7"):
-            for take in range(8):
-                name = f"{digit}_{speaker}_{take}.wav"
-                (data / name).write_bytes((root / name).read_bytes())
+    data = make_fsdd(tmp_path / "data", ("jackson", "theo"), ("1", "4", "7"), 8)
     out = tmp_path / "svm"
     assert main(["train", "--data", str(data), "--strategy", "svm", "--test-speaker", "theo",
                  "--out", str(out)]) == 0

@@ -2,11 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from speechxfer.audio import batch_waves, load
+from speechxfer.audio import SAMPLE_RATE, batch_waves, load
 from speechxfer.encoders.cnn import CNN_ENCODERS, build_cnn
 from speechxfer.heads import masked_mean
 
-SAMPLE_RATE = 16_000  # Hz
 MAX_PARAMETERS = 1_000_000
 NAMES = sorted(CNN_ENCODERS)
 

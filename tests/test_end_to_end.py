@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechxfer import CommandClassifier, load_model
+from speechxfer import CommandClassifier, ModelError, load_model
 from speechxfer.cli import main
-from speechxfer.model import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +22,49 @@ def trained(tmp_path_factory, make_fsdd):
     return data, out
 
 
+def assert_consistent(report: dict, n: int) -> None:
+    """The figures of a report agree with its confusion matrix and lie in their ranges."""
+    cm = np.array(report["confusion"])
+    assert report["labels"] == ["1", "4", "7"] and cm.shape == (3, 3)
+    assert report["n"] == n == cm.sum()
+    assert 0.6 < report["accuracy"] <= 1  # chance is 1/3
+    assert report["accuracy"] == pytest.approx(np.trace(cm) / n)
+    per_class = report["per_class"]
+    for i, label in enumerate(report["labels"]):
+        m = per_class[label]
+        assert m["support"] == cm[i].sum()
+        assert m["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert m["precision"] == pytest.approx(cm[i, i] / max(cm[:, i].sum(), 1))
+        assert all(0 <= m[k] <= 1 for k in ("precision", "recall", "f1"))
+    assert report["macro_f1"] == pytest.approx(np.mean([m["f1"] for m in per_class.values()]))
+
+
 def test_train_reports_and_skips(trained):
     _, out = trained
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["skipped"][0]["path"].endswith("4_george_9.wav")
     assert summary["test_speakers"] == ["theo"]
-    assert summary["test"]["accuracy"] > 0.6  # chance is 1/3
+    assert summary["train_speakers"] == ["george", "jackson"]
     for name in ("model.safetensors", "config.json", "test_report.md", "test_report_confusion.png"):
         assert (out / name).is_file()
+    report = json.loads((out / "test_report.json").read_text())
+    assert_consistent(report, 18)  # theo: 3 digits x 6 takes
+    assert {k: summary["test"][k] for k in ("n", "accuracy", "macro_f1")} == {
+        k: report[k] for k in ("n", "accuracy", "macro_f1")}
+    assert f"accuracy: {report['accuracy']:.4f}" in (out / "test_report.md").read_text()
 
 
 def test_eval_json_and_predict(trained, capsys):
     data, out = trained
     (data / "4_george_9.wav").unlink()
     assert main(["eval", str(out), "--data", str(data), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["n"] == 54 and report["accuracy"] > 0.6 and "macro_f1" in report
+    assert_consistent(json.loads(capsys.readouterr().out), 54)  # the corrupt extra clip gone
     assert main(["predict", str(out), str(data / "7_theo_0.wav"), "--json"]) == 0
     pred = json.loads(capsys.readouterr().out)
-    assert set(pred["probabilities"]) == {"1", "4", "7"}
+    probs = pred["probabilities"]
+    assert set(probs) == {"1", "4", "7"} and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+    assert pred["label"] == max(probs, key=probs.get)
+    assert pred["label"] == CommandClassifier.load(out).predict(data / "7_theo_0.wav").label
 
 
 def test_library_predict_file_samples_and_batch(trained):

@@ -16,11 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from speechxfer import jobs
+from speechxfer import CommandClassifier, jobs, load_model
 from speechxfer.classic import build_classic, load_classic
 from speechxfer.jobs import train_job
 from speechxfer.log import LOGGER
-from speechxfer.model import CommandClassifier, load_model
 from speechxfer.store import StoreError, atomic_folder, training_folder, work_folder
 from speechxfer.train import Checkpointer
 

@@ -20,13 +20,13 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
+from speechxfer import CommandClassifier, ModelError, Recognizer, load_model
 from speechxfer.audio import load
 from speechxfer.classic import CLASSIC_KINDS, build_classic, load_classic
 from speechxfer.cli import main
 from speechxfer.encoders import build_encoder
-from speechxfer.model import FORMAT, CommandClassifier, ModelError, Recognizer, load_model
+from speechxfer.recognizer import FORMAT
 
-FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 LABELS = ["no", "yes"]
 
 
@@ -41,10 +41,10 @@ def tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classic(tmp_path_factory) -> dict[str, Path]:
+def classic(tmp_path_factory, fsdd) -> dict[str, Path]:
     """Each classic kind fitted on three digits of one speaker and saved."""
     keys = [(d, t) for d in "123" for t in range(3)]
-    waves = [load(FSDD / f"{d}_theo_{t}.wav") for d, t in keys]
+    waves = [load(fsdd / f"{d}_theo_{t}.wav") for d, t in keys]
     labels = [d for d, _ in keys]
     root = tmp_path_factory.mktemp("classic")
     for kind in CLASSIC_KINDS:
@@ -145,8 +145,8 @@ def test_classic_non_finite_weights_are_refused(classic, kind, tmp_path):
     refused(folder, "model.safetensors", "non-finite")
 
 
-def test_a_two_label_svm_predicts_two_probabilities():
-    waves = [load(FSDD / f"{d}_theo_{t}.wav") for d in "12" for t in range(3)]
+def test_a_two_label_svm_predicts_two_probabilities(fsdd):
+    waves = [load(fsdd / f"{d}_theo_{t}.wav") for d in "12" for t in range(3)]
     model = build_classic("svm").fit(waves, [d for d in "12" for _ in range(3)])
     probs = model.predict_proba(waves)
     assert probs.shape == (6, 2)
@@ -249,7 +249,8 @@ def test_zero_shot_layout_is_bounded(tiny, tmp_path):
 
 
 def test_generative_non_finite_decoder_weights_are_refused(tmp_path):
-    from speechxfer.zeroshot import GENERATIVE_WEIGHTS, GenerativeRecognizer
+    from speechxfer.decoder.generative import WEIGHTS as GENERATIVE_WEIGHTS
+    from speechxfer.decoder.generative import GenerativeRecognizer
 
     GenerativeRecognizer(LABELS, window="clip").save(tmp_path / "gen")
     path = tmp_path / "gen" / GENERATIVE_WEIGHTS

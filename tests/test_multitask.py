@@ -7,14 +7,10 @@ import torch
 from speechxfer.audio import Clip
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
+from speechxfer.evaluate import equal_error_rate, markdown, score
 from speechxfer.heads import MISSING, encode_multilabel, multilabel_classes
 from speechxfer.model import CommandClassifier
-from speechxfer.multitask import (
-    equal_error_rate,
-    make_concatenations,
-    multilabel_micro_f1,
-    task_metrics,
-)
+from speechxfer.multitask import make_concatenations, multilabel_micro_f1, task_metrics
 from speechxfer.train import TrainConfig, encode_targets, fit, masked_loss
 
 HEADS = {"speaker": {"kind": "embedding", "embedding_dim": 16, "layer": 1},
@@ -122,6 +118,66 @@ def test_equal_error_rate_on_synthetic_embeddings():
     assert 0.35 < equal_error_rate(noise, speakers) < 0.65
     with pytest.raises(ValueError, match="both"):
         equal_error_rate(noise[:3], ["a", "a", "a"])
+
+
+TRAIN_SPEAKERS, NEW_SPEAKERS = ("jackson", "yweweler"), ("theo", "george")
+
+
+@pytest.fixture(scope="module")
+def speaker_clips(fsdd):
+    """Digits 1/4/7: takes 0-5 of two speakers to train on; takes 6-7 of the same two (known)
+    and takes 0-3 of two others (unseen) to score."""
+    def clips(speakers, takes):
+        return [Clip(fsdd / f"{d}_{s}_{t}.wav", {"command": d, "speaker": s}, s)
+                for s in speakers for d in "147" for t in takes]
+
+    from speechxfer.audio import load
+
+    train = clips(TRAIN_SPEAKERS, range(6))
+    test = clips(TRAIN_SPEAKERS, range(6, 8)) + clips(NEW_SPEAKERS, range(4))
+    return ([load(c.path) for c in train], train), ([load(c.path) for c in test], test)
+
+
+def no_nan(value) -> str:
+    """``value`` as strict JSON: a NaN or infinity anywhere raises ValueError."""
+    return json.dumps(value, allow_nan=False)
+
+
+@pytest.mark.parametrize("kind", ["single", "embedding"])
+def test_speakers_identified_when_known_and_verified_when_unseen(speaker_clips, kind):
+    """A speaker head trained on two voices: identification on their held-out takes, EER (not
+    NaN) on the two voices it never heard, from a frozen Whisper and a small trained head."""
+    (train_w, train), (test_w, test) = speaker_clips
+    torch.manual_seed(0)
+    options = {"speaker": {"kind": kind, "embedding_dim": 16}} if kind == "embedding" else None
+    model = CommandClassifier(build_encoder("whisper-tiny.en", pretrained=True),
+                              {"command": ["1", "4", "7"], "speaker": list(TRAIN_SPEAKERS)},
+                              head_options=options)
+    config = TrainConfig(strategy="frozen", epochs=15, batch_size=12, lr_head=5e-3, patience=99)
+    fit(model, train_w, [c.labels for c in train], [], [], config)
+    metrics = task_metrics(model, test_w, test)
+    no_nan(metrics)
+    speaker = metrics["speaker"]
+    assert speaker["kind"] == kind and speaker["n"] == 36
+    assert speaker["n_known"] == 12 and speaker["n_unseen"] == 24
+    assert speaker["accuracy"] >= 0.75, speaker  # chance: 0.5
+    assert 0.0 <= speaker["eer"] < 0.4, speaker  # chance: 0.5
+    assert ("eer_known" in speaker) == (kind == "embedding")
+    assert "n_unseen" not in metrics["command"] and metrics["command"]["n_known"] == 36
+    # only unseen speakers: nothing to identify, so no accuracy at all (not NaN), still an EER
+    unseen = [i for i, c in enumerate(test) if c.speaker in NEW_SPEAKERS]
+    only_new = task_metrics(model, [test_w[i] for i in unseen], [test[i] for i in unseen])
+    no_nan(only_new)
+    assert "accuracy" not in only_new["speaker"] and only_new["speaker"]["n_known"] == 0
+    assert only_new["speaker"]["eer"] == pytest.approx(speaker["eer"])
+    # one unseen speaker alone gives no different-speaker pair: no EER either, and no NaN
+    theo = [i for i, c in enumerate(test) if c.speaker == "theo"]
+    alone = task_metrics(model, [test_w[i] for i in theo], [test[i] for i in theo])["speaker"]
+    assert set(alone) == {"kind", "n", "n_known", "n_unseen"}
+    report = score(["1", "4", "7"], [c.label for c in test], np.full((36, 3), 1 / 3))
+    report["tasks"] = metrics
+    assert "nan" not in markdown(report).lower()
+    assert f"eer {speaker['eer']:.4f}" in markdown(report)
 
 
 def test_concatenation_clip_type(small_fsdd, tmp_path):

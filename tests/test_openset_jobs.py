@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from speechxfer import CommandClassifier, ModelError, load_model
 from speechxfer.audio import load
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.cli import main
 from speechxfer.data import load_dataset, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import MIN_THRESHOLD, augment_options, eval_job, train_job
-from speechxfer.model import CommandClassifier, ModelError, load_model
 from speechxfer.train import TrainConfig, fit
 from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, load_with_silence
 
@@ -53,7 +53,7 @@ def svm_model(commands_data, tmp_path_factory) -> tuple[Path, dict]:
     return out, summary
 
 
-def test_validation_takes_whole_speakers_when_groups_are_small():
+def test_validation_takes_whole_speakers_when_groups_are_small(fsdd):
     data = apply_commands(load_with_silence(SPEECH_COMMANDS), WORDS)
     split = split_dataset(data, data.speakers[:16], seed=0)
     train, val = {c.speaker for c in split.train}, {c.speaker for c in split.validation}
@@ -62,7 +62,7 @@ def test_validation_takes_whole_speakers_when_groups_are_small():
     assert [c.path for c in split_dataset(data, data.speakers[:16], seed=1).validation] != [
         c.path for c in split.validation]
     # the bundled digits (four speakers, 50 takes per digit) keep a share of every group
-    digits = split_dataset(load_dataset(SPEECH_COMMANDS.parent / "fsdd"), ["theo"], seed=0)
+    digits = split_dataset(load_dataset(fsdd), ["theo"], seed=0)
     assert len(digits.validation) == 150
     assert {c.speaker for c in digits.validation} == {c.speaker for c in digits.train}
 
@@ -172,26 +172,28 @@ def test_augmented_cache_holds_k_copies_and_is_seeded(fsdd):
 
 
 def test_zero_shot_scores_unknown_and_silence(commands_data, tmp_path):
-    from speechxfer.zeroshot import CombinedRecognizer, ZeroShotRecognizer
+    from speechxfer.decoder.combined import CombinedRecognizer
+    from speechxfer.decoder.scoring import ZeroShotRecognizer
 
     files = [validation_clips(commands_data, SILENCE)[0], next((commands_data / "yes").iterdir()),
              next(p for p in commands_data.rglob("*.wav") if p.parent.name not in WORDS
                   + [SILENCE])]
     waves = [load(f) for f in files]
     system = ZeroShotRecognizer(LABELS, window="clip")
-    assert system.prompt == "no up yes" and UNKNOWN not in system.aliases
+    assert system.options.prompt == "no up yes" and UNKNOWN not in system.aliases
     probs = system.predict_proba(waves)
     assert probs.shape == (3, len(LABELS)) and np.isfinite(probs).all()
     assert np.allclose(probs.sum(1), 1)
     fitted, scores = system.fit_open_set(system.scores(waves), [SILENCE, "yes", UNKNOWN])
-    assert (system.unknown_score, system.silence_offset, system.temperature) == (
+    opts = system.options
+    assert (opts.unknown_score, opts.silence_offset, opts.temperature) == (
         fitted["unknown_score"], fitted["silence_offset"], fitted["temperature"])
     assert np.allclose(scores, system.scores(waves), atol=1e-4)  # as if scored afresh
     assert system.decide(system.predict_proba(waves)) == [SILENCE, "yes", UNKNOWN]
     system.threshold, system.max_false_accept = 0.5, 0.03
     system.save(tmp_path / "z")
     again = load_model(tmp_path / "z")
-    assert again.threshold == 0.5 and again.unknown_score == system.unknown_score
+    assert again.threshold == 0.5 and again.options == system.options
     assert np.allclose(again.predict_proba(waves), system.predict_proba(waves), atol=1e-5)
     # a combined system's prior covers the same columns; its own threshold travels too
     torch.manual_seed(0)

@@ -27,7 +27,6 @@ from speechxfer.audio import AudioError, as_mono, load, to_mono_resampled
 from speechxfer.cli import build_parser, main
 from speechxfer.data import DatasetError, load_dataset, load_waves, split_dataset
 
-FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 PROPERTY = settings(
     max_examples=50, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -170,8 +169,8 @@ FOLDERS = st.sampled_from([".", "recordings", "yes", "no", "_background_noise_",
 @PROPERTY
 @given(files=st.lists(st.tuples(FOLDERS, FILE_NAMES, st.booleans()), max_size=12),
        lists=st.booleans())
-def test_any_folder_gives_a_dataset_or_dataset_error(files, lists):
-    real = (FSDD / "7_jackson_32.wav").read_bytes()
+def test_any_folder_gives_a_dataset_or_dataset_error(fsdd, files, lists):
+    real = (fsdd / "7_jackson_32.wav").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for folder, name, is_audio in files:
@@ -318,13 +317,13 @@ BAD_PATHS = st.sampled_from(["missing", "garbage", "empty", "folder"])
 
 
 @pytest.fixture(scope="module")
-def svm_folder(tmp_path_factory) -> Path:
+def svm_folder(tmp_path_factory, fsdd) -> Path:
     """A real model that trains in a second, so the audio path is reached, not only the model's."""
     from speechxfer.classic import build_classic
 
     takes = [(d, t) for d in ("1", "4") for t in range(10, 16)]
     folder = tmp_path_factory.mktemp("svm")
-    build_classic("svm").fit([load(FSDD / f"{d}_jackson_{t}.wav") for d, t in takes],
+    build_classic("svm").fit([load(fsdd / f"{d}_jackson_{t}.wav") for d, t in takes],
                              [d for d, _ in takes]).save(folder)
     return folder
 

@@ -68,12 +68,9 @@ def test_length_batches_cover_every_clip_once():
 
 
 @pytest.fixture(scope="module")
-def clips():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+def clips(fsdd):
     names = [f"{d}_{s}_{t}.wav" for d in ("1", "7") for s in ("jackson", "george") for t in range(4)]
-    return [load(root / n) for n in names], [{"command": n[0]} for n in names]
+    return [load(fsdd / n) for n in names], [{"command": n[0]} for n in names]
 
 
 def test_crash_mid_training_resumes_from_checkpoint(clips, tmp_path, monkeypatch):

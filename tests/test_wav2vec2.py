@@ -16,12 +16,11 @@ import torch
 from safetensors.torch import save_file
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model
 
-from speechxfer.audio import batch_waves, load
+from speechxfer.audio import batch_waves
 from speechxfer.encoders import build_encoder
 from speechxfer.encoders.wav2vec2 import CheckpointError, Wav2Vec2Encoder, load_wav2vec2
 from speechxfer.model import CommandClassifier
 
-CLIP = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings" / "7_jackson_32.wav"
 CONVS = [(8, 10, 5)] + [(8, 3, 2)] * 4 + [(8, 2, 2)] * 2  # the real stack's shape, 8 channels
 LAYERS = 3
 VARIANTS = ("base", "large")  # group-norm + post-LN, layer-norm + pre-LN ("stable")
@@ -139,7 +138,7 @@ def _assert_matches_torchaudio(
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_hf_checkpoint_matches_torchaudio(tmp_path: Path, variant: str) -> None:
+def test_hf_checkpoint_matches_torchaudio(tmp_path: Path, variant: str, real_clip) -> None:
     params = _params(variant)
     model = _random_model(params)
     large = variant == "large"
@@ -153,23 +152,23 @@ def test_hf_checkpoint_matches_torchaudio(tmp_path: Path, variant: str) -> None:
     assert isinstance(encoder, Wav2Vec2Encoder)
     assert encoder.name == f"wav2vec2:{folder.resolve()}"
     assert (encoder.hidden_size, encoder.num_layers, encoder.window) == (16, LAYERS, "clip")
-    wave = load(CLIP)
+    wave = real_clip
     _assert_matches_torchaudio(encoder, model, wave, _hf_normalise(wave) if large else wave)
     final_norm = list(encoder.model.encoder.transformer.layer_norm.parameters())
     assert [id(p) for p in encoder.top_parameters()] == [id(p) for p in final_norm] * large
 
 
-def test_hubert_checkpoint(tmp_path: Path) -> None:
+def test_hubert_checkpoint(tmp_path: Path, real_clip) -> None:
     params = _params("base")
     model = _random_model(params)
     folder = _write_hf(tmp_path / "hubert", model, params, model_type="hubert", prefix="hubert.")
     encoder = build_encoder(f"hubert:{folder}").eval()
     assert encoder.name.startswith("hubert:")
-    wave = load(CLIP)
+    wave = real_clip
     _assert_matches_torchaudio(encoder, model, wave, wave)
 
 
-def test_torchaudio_bundle(tmp_path: Path) -> None:
+def test_torchaudio_bundle(tmp_path: Path, real_clip) -> None:
     params = _params("large") | {"aux_num_out": 7}  # an ASR bundle: its CTC head is dropped
     model = _random_model(params)
     folder = tmp_path / "bundle"
@@ -185,19 +184,19 @@ def test_torchaudio_bundle(tmp_path: Path) -> None:
     }
     save_file(state, str(folder / "model.safetensors"))
     encoder = load_wav2vec2(folder).eval()
-    wave = load(CLIP)
+    wave = real_clip
     fed = torch.nn.functional.layer_norm(wave, wave.shape)  # what the bundle's model does
     _assert_matches_torchaudio(encoder, model, wave, fed)
 
 
-def test_pickle_weights_only_through_weights_only_load(tmp_path: Path) -> None:
+def test_pickle_weights_only_through_weights_only_load(tmp_path: Path, real_clip) -> None:
     params = _params("base")
     model = _random_model(params)
     folder = _write_hf(tmp_path / "bin", model, params)
     state = _hf_state(model, "wav2vec2.", old_weight_norm=True)
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
-    wave = load(CLIP)
+    wave = real_clip
     _assert_matches_torchaudio(load_wav2vec2(folder).eval(), model, wave, wave)
 
 
@@ -208,15 +207,15 @@ def encoder(request: pytest.FixtureRequest, tmp_path: Path) -> Wav2Vec2Encoder:
     return load_wav2vec2(folder).eval()
 
 
-def _padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+def _padded_batch(clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The real clip between a longer and a shorter noise clip (lengths not frame multiples)."""
     gen = torch.Generator().manual_seed(1)
     noise = [0.1 * torch.randn(n, generator=gen) for n in (12_345, 3_001)]
-    return batch_waves([noise[0], load(CLIP), noise[1]])
+    return batch_waves([noise[0], clip, noise[1]])
 
 
-def test_shapes_and_mask(encoder: Wav2Vec2Encoder) -> None:
-    waves, lengths = _padded_batch()
+def test_shapes_and_mask(encoder: Wav2Vec2Encoder, real_clip) -> None:
+    waves, lengths = _padded_batch(real_clip)
     with torch.no_grad():
         out = encoder(waves, lengths)
     frames = (lengths - 400) // 320 + 1  # the real stack: 25-ms receptive field, 20-ms hop
@@ -229,20 +228,20 @@ def test_shapes_and_mask(encoder: Wav2Vec2Encoder) -> None:
         assert torch.isfinite(state).all()
 
 
-def test_padding_invariance(encoder: Wav2Vec2Encoder) -> None:
+def test_padding_invariance(encoder: Wav2Vec2Encoder, real_clip) -> None:
     """The clip alone and in a padded batch agree on its real frames, at every layer."""
-    waves, lengths = _padded_batch()
+    waves, lengths = _padded_batch(real_clip)
     with torch.no_grad():
         batched = encoder(waves, lengths)
-        alone = encoder(load(CLIP)[None])
+        alone = encoder(real_clip[None])
     n = int(alone.mask.sum())
     assert int(batched.mask[1].sum()) == n
     for b, a in zip(batched.hidden_states, alone.hidden_states, strict=True):
         torch.testing.assert_close(b[1, :n], a[0], atol=2e-5, rtol=1e-4)
 
 
-def test_run_blocks_resumes_forward(encoder: Wav2Vec2Encoder) -> None:
-    waves, lengths = _padded_batch()
+def test_run_blocks_resumes_forward(encoder: Wav2Vec2Encoder, real_clip) -> None:
+    waves, lengths = _padded_batch(real_clip)
     with torch.no_grad():
         out = encoder(waves, lengths)
         for start in (1, encoder.num_layers - 1):
@@ -340,19 +339,19 @@ def test_bad_folders_raise_clear_errors(tmp_path: Path) -> None:
         build_encoder("wav2vec3:/nowhere")
 
 
-def test_command_classifier_end_to_end(tmp_path: Path) -> None:
+def test_command_classifier_end_to_end(tmp_path: Path, real_clip) -> None:
     """Forward, save and reload: the saved name rebuilds the encoder from the checkpoint."""
     params = _params("base")
     folder = _write_hf(tmp_path / "ckpt", _random_model(params), params, do_normalize=True)
     classifier = CommandClassifier(build_encoder(f"wav2vec2:{folder}"), {"command": ["7", "other"]})
-    waves, lengths = _padded_batch()
+    waves, lengths = _padded_batch(real_clip)
     logits = classifier(waves, lengths)["command"]
     assert logits.shape == (3, 2) and torch.isfinite(logits).all()
     logits.sum().backward()  # gradients reach the encoder's blocks
     assert classifier.encoder.blocks[-1].attention.q_proj.weight.grad is not None
     classifier.eval()
     reloaded = CommandClassifier.load(classifier.save(tmp_path / "classifier"))
-    clip = load(CLIP)
+    clip = real_clip
     np.testing.assert_allclose(
         reloaded.predict_proba([clip]), classifier.predict_proba([clip]), atol=1e-6
     )

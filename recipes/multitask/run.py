@@ -163,7 +163,7 @@ def aggregate(rows: list[dict]) -> dict:
 
 
 COLUMNS = [("command_accuracy", "command acc"), ("speaker_accuracy", "speaker ID acc"),
-           ("speaker_eer", "speaker EER"), (f"{MULTI_TASK}_micro_f1", "multi-label micro-F1")]
+           ("speaker_eer_known", "speaker EER"), (f"{MULTI_TASK}_micro_f1", "multi-label micro-F1")]
 
 
 def table(summary: dict) -> str:

@@ -43,7 +43,8 @@ from speechxfer.classic import build_classic
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import default_data, evaluate_system, mean_std, read_clips
-from speechxfer.model import CommandClassifier, Recognizer
+from speechxfer.model import CommandClassifier
+from speechxfer.recognizer import Recognizer
 from speechxfer.train import FeatureCache, TrainConfig, fit, frozen_blocks, pick_device
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ clips kept as given) or all clips. Each system's rejection threshold is calibrat
 validation speakers' unknown and silence clips for at most 3% false accepts
 (``openset.calibrate_threshold``). The zero-shot ``_unknown_`` level, ``_silence_`` offset and
 temperature are fitted on all the validation speakers' clips (``fit_open_set``, 3 numbers); the
-combined weight is chosen on them with all data (``zeroshot.choose_weight``) and is 1 with
+combined weight is chosen on them with all data (``decoder.combined.choose_weight``) and is 1 with
 shots (a user with 10 clips has no spare ones to choose it on).
 Augmentation (``augment.Augmenter``, K copies of every training clip: speed, shift, simulated
 room, noise at 5-20 dB from the ``_silence_`` clips of the clip's own group plus synthetic
@@ -44,16 +44,18 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from speechxfer.audio import batch_waves
+from speechxfer.audio import batch_waves, batches_by_length
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.classic import build_classic
 from speechxfer.data import load_waves
+from speechxfer.decoder.combined import choose_weight, combine_log_linear
+from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.openset import (
@@ -71,13 +73,6 @@ from speechxfer.train import (
     frozen_blocks,
 )
 from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, is_command, load_with_silence, shots
-from speechxfer.zeroshot import (
-    SILENCE_OFFSET,
-    UNKNOWN_SCORE,
-    ZeroShotRecognizer,
-    choose_weight,
-    combine_log_linear,
-)
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "data" / "speech_commands"
@@ -277,22 +272,23 @@ class Runner:
         new = [i for i in dict.fromkeys(val + test) if i not in self.zero]
         if new:
             started = time.perf_counter()
-            order = sorted(new, key=lambda i: self.waves[i].numel())
             with torch.no_grad():
-                for s in range(0, len(order), system.batch_size):
-                    idx = order[s : s + system.batch_size]
+                for pos in batches_by_length([self.waves[i] for i in new],
+                                             system.options.batch_size):
+                    idx = [new[p] for p in pos]
                     batch, lengths = batch_waves([self.waves[i] for i in idx])
                     cand = system.candidate_scores(*system.encode(batch, lengths)).numpy()
                     self.zero.update(zip(idx, cand))
             self.cost["zero-shot"] += time.perf_counter() - started
         if fold not in self.zero_fit:
-            system.unknown_score, system.silence_offset = UNKNOWN_SCORE, SILENCE_OFFSET
-            system.temperature = 1.0
+            system.options = replace(system.options, unknown_score=UNKNOWN_SCORE,
+                                     silence_offset=SILENCE_OFFSET, temperature=1.0)
             self.zero_fit[fold], _ = system.fit_open_set(self.zero_scores(val),
                                                          [self.truth[i] for i in val])
         fitted = self.zero_fit[fold]
-        system.unknown_score, system.silence_offset = fitted["unknown_score"], fitted["silence_offset"]
-        system.temperature = fitted["temperature"]
+        system.options = replace(system.options, unknown_score=fitted["unknown_score"],
+                                 silence_offset=fitted["silence_offset"],
+                                 temperature=fitted["temperature"])
         return (system.proba_from_scores(self.zero_scores(val)),
                 system.proba_from_scores(self.zero_scores(test)), fitted)
 

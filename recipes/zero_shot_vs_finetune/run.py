@@ -32,18 +32,14 @@ import numpy as np
 import torch
 
 from speechxfer.audio import load
+from speechxfer.decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
+from speechxfer.decoder.generative import DecoderCache, GenerativeRecognizer
+from speechxfer.decoder.scoring import ZeroShotRecognizer
+from speechxfer.decoder.transcribe import text_to_label, transcribe
 from speechxfer.encoders.registry import WHISPER_DEFAULT_WINDOW, build_whisper
 from speechxfer.model import CommandClassifier
-from speechxfer.train import FeatureCache, TrainConfig, fit, forward_cached
-from speechxfer.zeroshot import (
-    CombinedRecognizer,
-    DecoderCache,
-    GenerativeRecognizer,
-    ZeroShotRecognizer,
-    choose_weight,
-    combine_log_linear,
-    text_to_label,
-)
+from speechxfer.recognizer import softmax
+from speechxfer.train import FeatureCache, TrainConfig, fit, fit_generative, forward_cached
 
 ROOT = Path(__file__).resolve().parents[2]
 FSDD = ROOT / "data" / "fsdd" / "recordings"
@@ -63,7 +59,7 @@ def measure(window: str, takes: int, encoder: str) -> dict:
     zs_seconds = (time.perf_counter() - start) / len(waves)
     zs_pred = [DIGITS[i] for i in probs.argmax(1)]
     start = time.perf_counter()
-    texts = system.transcribe(waves)
+    texts = transcribe(system, waves)
     tr_seconds = (time.perf_counter() - start) / len(waves)
     tr_pred = [text_to_label(t, system.aliases) for t in texts]
 
@@ -73,7 +69,7 @@ def measure(window: str, takes: int, encoder: str) -> dict:
     return {
         "encoder": encoder, "window": window, "takes_per_digit_per_speaker": takes,
         "n": len(waves), "speakers": list(SPEAKERS), "threads": torch.get_num_threads(),
-        "prompt": system.prompt,
+        "prompt": system.options.prompt,
         "zero_shot": {"accuracy": accuracy(zs_pred), "seconds_per_clip": zs_seconds},
         "transcription": {"accuracy": accuracy(tr_pred), "seconds_per_clip": tr_seconds,
                           "unmapped": sum(p is None for p in tr_pred),
@@ -84,11 +80,6 @@ def measure(window: str, takes: int, encoder: str) -> dict:
 HEAD_STEPS = 150  # at least this many optimiser steps for the linear head, however few clips
 GEN_STEPS, GEN_BATCH = 40, 8  # fixed fine-tuning budget of the generative strategy
 STRATEGIES = ("zero-shot", "head-only", "generative", "combined")
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
 
 
 class Bench:
@@ -102,7 +93,7 @@ class Bench:
         self.gen = GenerativeRecognizer(DIGITS, encoder=encoder, window=window)
         self.pretrained = {k: v.detach().clone() for k, v in self.gen.tuned_parameters().items()}
         self.decoder_cache = DecoderCache(self.gen, self.waves, self.gen.tuned_from)
-        self.zero_probs = softmax(self.decoder_cache.scores / self.gen.temperature)
+        self.zero_probs = softmax(self.decoder_cache.scores, self.gen.options.temperature)
         self.encoder = self.gen.model.encoder  # the head's frozen encoder: the same weights
         probe = CommandClassifier(self.encoder, {"command": DIGITS})
         self.head_cache = FeatureCache(probe, self.waves, self.encoder.num_layers,
@@ -165,8 +156,10 @@ class Bench:
         with torch.no_grad():
             for k, v in self.gen.tuned_parameters().items():
                 v.copy_(self.pretrained[k])
-        return self.gen.fit([self.waves[i] for i in idx], [DIGITS[self.truth[i]] for i in idx],
-                            steps=GEN_STEPS, batch_size=GEN_BATCH, seed=seed, cache=self.decoder_cache.subset(idx))
+        return fit_generative(self.gen, [self.waves[i] for i in idx],
+                              [DIGITS[self.truth[i]] for i in idx], steps=GEN_STEPS,
+                              batch_size=GEN_BATCH, seed=seed, device="cpu",
+                              cache=self.decoder_cache.subset(idx))
 
 
 def accuracy(probs: np.ndarray, truth: np.ndarray) -> float:

@@ -14,7 +14,7 @@ from speechxfer.classic.dtw import DTWRecognizer
 from speechxfer.classic.hmm import HMMRecognizer
 from speechxfer.classic.mfcc import mfcc_features
 from speechxfer.classic.svm import SVMRecognizer
-from speechxfer.model import ModelError, read_config
+from speechxfer.recognizer import ModelError, load
 
 RECOGNIZERS: dict[str, type[ClassicRecognizer]] = {
     cls.kind: cls for cls in (HMMRecognizer, DTWRecognizer, SVMRecognizer)
@@ -30,11 +30,12 @@ def build_classic(kind: str, **options: Any) -> ClassicRecognizer:
 
 
 def load_classic(directory: str | Path) -> ClassicRecognizer:
-    """Reopen any saved classic recogniser, dispatching on config.json's "kind"."""
-    kind = read_config(Path(directory))["kind"].removeprefix("classic-")
-    if kind not in RECOGNIZERS:
-        raise ModelError(f"{directory}: unknown classic model kind {kind!r:.60}")
-    return RECOGNIZERS[kind].load(directory)
+    """Reopen any saved classic recogniser (``recognizer.load``, which dispatches on its kind)."""
+    system = load(directory)
+    if not isinstance(system, ClassicRecognizer):
+        raise ModelError(f"{directory}: not a classic recogniser; open it with "
+                         "speechxfer.load_model")
+    return system
 
 
 __all__ = [

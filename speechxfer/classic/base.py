@@ -16,19 +16,21 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from scipy.special import softmax
 
+from speechxfer.audio import SAMPLE_RATE
 from speechxfer.classic.mfcc import FEATURE_DIM, mfcc_features
 from speechxfer.heads import check_int, check_real
-from speechxfer.model import (
+from speechxfer.recognizer import (
     FORMAT,
     FORMAT_VERSION,
     ModelError,
     Recognizer,
+    check_kind,
     check_labels,
     is_model_folder,
     read_config,
     read_weights,
+    softmax,
 )
 from speechxfer.store import atomic_folder
 
@@ -46,7 +48,7 @@ class ClassicRecognizer(Recognizer, ABC):
     """
 
     kind: ClassVar[str]
-    sample_rate: int = 16000  # Hz of the waves given to fit/predict
+    sample_rate: int = SAMPLE_RATE  # Hz of the waves given to fit/predict
     trim_silence: bool = True
     seed: int = 0
     labels: list[str] = field(default_factory=list, init=False)
@@ -123,8 +125,7 @@ class ClassicRecognizer(Recognizer, ABC):
         """Class probabilities [n, len(labels)], columns in ``labels`` order, rows sum to 1."""
         if not self.labels:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load()")
-        scores = self._log_scores(self.features(waves))
-        return softmax(scores.astype(np.float64), axis=1)
+        return softmax(self._log_scores(self.features(waves)))
 
     def predict_labels(self, waves: list[torch.Tensor]) -> list[str]:
         """Most probable label per wave."""
@@ -143,11 +144,18 @@ class ClassicRecognizer(Recognizer, ABC):
             (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> ClassicRecognizer:
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClassicRecognizer:
         """Rebuild a recogniser written by ``save``; options, labels and weights that do not
         fit together are a ModelError naming the folder (a loaded model never mislabels)."""
         directory = Path(directory)
-        config = read_config(directory, f"classic-{cls.kind}")
+        return cls.from_folder(directory, read_config(directory, f"classic-{cls.kind}"), device)
+
+    @classmethod
+    def from_folder(cls, directory: Path, config: dict,
+                    device: str | torch.device = "cpu") -> ClassicRecognizer:
+        """The recogniser of a folder whose config.json ``read_config`` has read; it computes
+        with NumPy, so on the CPU whatever ``device`` says."""
+        check_kind(directory, config, f"classic-{cls.kind}")
         options, names = config.get("options"), sorted(f.name for f in fields(cls) if f.init)
         if not isinstance(options, dict) or sorted(options) != names:
             got = sorted(options) if isinstance(options, dict) else options

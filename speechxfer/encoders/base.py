@@ -53,8 +53,8 @@ class Encoder(nn.Module):
     def quantized(self) -> Encoder:
         """An int8 copy for CPU inference (dynamic quantisation of every Linear layer).
 
-        The transformer's matrix products dominate CPU time; int8 with AVX-512 VNNI runs them
-        about 1.5x faster (benchmarks/latency.py prints both). Inference only: not trainable.
+        The transformer's matrix products dominate CPU time and int8 with AVX-512 VNNI runs them
+        faster (benchmarks/latency.py measures both). Inference only: not trainable.
         """
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated but still works
             warnings.simplefilter("ignore")
@@ -64,15 +64,16 @@ class Encoder(nn.Module):
         """A frozen TorchScript copy for inputs of exactly ``n_samples`` samples.
 
         Tracing bakes the input's frame count into the graph, which lets TorchScript fuse and
-        pre-pack the layers (about 1.4x faster on one CPU thread, benchmarks/latency.py): for
-        apps that always feed fixed-length windows. It returns the last hidden state only.
+        pre-pack the layers (benchmarks/latency.py measures the gain): for apps that always feed
+        fixed-length windows. It returns an ``EncoderOutput`` with every hidden state, as
+        ``forward`` does, so any head runs on it: ``classifier.heads_forward(traced(waves))``.
         """
         wave = torch.zeros(1, n_samples)
         wave[0, : n_samples // 2] = 0.1  # any non-silent input; only shapes are recorded
         lengths = torch.tensor([n_samples])
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about the baked-in frame count
-            graph = torch.jit.trace(_LastState(self).eval(), (wave, lengths), check_trace=False)
+            graph = torch.jit.trace(_AllStates(self).eval(), (wave, lengths), check_trace=False)
             graph = torch.jit.optimize_for_inference(torch.jit.freeze(graph))
         return FixedLengthEncoder(graph, n_samples)
 
@@ -81,13 +82,18 @@ class Encoder(nn.Module):
         return []
 
 
-class _LastState(nn.Module):
+class _AllStates(nn.Module):
+    """``EncoderOutput`` as a tuple of tensors: what ``torch.jit.trace`` can record."""
+
     def __init__(self, encoder: Encoder):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.encoder(waves, lengths).hidden_states[-1]
+    def forward(
+        self, waves: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        out = self.encoder(waves, lengths)
+        return tuple(out.hidden_states), out.mask
 
 
 class FixedLengthEncoder:
@@ -96,9 +102,11 @@ class FixedLengthEncoder:
     def __init__(self, graph: torch.jit.ScriptModule, n_samples: int):
         self.graph, self.n_samples = graph, n_samples
 
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor) -> EncoderOutput:
+        """[B, n_samples] waves (every clip exactly that long) -> every layer's hidden states."""
         if waves.shape[-1] != self.n_samples:
             raise ValueError(f"traced for {self.n_samples} samples, got {waves.shape[-1]}")
         lengths = torch.full((waves.shape[0],), self.n_samples)
-        with torch.inference_mode():
-            return self.graph(waves, lengths)
+        with torch.no_grad():  # not inference_mode: a head may run on the states afterwards
+            states, mask = self.graph(waves, lengths)
+        return EncoderOutput(hidden_states=list(states), mask=mask)

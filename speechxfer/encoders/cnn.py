@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from speechxfer.audio import SAMPLE_RATE
 from speechxfer.encoders.base import Encoder, EncoderOutput
 
-SAMPLE_RATE = 16_000  # Hz
 WINDOW_SAMPLES = 400  # 25 ms analysis window at 16 kHz
 HOP_SAMPLES = 160  # 10 ms hop: 100 front-end frames/s
 N_MELS = 40

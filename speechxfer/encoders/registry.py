@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from speechxfer.audio import SAMPLE_RATE
 from speechxfer.encoders import ct2
 from speechxfer.encoders.base import Encoder
 from speechxfer.encoders.cnn import build_cnn
@@ -23,7 +24,6 @@ from speechxfer.encoders.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
 from speechxfer.encoders.wav2vec2 import read_config as read_wav2vec2_config
 from speechxfer.encoders.whisper import (
     N_MELS,
-    SAMPLE_RATE,
     DecodingRules,
     Whisper,
     WhisperDims,

@@ -45,9 +45,9 @@ from torch import nn
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model
 from torchaudio.models.wav2vec2.components import SelfAttention
 
+from speechxfer.audio import SAMPLE_RATE  # the rate every wav2vec2/HuBERT checkpoint was trained at
 from speechxfer.encoders.base import Encoder, EncoderOutput
 
-SAMPLE_RATE = 16_000  # Hz, the rate every wav2vec2/HuBERT checkpoint was trained at
 HF_NORM_EPS = 1e-7  # variance floor of HF's zero_mean_unit_var_norm
 TORCHAUDIO_NORM_EPS = 1e-5  # the bundles normalise with F.layer_norm's default eps
 MODEL_TYPES = ("wav2vec2", "hubert")

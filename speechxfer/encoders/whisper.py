@@ -19,9 +19,8 @@ An encoder frame is *real* (mask True) when its centre lies inside the clip:
   the same clip in a padded batch therefore give the same hidden states on its real frames.
 - ``"Ns"`` (e.g. ``"2s"``): as ``"30s"`` but padded only to N seconds (or to the batch's
   longest clip if that is longer). Whisper learnt to read speech followed by silence, and a
-  couple of seconds of it recovers nearly all the accuracy of the 30-s window (frozen probe,
-  leave-one-speaker-out on the bundled digits: clip 95.8%, 2 s 98.5%, 3 s 98.6%) at a
-  fraction of its cost.
+  couple of seconds of it recovers nearly all the accuracy of the 30-s window at a fraction of
+  its cost (figures: the README's "Whisper window" table).
 """
 
 from __future__ import annotations
@@ -34,9 +33,9 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import nn
 
+from speechxfer.audio import SAMPLE_RATE
 from speechxfer.encoders.base import Encoder, EncoderOutput
 
-SAMPLE_RATE = 16_000  # Hz
 N_FFT = 400  # samples per STFT window (25 ms)
 HOP_SAMPLES = 160  # samples between mel frames (10 ms)
 N_MELS = 80  # mel bins of every Whisper model before large-v3
@@ -47,7 +46,6 @@ SAMPLES_PER_FRAME = HOP_SAMPLES * CONV_STRIDE  # 320 samples = 20 ms per encoder
 LOG_FLOOR = 1e-10  # power floor before log10
 DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each clip's loudest bin
 TEXT_CONTEXT = 448  # decoder positions
-WINDOWS = ("clip", "30s")  # plus any "Ns" with 1 <= N <= 30: a shorter padded window
 
 
 def window_seconds(window: str) -> float | None:
@@ -74,11 +72,6 @@ class WhisperDims:
     n_mels: int = N_MELS
     n_audio_ctx: int = CHUNK_MEL_FRAMES // CONV_STRIDE
     n_text_ctx: int = TEXT_CONTEXT
-    n_text_layers: int | None = None  # None: same as n_layers
-
-    @property
-    def decoder_layers(self) -> int:
-        return self.n_layers if self.n_text_layers is None else self.n_text_layers
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> torch.Tensor:
@@ -278,7 +271,7 @@ class TextDecoder(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(dims.d_model, dims.n_heads, cross_attention=True)
-            for _ in range(dims.decoder_layers)
+            for _ in range(dims.n_layers)
         )
         self.ln = nn.LayerNorm(dims.d_model)
 
@@ -352,14 +345,3 @@ class Whisper(nn.Module):
         for row in tokens[:, len(prompt) :].tolist():
             out.append(row[: row.index(rules.eot)] if rules.eot in row else row)
         return out
-
-    def transcribe(
-        self, waves: torch.Tensor, lengths: torch.Tensor | None, prompt: list[int],
-        rules: DecodingRules,
-    ) -> list[list[int]]:
-        """Greedy token ids for each clip (decode them with the model's tokenizer)."""
-        self.eval()
-        with torch.no_grad():
-            out = self.encoder(waves, lengths)
-        mask = out.mask if self.encoder.window == "clip" else None
-        return self.greedy_decode(out.hidden_states[-1], prompt, rules, mask)

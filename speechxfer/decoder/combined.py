@@ -1,0 +1,172 @@
+"""The combined system: a trained classifier head with the decoder's zero-shot scores as a
+prior, p ∝ p_head · p_zero^weight.
+
+Why: the head learns the speakers it saw, the decoder knows the words; the prior helps most
+when the head has few clips (``weight`` chosen on held-out clips of the training speakers,
+``choose_weight``). See recipes/zero_shot_vs_finetune for how it compares with a head alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import batch_waves, batches_by_length
+from ..heads import check_real
+from ..model import KIND as NEURAL_KIND
+from ..model import PRIMARY_TASK, CommandClassifier
+from ..recognizer import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelError,
+    Prediction,
+    Recognizer,
+    check_kind,
+    info_from,
+    is_model_folder,
+    loader_of,
+    read_config,
+    softmax,
+    sub_folder,
+    to_wave,
+)
+from ..store import atomic_folder
+from .generative import KIND as GENERATIVE_KIND
+from .scoring import KIND as ZERO_SHOT_KIND
+from .scoring import ZeroShotRecognizer
+
+KIND = "combined"
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+MAX_PRIOR_WEIGHT = 1_000.0  # beyond it p_zero^weight under- or overflows to NaN
+
+
+def combine_log_linear(head_probs: np.ndarray, zero_probs: np.ndarray, weight: float) -> np.ndarray:
+    """p ∝ p_head · p_zero^weight, row-normalised (in log space, so tiny values survive)."""
+    return softmax(np.log(np.clip(head_probs, 1e-12, None))
+                   + weight * np.log(np.clip(zero_probs, 1e-12, None)))
+
+
+def choose_weight(head_probs: np.ndarray, zero_probs: np.ndarray, target: np.ndarray,
+                  grid: tuple[float, ...] = WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+    """The grid weight of least NLL on held-out clips (NLL is smoother than accuracy on few
+    clips); ties go to the smaller weight. Returns it and the NLL of every weight."""
+    nll = {}
+    for w in grid:
+        p = combine_log_linear(head_probs, zero_probs, w)[np.arange(len(target)), target]
+        nll[w] = float(-np.log(np.clip(p, 1e-12, None)).mean())
+    return min(grid, key=lambda w: (round(nll[w], 9), w)), nll
+
+
+class CombinedRecognizer(Recognizer):
+    """A trained classifier head (any tasks: its extra heads travel along) times the
+    zero-shot prior of a decoder-scoring system (zero-shot or generative)."""
+
+    model_kind = KIND
+
+    def __init__(self, head: CommandClassifier, zero: ZeroShotRecognizer, weight: float = 1.0):
+        if sorted(head.labels) != sorted(zero.labels):
+            raise ValueError(f"head labels {head.labels} differ from zero-shot {zero.labels}")
+        self.head, self.zero, self.weight = head, zero, float(weight)
+        self.labels = list(head.labels)
+        self.sample_rate = head.sample_rate
+        self.order = [zero.labels.index(lab) for lab in self.labels]  # zero's columns, our order
+        self.info: dict = {}
+
+    def task_model(self) -> CommandClassifier | None:
+        return self.head.task_model()
+
+    def zero_probs(self, waves: list[torch.Tensor]) -> np.ndarray:
+        """The prior's probabilities, columns in this system's label order."""
+        return self.zero.predict_proba(waves)[:, self.order]
+
+    def prior_from_scores(self, scores: np.ndarray) -> np.ndarray:
+        """The prior's probabilities from the decoder system's label scores, in our order."""
+        return self.zero.proba_from_scores(scores)[:, self.order]
+
+    def shares_encoder(self) -> bool:
+        """True when the head sat on the same, untouched encoder: one encoder pass serves both."""
+        strategy = self.head.info.get("strategy", {}).get("strategy")
+        return (strategy == "frozen" and self.head.encoder.window == self.zero.window
+                and self.head.encoder.name == self.zero.encoder_name)
+
+    @torch.no_grad()
+    def shared_pass(self, waves: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Head probabilities and the decoder system's label scores from one encoder pass (the
+        head's encoder; valid when ``shares_encoder``)."""
+        self.head.eval()
+        self.zero.model.eval()
+        device = next(self.head.parameters()).device
+        head = np.zeros((len(waves), len(self.labels)), np.float32)
+        scores = np.zeros((len(waves), len(self.zero.labels)), np.float32)
+        for idx in batches_by_length(waves, self.zero.options.batch_size):
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            out = self.head.encoder(batch.to(device), lengths.to(device))
+            logits = self.head.heads_forward(out)[PRIMARY_TASK].float()
+            head[idx] = torch.softmax(logits, -1).cpu().numpy()
+            mask = out.mask if self.zero.window == "clip" else None
+            states = out.hidden_states[-1].to(self.zero.device)
+            scores[idx] = self.zero.label_scores(states, mask).cpu().numpy()
+        return head, scores
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        if not self.shares_encoder():
+            return combine_log_linear(self.head.predict_proba(waves), self.zero_probs(waves),
+                                      self.weight)
+        head, scores = self.shared_pass(waves)
+        return combine_log_linear(head, self.prior_from_scores(scores), self.weight)
+
+    def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
+        """The combined command decision, plus the head's other tasks (speaker, ...) if any."""
+        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        preds = self.predictions(self.predict_proba(waves))
+        if self.head.task_model() is not None:
+            for pred, extra in zip(preds, self.head.predict_batch(waves, self.sample_rate)):
+                pred.tasks = {**extra.tasks, PRIMARY_TASK: pred.probabilities}
+                pred.embeddings = extra.embeddings
+        return preds
+
+    def config(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": KIND,
+                "labels": self.labels, "sample_rate": self.sample_rate, "weight": self.weight,
+                "head": "head", "zero_shot": "zero_shot", **self.rejection_config(), **self.info}
+
+    def save(self, directory: str | Path) -> Path:
+        """config.json, the head's folder in head/ and the decoder system's in zero_shot/."""
+        directory = Path(directory)
+        with atomic_folder(directory, is_model_folder) as folder:
+            self.head.save(folder / "head")
+            self.zero.save(folder / "zero_shot")
+            (folder / "config.json").write_text(json.dumps(self.config(), indent=2))
+        return directory
+
+    @classmethod
+    def from_folder(cls, directory: Path, config: dict,
+                    device: str | torch.device = "cpu") -> CombinedRecognizer:
+        check_kind(directory, config, KIND)
+        try:
+            weight = check_real("weight", config.get("weight"), 0.0, MAX_PRIOR_WEIGHT)
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        head_dir = sub_folder(directory, config, "head")
+        zero_dir = sub_folder(directory, config, "zero_shot")
+        head_config, zero_config = read_config(head_dir), read_config(zero_dir)
+        if head_config["kind"] != NEURAL_KIND:
+            raise ModelError(f"{directory}: 'head' ({head_dir.name}/) holds no neural classifier")
+        if zero_config["kind"] not in (ZERO_SHOT_KIND, GENERATIVE_KIND):
+            raise ModelError(f"{directory}: 'zero_shot' ({zero_dir.name}/) holds no "
+                             "decoder-scoring system")
+        head = CommandClassifier.from_folder(head_dir, head_config, device)
+        zero = loader_of(zero_config["kind"]).from_folder(zero_dir, zero_config, device)
+        try:
+            system = cls(head, zero, weight)
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        if config.get("labels", system.labels) != system.labels:
+            raise ModelError(f"{directory}: labels {config['labels']!r:.60} differ from the "
+                             f"head's {system.labels}")
+        system.load_rejection(config, directory)
+        system.info = info_from(config)
+        return system

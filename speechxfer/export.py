@@ -1,0 +1,406 @@
+"""ONNX export of a neural or combined system, and the ONNX Runtime recogniser that runs it.
+
+An exported folder is self-contained: ``model.onnx`` (waveform [B, T] + length [B] in,
+probabilities [B, labels] out) beside a config.json of kind ``onnx`` holding the labels, the
+rejection threshold, the window and what the graph was exported from. ``load_model`` opens it
+like any saved system, so predict, predict_batch, eval and the stream detector run unchanged,
+without torch doing any of the compute.
+
+Why a graph of our own rather than ``torch.onnx.export(model)``: Whisper's log-mel front end
+takes a complex STFT, which ONNX cannot carry; here it is the same STFT as a strided convolution
+with a cos/sin basis (real tensors only). The graph derives every frame count from the padded
+input length, and the runtime pads each batch the way the encoder's window asks
+(``padded_length``), so one graph serves any batch and clip length. For the combined system the
+decoder prior over the fixed candidate layout (encoder states -> label scores) is part of the
+same graph: the candidate tokens and their attention mask are constants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio import SAMPLE_RATE, batches_by_length
+from .decoder.combined import CombinedRecognizer
+from .decoder.scoring import ZeroShotRecognizer
+from .encoders.whisper import (
+    DYNAMIC_RANGE,
+    HOP_SAMPLES,
+    LOG_FLOOR,
+    N_FFT,
+    SAMPLES_PER_FRAME,
+    WhisperEncoder,
+    window_seconds,
+)
+from .model import PRIMARY_TASK, CommandClassifier
+from .recognizer import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelError,
+    Recognizer,
+    check_kind,
+    check_labels,
+    info_from,
+    is_model_folder,
+)
+from .store import atomic_folder
+from .vocab import SILENCE, UNKNOWN
+
+KIND = "onnx"
+GRAPH = "model.onnx"
+OPSET = 17
+MAX_GRAPH_BYTES = 2**31  # ONNX's protobuf limit; a bigger file is no graph of ours
+BATCH_SIZE = 16  # clips per runtime call, grouped by similar length
+
+
+class ExportError(ValueError):
+    """A system this exporter cannot turn into a graph; the message says why."""
+
+
+def padded_length(window: str, longest: int) -> int:
+    """Samples a batch whose longest clip has ``longest`` is zero-padded to before the graph:
+    whole encoder frames, and at least the fixed window (e.g. 2 s) when there is one."""
+    frames = -(-longest // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME
+    seconds = window_seconds(window)
+    return frames if seconds is None else max(frames, int(seconds * SAMPLE_RATE))
+
+
+class _WhisperStates(nn.Module):
+    """A WhisperEncoder's forward in ONNX-exportable operations (same weights, same maths).
+
+    Input: waves [B, T] with T = ``padded_length(window, longest)``, lengths [B]. Output: every
+    layer's hidden states and the frame mask, as ``WhisperEncoder.forward`` gives them.
+    """
+
+    def __init__(self, encoder: WhisperEncoder):
+        super().__init__()
+        self.encoder = encoder
+        self.clip = window_seconds(encoder.window) is None
+        n = torch.arange(N_FFT, dtype=torch.float64)
+        k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * math.pi * k * n / N_FFT
+        window = torch.hann_window(N_FFT, dtype=torch.float64)
+        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window  # [2 * bins, n_fft]
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor):
+        enc = self.encoder
+        n_out = waves.shape[1] // SAMPLES_PER_FRAME
+        waves = waves * (torch.arange(waves.shape[1]) < lengths[:, None]).to(waves.dtype)
+        if self.clip:  # as WhisperEncoder.features: 2 n_out + 1 mel frames from zero padding
+            waves = F.pad(waves, (0, N_FFT // 2))
+        x = F.pad(waves[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")
+        spec = F.conv1d(x, self.basis, stride=HOP_SAMPLES)[..., :-1]  # centred STFT frames
+        bins = N_FFT // 2 + 1
+        power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2
+        log_spec = torch.clamp(enc.log_mel.filters @ power, min=LOG_FLOOR).log10()
+        if self.clip:  # only frames whose window touches the clip set the max-8 floor
+            touched = (lengths + N_FFT // 2 + HOP_SAMPLES - 1) // HOP_SAMPLES
+            counted = torch.arange(log_spec.shape[-1])[None, :] < touched[:, None]
+            log_spec_max = log_spec.masked_fill(~counted[:, None, :], -1e30)
+        else:
+            log_spec_max = log_spec
+        peak = log_spec_max.amax(dim=(1, 2))
+        log_spec = torch.maximum(log_spec, (peak - DYNAMIC_RANGE)[:, None, None])
+        mel = (log_spec + 4.0) / 4.0
+        h = F.gelu(enc.conv1(mel))
+        h = F.gelu(enc.conv2(h)).transpose(1, 2)
+        if self.clip:
+            h = h[:, :-1]
+        h = h + enc.positional_embedding[:n_out]
+        frames = (lengths + SAMPLES_PER_FRAME - 1) // SAMPLES_PER_FRAME
+        mask = torch.arange(n_out)[None, :] < frames[:, None]
+        key_mask = mask[:, None, None, :] if self.clip else None
+        states = [h]
+        for block in enc.blocks:
+            h = block(h, mask=key_mask)
+            states.append(h)
+        states[-1] = enc.ln_post(h)
+        return states, mask
+
+
+class _HeadGraph(nn.Module):
+    """waves, lengths -> the neural classifier's command probabilities."""
+
+    def __init__(self, model: CommandClassifier):
+        super().__init__()
+        self.states = _WhisperStates(model.encoder)
+        self.head = model.heads[PRIMARY_TASK]
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        states, mask = self.states(waves, lengths)
+        return torch.softmax(self.head(states, mask).float(), -1)
+
+
+class _CombinedGraph(nn.Module):
+    """waves, lengths -> p ∝ p_head · p_zero^weight, the decoder prior included.
+
+    One encoder pass serves head and prior when the head sat on the untouched encoder (a frozen
+    head, the default); otherwise the prior's own encoder runs too.
+    """
+
+    def __init__(self, system: CombinedRecognizer):
+        super().__init__()
+        self.head = _HeadGraph(system.head)
+        self.zero: ZeroShotRecognizer = system.zero
+        self.prior_states = None if system.shares_encoder() else _WhisperStates(
+            system.zero.model.encoder)
+        self.decoder = system.zero.model.decoder  # registers its weights with the graph
+        self.register_buffer("order", torch.tensor(system.order), persistent=False)
+        self.weight = system.weight
+        options = system.zero.options
+        self.temperature, self.combine = options.temperature, options.combine
+        # labels_from_candidates as constants: a label's spellings by an additive mask (no
+        # boolean indexing, which ONNX turns into data-dependent NonZero ops)
+        labels = system.zero.labels
+        owner = system.zero._cand_label.cpu()[None, :] == torch.arange(len(labels))[:, None]
+        self.register_buffer("spelling_mask", torch.where(owner, 0.0, -1e30), persistent=False)
+        fixed = torch.tensor([lab == UNKNOWN for lab in labels])
+        offset = torch.tensor([options.silence_offset if lab == SILENCE else 0.0
+                               for lab in labels])
+        self.register_buffer("fixed", fixed, persistent=False)
+        self.register_buffer("offset", offset, persistent=False)
+        self.unknown_score = options.unknown_score
+
+    def label_scores(self, cand: torch.Tensor) -> torch.Tensor:
+        """``ZeroShotRecognizer.labels_from_candidates`` on [B, candidates] -> [B, labels]."""
+        spelled = cand[:, None, :] + self.spelling_mask
+        scores = spelled.amax(-1) if self.combine == "max" else spelled.logsumexp(-1)
+        scores = torch.where(self.fixed, torch.full_like(scores, self.unknown_score), scores)
+        return scores + self.offset
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        states, mask = self.head.states(waves, lengths)
+        head = torch.softmax(self.head.head(states, mask).float(), -1)
+        if self.prior_states is not None:
+            states, mask = self.prior_states(waves, lengths)
+        ctx_mask = mask if self.zero.window == "clip" else None
+        scores = self.label_scores(self.zero.candidate_scores(states[-1], ctx_mask).float())
+        prior = torch.softmax(scores / self.temperature, -1)[:, self.order]
+        logits = (torch.log(head.clamp(min=1e-12))
+                  + self.weight * torch.log(prior.clamp(min=1e-12)))
+        return torch.softmax(logits, -1)
+
+
+def _graph_of(system: Recognizer) -> tuple[nn.Module, str]:
+    """The exportable module for ``system`` and the window its input is padded for."""
+    if isinstance(system, CombinedRecognizer):
+        head_enc, zero_enc = system.head.encoder, system.zero.model.encoder
+        if not isinstance(head_enc, WhisperEncoder):
+            raise ExportError(f"the combined system's head sits on {head_enc.name}, not Whisper")
+        if head_enc.window != system.zero.window:
+            raise ExportError(f"head window {head_enc.window!r} differs from the prior's "
+                              f"{system.zero.window!r}: one graph input cannot serve both")
+        if zero_enc.window != system.zero.window:  # the zero-shot system sets it when built
+            raise ExportError("the prior's encoder window is inconsistent")
+        return _CombinedGraph(system).eval(), head_enc.window
+    if isinstance(system, CommandClassifier):
+        if not isinstance(system.encoder, WhisperEncoder):
+            raise ExportError(f"ONNX export covers Whisper encoders; {system.encoder.name!r} "
+                              "has a front end without an exportable form here")
+        return _HeadGraph(system).eval(), system.encoder.window
+    raise ExportError(f"ONNX export covers the neural and combined kinds, not "
+                      f"{system.model_kind!r}")
+
+
+def _move(system: Recognizer, device: torch.device) -> None:
+    if isinstance(system, CombinedRecognizer):
+        system.head.to(device)
+        system.zero.to(device)
+    else:
+        system.to(device)
+
+
+def export_graph(system: Recognizer, path: Path, int8: bool = False) -> str:
+    """Write ``system``'s ONNX graph to ``path`` (dynamically int8-quantised with ``int8``);
+    returns the window its inputs are padded for. A system on a GPU is traced on the CPU and
+    moved back."""
+    graph, window = _graph_of(system)
+    device = next(graph.parameters()).device
+    if device.type != "cpu":
+        _move(system, torch.device("cpu"))
+    n = padded_length(window, SAMPLE_RATE)
+    wave = torch.zeros(2, n)
+    wave[:, : n // 2] = 0.1 * torch.randn(2, n // 2, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([n, n // 2])
+    fp32 = path.with_name(path.stem + ".fp32.onnx") if int8 else path
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python ints from shapes
+            torch.onnx.export(graph, (wave, lengths), str(fp32), input_names=["waves", "lengths"],
+                              output_names=["probabilities"], opset_version=OPSET, dynamo=False,
+                              dynamic_axes={"waves": {0: "batch", 1: "samples"},
+                                            "lengths": {0: "batch"},
+                                            "probabilities": {0: "batch"}})
+    finally:
+        if device.type != "cpu":
+            _move(system, device)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # matrix products only: the STFT is a convolution of the raw waveform, and 8 bits
+        # per tensor cannot hold a quiet clip beside a loud one (ConvInteger flips labels)
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+        fp32.unlink()
+    return window
+
+
+class OnnxRecognizer(Recognizer):
+    """A system exported by ``export``, run by ONNX Runtime (threads: torch's thread count, so
+    ``torch.set_num_threads`` governs both paths alike)."""
+
+    model_kind = KIND
+
+    def __init__(self, graph: Path, labels: list[str], window: str, sample_rate: int = SAMPLE_RATE,
+                 device: str | torch.device = "cpu"):
+        import onnxruntime as ort
+
+        self.labels, self.window, self.sample_rate = list(labels), window, sample_rate
+        self.info: dict = {}
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and \
+                "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(graph), options, providers=providers)
+
+    def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        out = np.zeros((len(waves), len(self.labels)), np.float32)
+        for idx in batches_by_length(waves, BATCH_SIZE):
+            n = padded_length(self.window, max(waves[i].numel() for i in idx))
+            batch = np.zeros((len(idx), n), np.float32)
+            for j, i in enumerate(idx):
+                batch[j, : waves[i].numel()] = waves[i].detach().cpu().numpy()
+            lengths = np.array([waves[i].numel() for i in idx], np.int64)
+            out[idx] = self.session.run(None, {"waves": batch, "lengths": lengths})[0]
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        raise ModelError(f"{directory}: an exported ONNX system is saved by export, not re-saved")
+
+    @classmethod
+    def from_folder(cls, directory: Path, config: dict,
+                    device: str | torch.device = "cpu") -> OnnxRecognizer:
+        check_kind(directory, config, KIND)
+        graph = directory / GRAPH
+        try:
+            labels = check_labels(config.get("labels"))
+            window = config.get("window")
+            window_seconds(window if isinstance(window, str) else repr(window))
+            if config.get("sample_rate") != SAMPLE_RATE:
+                raise ValueError(f"sample_rate must be {SAMPLE_RATE}, got "
+                                 f"{config.get('sample_rate')!r:.20}")
+        except ValueError as err:
+            raise ModelError(f"{directory}: {err}") from None
+        if not graph.is_file():
+            raise ModelError(f"{directory}: {GRAPH} is missing")
+        if graph.stat().st_size > MAX_GRAPH_BYTES:
+            raise ModelError(f"{graph}: larger than {MAX_GRAPH_BYTES} bytes; not a graph of ours")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ModelError(f"{directory}: an exported ONNX model needs ONNX Runtime: pip "
+                             "install 'speechxfer[onnx]'") from None
+        try:
+            system = cls(graph, labels, window, device=device)
+        except Exception as err:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)
+            raise ModelError(f"{graph}: ONNX Runtime cannot open it ({str(err)[:200]})") from None
+        shape = system.session.get_outputs()[0].shape
+        names = [i.name for i in system.session.get_inputs()]
+        if names != ["waves", "lengths"] or shape[-1] != len(labels):
+            raise ModelError(f"{graph}: inputs {names} / output {shape} do not fit "
+                             f"{len(labels)} labels")
+        system.load_rejection(config, directory)
+        system.info = info_from(config)
+        return system
+
+
+@dataclass
+class Parity:
+    """How the exported graph agrees with the torch system on the same clips."""
+
+    n: int
+    label_agreement: float
+    max_probability_difference: float
+    torch_ms_per_clip: float
+    onnx_ms_per_clip: float
+
+    def line(self) -> str:
+        return (f"parity on {self.n} clips: label agreement {self.label_agreement:.4f}, max "
+                f"probability difference {self.max_probability_difference:.2e}; "
+                f"{self.torch_ms_per_clip:.1f} ms/clip torch, "
+                f"{self.onnx_ms_per_clip:.1f} ms/clip ONNX Runtime")
+
+
+def parity(system: Recognizer, exported: Recognizer, waves: list[torch.Tensor]) -> Parity:
+    """Label agreement and largest probability difference of ``exported`` against ``system``."""
+    start = time.perf_counter()
+    ref = system.predict_proba(waves)
+    mid = time.perf_counter()
+    got = exported.predict_proba(waves)
+    end = time.perf_counter()
+    return Parity(len(waves), float((ref.argmax(1) == got.argmax(1)).mean()),
+                  float(np.abs(ref - got).max()), 1000 * (mid - start) / len(waves),
+                  1000 * (end - mid) / len(waves))
+
+
+def export(system: Recognizer, out: str | Path, int8: bool = False,
+           check_waves: list[torch.Tensor] | None = None) -> tuple[Path, Parity | None]:
+    """Export ``system`` to the folder ``out`` (model.onnx + config.json), written whole or not
+    at all; with ``check_waves`` the parity against the torch system is measured on them before
+    the folder is swapped in, and stored in its config."""
+    out = Path(out)
+    with atomic_folder(out, is_model_folder) as folder:
+        window = export_graph(system, folder / GRAPH, int8)
+        source = {"kind": system.model_kind}
+        encoder = system.head.encoder if isinstance(system, CombinedRecognizer) else system.encoder
+        source["encoder"] = encoder.name
+        config = {"format": FORMAT, "version": FORMAT_VERSION, "kind": KIND,
+                  "labels": list(system.labels), "sample_rate": system.sample_rate,
+                  "window": window, "int8": int8, "opset": OPSET, "source": source,
+                  **system.rejection_config(), **getattr(system, "info", {})}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        result = None
+        if check_waves:
+            exported = OnnxRecognizer.from_folder(folder, config)
+            result = parity(system, exported, check_waves)
+            config["parity"] = {k: v for k, v in vars(result).items() if not k.endswith("ms_per_clip")}
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return out, result
+
+
+def check_clips(data: str | Path, limit: int, seed: int = 0) -> list[torch.Tensor]:
+    """Up to ``limit`` clips of a dataset (any layout), drawn by ``seed``, for the parity check."""
+    from .data import load_dataset
+    from .jobs import read_clips
+
+    clips = load_dataset(data).clips
+    rng = np.random.default_rng(seed)
+    chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:limit])]
+    return read_clips(chosen, SAMPLE_RATE, "parity check")[0]
+
+
+def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
+                  data: str | Path | None = None, limit: int = 100) -> tuple[Path, Parity | None]:
+    """Export the system saved in ``model_dir`` to ``out``; the parity check runs on ``limit``
+    clips of ``data`` (default: the dataset the model was trained on, when it is still there)."""
+    from .recognizer import load
+
+    system = load(model_dir, "cpu")
+    if data is None:
+        trained_on = getattr(system, "info", {}).get("data", {}).get("data")
+        data = trained_on if trained_on and Path(trained_on).exists() else None
+    waves = check_clips(data, limit) if data is not None else None
+    return export(system, out, int8, waves)

@@ -1,0 +1,575 @@
+"""Voiceprints: who said it. Enrol speakers into a model folder, verify a claim, identify.
+
+Embeddings come from the model's speaker embedding head (an ``embedding`` task, trained with
+AM-softmax) when it has one; otherwise from pooled encoder features (the mean over frames of
+the encoder's first hidden state, its convolutional front end: the blocks above it keep less of
+the speaker and more of the words), never trained for voices. ``Embedder.source`` says which.
+
+A voiceprint is the L2-normalised mean of a speaker's enrolment embeddings. Scores are cosine
+similarities under symmetric score normalisation (S-norm): the raw cosine is z-normalised
+against a cohort from both sides (the voiceprint's and the clip's cosines to the cohort), so
+one threshold fits every speaker. The cohort is the embedding head's class prototypes (the
+training speakers: no audio needed) or, for pooled features, the other enrolled voiceprints.
+The accept threshold is the score ``FALSE_ACCEPT_TARGET`` of impostor trials reach: set by
+``eval-speakers --calibrate`` on speakers of your choice, else the standard-normal quantile
+(S-normed impostor scores are roughly N(0, 1), though in practice that is too strict);
+``eval-speakers`` reports the false accepts and rejects it gives on the speakers it scores.
+
+Voiceprints live in ``MODEL/voiceprints/`` (``voiceprints.safetensors`` + ``voiceprints.json``,
+replaced whole on every enrolment, never pickled). Saving a new model over the folder drops
+them, as it should: they belong to that model's embedding space.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from sklearn.metrics import roc_curve
+
+from .audio import AudioError, Clip, batch_waves, batches_by_length, load
+from .data import load_dataset
+from .heads import EmbeddingHead, masked_mean
+from .model import CommandClassifier
+from .recognizer import ModelError, Recognizer, read_weights
+from .recognizer import load as load_system
+from .store import atomic_folder
+from .vocab import SILENCE
+
+FOLDER = "voiceprints"
+WEIGHTS, CONFIG = "voiceprints.safetensors", "voiceprints.json"
+FORMAT = "speechxfer-voiceprints"
+FALSE_ACCEPT_TARGET = 0.01  # impostor share the stored threshold is set to let through
+HEADLINE = ("eer_text_dependent", "eer_text_independent", "min_dcf", "min_dcf_text_independent",
+            "id_accuracy")  # averaged over enrolment draws
+P_TARGET = 0.01  # prior of a target trial in the detection cost (NIST SRE's usual operating point)
+POOLED_STATE = 0  # the convolutional front end: speaker identity fades in the blocks above it
+MIN_COHORT = 2  # S-norm needs a spread: at least this many cohort vectors
+MAX_NAME = 100  # characters of a speaker name
+
+
+class VoiceprintError(ValueError):
+    """Enrolment or verification that cannot be done; the message says why."""
+
+
+# ---------------------------------------------------------------------------------- embeddings
+def classifier_of(system: Recognizer) -> CommandClassifier:
+    """The neural classifier (encoder + heads) inside ``system``: itself, or a combined
+    system's head; other kinds have no encoder of ours to embed with."""
+    if isinstance(system, CommandClassifier):
+        return system
+    head = getattr(system, "head", None)
+    if isinstance(head, CommandClassifier):
+        return head
+    raise ModelError(f"a {system.model_kind or type(system).__name__} system has no neural "
+                     "encoder to embed voices with; use a neural or combined model")
+
+
+class Embedder:
+    """L2-normalised speaker embeddings of waves from one model, and the S-norm cohort."""
+
+    def __init__(self, model: CommandClassifier):
+        self.model = model
+        tasks = [t for t, kind in model.kinds.items() if kind == "embedding"]
+        self.task = "speaker" if "speaker" in tasks else (tasks[0] if tasks else None)
+        if self.task is None:
+            self.source = "pooled encoder features (mean over frames of hidden state 0)"
+            self.cohort: np.ndarray | None = None
+        else:
+            self.source = f"speaker embedding head {self.task!r}"
+            head = model.heads[self.task]
+            assert isinstance(head, EmbeddingHead)
+            with torch.no_grad():
+                protos = torch.nn.functional.normalize(head.prototypes.float(), dim=-1)
+            self.cohort = protos.cpu().numpy()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @torch.no_grad()
+    def __call__(self, waves: Sequence[torch.Tensor], batch_size: int = 16) -> np.ndarray:
+        if self.task is not None:
+            return self.model.predict_all(list(waves), batch_size, embeddings=True)[self.task]
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = None
+        for idx in batches_by_length(list(waves), batch_size):
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            enc = self.model.encoder(batch.to(device), lengths.to(device))
+            vec = masked_mean(enc.hidden_states[POOLED_STATE].float(), enc.mask)
+            vec = torch.nn.functional.normalize(vec, dim=-1).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(waves), vec.shape[1]), np.float32)
+            out[idx] = vec
+        return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
+
+
+def snorm(raw: np.ndarray, model_vecs: np.ndarray, clip_vecs: np.ndarray, cohort: np.ndarray,
+          model_owner: Sequence[str] | None = None,
+          cohort_owner: Sequence[str] | None = None) -> np.ndarray:
+    """Symmetric S-norm of the cosine matrix ``raw`` [models, clips] against ``cohort``; with
+    owners, a model's own speaker is left out of its cohort (enrolled voiceprints as cohort)."""
+    mc, cc = model_vecs @ cohort.T, clip_vecs @ cohort.T  # [models, C], [clips, C]
+    if model_owner is None or cohort_owner is None:
+        keep = np.ones((len(model_vecs), len(cohort)), bool)
+    else:
+        keep = np.array(model_owner)[:, None] != np.array(cohort_owner)[None, :]
+    if (keep.sum(1) < MIN_COHORT).any():
+        raise VoiceprintError(f"score normalisation needs at least {MIN_COHORT} other speakers "
+                              "in the cohort: enrol more speakers (pooled-feature voiceprints "
+                              "use the other enrolled speakers as cohort)")
+    k = keep.astype(np.float64)
+    n = k.sum(1, keepdims=True)
+    mu_m = (mc * k).sum(1, keepdims=True) / n
+    sd_m = np.sqrt((((mc - mu_m) ** 2) * k).sum(1, keepdims=True) / n).clip(min=1e-6)
+    # the clip's statistics over each model's cohort: [models, clips]
+    mu_c = (k @ cc.T) / n
+    sd_c = np.sqrt(np.clip((k @ (cc ** 2).T) / n - mu_c ** 2, 1e-12, None))
+    return 0.5 * ((raw - mu_m) / sd_m + (raw - mu_c) / sd_c)
+
+
+# --------------------------------------------------------------------------------- voiceprints
+@dataclass
+class Voiceprints:
+    """The enrolled speakers of one model folder."""
+
+    names: list[str]
+    vectors: np.ndarray  # [speakers, dim], L2-normalised
+    clips: list[list[str]]  # enrolment files per speaker
+    source: str
+    threshold: float
+    calibration: dict | None = None  # where the threshold was set (None: the normal model)
+
+    def to_config(self) -> dict:
+        return {"format": FORMAT, "version": 1, "source": self.source,
+                "dim": int(self.vectors.shape[1]), "threshold": self.threshold,
+                "false_accept_target": FALSE_ACCEPT_TARGET, "calibration": self.calibration,
+                "speakers": [{"name": n, "clips": c} for n, c in zip(self.names, self.clips)]}
+
+
+def default_threshold(false_accept: float = FALSE_ACCEPT_TARGET) -> float:
+    """The S-norm score an impostor exceeds with probability ``false_accept`` (N(0, 1))."""
+    return NormalDist().inv_cdf(1.0 - false_accept)
+
+
+def _is_voiceprint_folder(directory: Path) -> bool:
+    try:
+        return json.loads((directory / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_voiceprints(model_dir: str | Path) -> Voiceprints | None:
+    """The voiceprints enrolled in ``model_dir``, or None if there are none."""
+    folder = Path(model_dir) / FOLDER
+    if not (folder / CONFIG).is_file():
+        return None
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+        speakers = config["speakers"]
+        names = [str(s["name"]) for s in speakers]
+        clips = [[str(c) for c in s["clips"]] for s in speakers]
+        threshold = float(config["threshold"])
+        source = str(config["source"])
+        if config.get("format") != FORMAT or not np.isfinite(threshold):
+            raise ValueError("not a voiceprints file")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"{folder / CONFIG}: unreadable voiceprints ({str(err)[:200]})") from None
+    dim = int(config.get("dim", 0))
+    tensors = read_weights(folder / WEIGHTS, "numpy", {"vectors": (len(names), dim)})
+    vectors = tensors["vectors"].astype(np.float32)
+    calibration = config.get("calibration")
+    return Voiceprints(names, vectors, clips, source, threshold,
+                       calibration if isinstance(calibration, dict) else None)
+
+
+def write_voiceprints(model_dir: str | Path, prints: Voiceprints) -> Path:
+    """Replace ``MODEL/voiceprints/`` whole (``store.atomic_folder``): a kill leaves the old set."""
+    folder = Path(model_dir) / FOLDER
+    with atomic_folder(folder, _is_voiceprint_folder) as tmp:
+        save_file({"vectors": np.ascontiguousarray(prints.vectors, np.float32)},
+                  str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(prints.to_config(), indent=2))
+    return folder
+
+
+def _open(model: str | Path | Recognizer, device: str = "cpu") -> tuple[Recognizer, Path | None]:
+    if isinstance(model, Recognizer):
+        return model, None
+    return load_system(model, device), Path(model)
+
+
+def _waves(clips: Sequence, sample_rate: int) -> list[torch.Tensor]:
+    return [c if isinstance(c, torch.Tensor) else load(c, sample_rate) for c in clips]
+
+
+def _check_name(speaker: str) -> str:
+    name = speaker.strip() if isinstance(speaker, str) else ""
+    if not name or len(name) > MAX_NAME or any(ord(ch) < 32 for ch in name):
+        raise VoiceprintError(f"speaker name must be 1-{MAX_NAME} printable characters, "
+                              f"got {speaker!r:.60}")
+    return name
+
+
+def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path],
+           device: str = "cpu") -> Voiceprints:
+    """Add (or replace) ``speaker``'s voiceprint in ``model_dir`` from ``clips`` (audio files);
+    every clip is read before anything is written, so a bad file changes nothing."""
+    name = _check_name(speaker)
+    if not clips:
+        raise VoiceprintError(f"enrolling {name!r}: no clips given")
+    system, _ = _open(model_dir, device)
+    embed = Embedder(classifier_of(system))
+    vectors = embed(_waves(clips, embed.sample_rate))  # AudioError names a bad file
+    prints = read_voiceprints(model_dir)
+    if prints is None or (not prints.names and prints.source != embed.source):
+        prints = Voiceprints([], np.zeros((0, vectors.shape[1]), np.float32), [], embed.source,
+                             default_threshold())
+    if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
+        raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
+                         f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
+    mean = unit(vectors.mean(0, keepdims=True))
+    keep = [i for i, n in enumerate(prints.names) if n != name]
+    prints = Voiceprints([prints.names[i] for i in keep] + [name],
+                         np.concatenate([prints.vectors[keep], mean]).astype(np.float32),
+                         [prints.clips[i] for i in keep] + [[Path(c).name for c in clips]],
+                         embed.source, prints.threshold, prints.calibration)
+    write_voiceprints(model_dir, prints)
+    return prints
+
+
+class SpeakerScorer:
+    """Scores clips against a model folder's voiceprints (loaded once, for predict)."""
+
+    def __init__(self, system: Recognizer, prints: Voiceprints):
+        self.embed = Embedder(classifier_of(system))
+        if prints.source != self.embed.source:
+            raise ModelError(f"voiceprints made by {prints.source}, not this model's "
+                             f"{self.embed.source}; enrol again")
+        self.prints = prints
+
+    def scores(self, waves: Sequence[torch.Tensor]) -> np.ndarray:
+        """S-normed scores [clips, speakers]."""
+        p = self.prints
+        if not p.names:
+            raise VoiceprintError("no speaker is enrolled in this model")
+        x = self.embed(waves)
+        if x.shape[1] != p.vectors.shape[1]:
+            raise ModelError(f"voiceprints of {p.vectors.shape[1]} dims, embeddings of "
+                             f"{x.shape[1]}: made by another model; enrol again")
+        raw = p.vectors @ x.T
+        if self.embed.cohort is not None:
+            return snorm(raw, p.vectors, x, self.embed.cohort).T
+        return snorm(raw, p.vectors, x, p.vectors, p.names, p.names).T
+
+    def identify(self, wave: torch.Tensor) -> dict:
+        """The best-matching enrolled speaker, its score and whether it passes the threshold."""
+        row = self.scores([wave])[0]
+        best = int(row.argmax())
+        return {"name": self.prints.names[best], "score": float(row[best]),
+                "accepted": bool(row[best] >= self.prints.threshold)}
+
+    def identify_file(self, path: str | Path) -> dict:
+        return self.identify(load(path, self.embed.sample_rate))
+
+
+def _scorer(model: str | Path | SpeakerScorer, device: str) -> SpeakerScorer:
+    if isinstance(model, SpeakerScorer):
+        return model
+    system, _ = _open(model, device)
+    scorer = scorer_for(model, system)
+    if scorer is None:
+        raise VoiceprintError(f"{model}: no speaker is enrolled "
+                              "(speechxfer enroll MODEL --speaker NAME CLIP...)")
+    return scorer
+
+
+def verify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor, speaker: str,
+           device: str = "cpu") -> tuple[float, bool]:
+    """Is ``clip`` spoken by the enrolled ``speaker``? The S-norm score and the decision at
+    the stored threshold. ``model``: a model folder, or a ``SpeakerScorer`` already loaded."""
+    scorer = _scorer(model, device)
+    if speaker not in scorer.prints.names:
+        raise VoiceprintError(f"{speaker!r:.60} is not enrolled; enrolled: "
+                              f"{', '.join(scorer.prints.names)}")
+    wave = _waves([clip], scorer.embed.sample_rate)
+    score = float(scorer.scores(wave)[0, scorer.prints.names.index(speaker)])
+    return score, score >= scorer.prints.threshold
+
+
+def identify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor, device: str = "cpu") -> dict:
+    """The enrolled speaker whose voiceprint best matches ``clip``: name, score, accepted."""
+    scorer = _scorer(model, device)
+    return scorer.identify(_waves([clip], scorer.embed.sample_rate)[0])
+
+
+def scorer_for(model_dir: str | Path, system: Recognizer) -> SpeakerScorer | None:
+    """A scorer when ``model_dir`` has enrolled voiceprints (for predict), else None."""
+    prints = read_voiceprints(model_dir)
+    if prints is None or not prints.names:
+        return None
+    return SpeakerScorer(system, prints)
+
+
+# ------------------------------------------------------------------------------- evaluation
+@dataclass
+class Trials:
+    """Enrolment models (speaker or speaker+word) and the trial clips scored against them."""
+
+    name: str
+    models: list[tuple[str, list[int]]]  # (speaker, enrolment clip indices)
+    pairs: list[tuple[int, int, bool]]  # (model index, clip index, same speaker)
+
+
+def build_trials(clips: list[Clip], k: int, seed: int) -> tuple[Trials, Trials]:
+    """Text-dependent and text-independent trial lists from labelled clips.
+
+    Text-dependent: a model per (speaker, word) with at least k+1 clips, enrolled from k of
+    them; targets are the rest, non-targets every other speaker's clips of that word.
+    Text-independent: a model per speaker with at least k+1 clips, enrolled from k of them
+    drawn across words; trials are clips of words the enrolment did not say, from that speaker
+    (targets) or any other (non-targets). Enrolment clips are never trial clips.
+    """
+    rng = random.Random(seed)
+    by_speaker: dict[str, list[int]] = {}
+    by_word: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        by_speaker.setdefault(str(c.speaker), []).append(i)
+        by_word.setdefault(str(c.label), []).append(i)
+    td = Trials("text_dependent", [], [])
+    for word in sorted(by_word):
+        for spk in sorted(by_speaker):
+            own = [i for i in by_word[word] if clips[i].speaker == spk]
+            if len(own) <= k:
+                continue
+            enrol = sorted(rng.sample(own, k))
+            m = len(td.models)
+            td.models.append((spk, enrol))
+            td.pairs += [(m, i, clips[i].speaker == spk) for i in by_word[word] if i not in enrol]
+    ti = Trials("text_independent", [], [])
+    enrolled: set[int] = set()
+    for spk in sorted(by_speaker):
+        own = by_speaker[spk]
+        if len(own) <= k:
+            continue
+        enrol = sorted(rng.sample(own, k))
+        ti.models.append((spk, enrol))
+        enrolled.update(enrol)
+    for m, (spk, enrol) in enumerate(ti.models):
+        words = {clips[i].label for i in enrol}
+        ti.pairs += [(m, i, clips[i].speaker == spk) for i in range(len(clips))
+                     if i not in enrolled and clips[i].label not in words]
+    return td, ti
+
+
+def eer_from_scores(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Equal error rate and the score threshold at it, interpolated on sklearn's ROC between
+    the two points that straddle false accepts = false rejects (as ``evaluate.equal_error_rate``)."""
+    fpr, tpr, thresholds = roc_curve(target.astype(bool), scores)
+    fnr = 1 - tpr
+    i = int(np.nonzero(fnr <= fpr)[0][0])
+    if i == 0:
+        return float(fpr[0]), float(scores.max())
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    w = d0 / (d0 - d1) if d0 != d1 else 0.0
+    low = thresholds[i - 1] if np.isfinite(thresholds[i - 1]) else scores.max()
+    return (float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1])),
+            float(low + w * (thresholds[i] - low)))
+
+
+def min_dcf(scores: np.ndarray, target: np.ndarray, p_target: float = P_TARGET) -> float:
+    """Minimum normalised detection cost (C_miss = C_fa = 1) over all thresholds."""
+    order = np.argsort(-scores, kind="stable")
+    t = target[order].astype(bool)
+    fa = np.concatenate([[0.0], np.cumsum(~t) / (~t).sum()])
+    miss = np.concatenate([[1.0], 1 - np.cumsum(t) / t.sum()])
+    cost = p_target * miss + (1 - p_target) * fa
+    return float(cost.min() / min(p_target, 1 - p_target))
+
+
+class Backend:
+    """What ``evaluate_speakers`` needs of a system: features per clip, a model from some
+    clips' features, and the score matrix [models, clips]."""
+
+    description: str
+    threshold: float | None = None  # a stored accept threshold, reported against when set
+
+    def features(self, waves: list[torch.Tensor]) -> list:
+        raise NotImplementedError
+
+    def scores(self, models: list[tuple[str, list[int]]], feats: list) -> np.ndarray:
+        raise NotImplementedError
+
+
+class EmbeddingBackend(Backend):
+    """Cosine of voiceprints under S-norm, as ``verify`` scores (same cohort rule)."""
+
+    def __init__(self, embed: Embedder):
+        self.embed, self.description = embed, embed.source
+        self.threshold = default_threshold()
+        self.sample_rate = embed.sample_rate
+
+    def features(self, waves: list[torch.Tensor]) -> list:
+        return list(self.embed(waves))
+
+    def scores(self, models: list[tuple[str, list[int]]], feats: list) -> np.ndarray:
+        x = np.stack(feats)
+        prints = unit(np.stack([x[idx].mean(0) for _, idx in models]))
+        raw = prints @ x.T
+        if self.embed.cohort is not None:
+            return snorm(raw, prints, x, self.embed.cohort)
+        # pooled features: the other speakers' voiceprints are the cohort, as in verify
+        owners = [spk for spk, _ in models]
+        return snorm(raw, prints, x, prints, owners, owners)
+
+
+def evaluate_speakers(backend: Backend, clips: list[Clip], waves: list[torch.Tensor], k: int = 3,
+                      seed: int = 0, feats: list | None = None,
+                      impostors: list | None = None) -> dict:
+    """EER (text-dependent and -independent), minDCF, identification accuracy on ``clips``
+    (``feats``: ``backend.features(waves)`` already computed; ``impostors``, a list, receives
+    every non-target score)."""
+    td, ti = build_trials(clips, k, seed)
+    if not td.pairs and not ti.pairs:
+        raise VoiceprintError(f"no trials: no speaker has more than k={k} clips "
+                              "(of one word, for text-dependent trials)")
+    feats = backend.features(waves) if feats is None else feats
+    report: dict = {"backend": backend.description, "k": k, "seed": seed,
+                    "n_clips": len(clips), "n_speakers": len({c.speaker for c in clips})}
+    n_trials = 0
+    for trials in (td, ti):
+        key = trials.name
+        targets = np.array([p[2] for p in trials.pairs], bool)
+        if not trials.pairs or targets.all() or not targets.any():
+            report[f"eer_{key}"] = None
+            report[f"n_{key}"] = {"models": len(trials.models), "targets": int(targets.sum()),
+                                  "nontargets": int((~targets).sum())}
+            continue
+        matrix = backend.scores(trials.models, feats)
+        scores = np.array([matrix[m, i] for m, i, _ in trials.pairs])
+        eer, at = eer_from_scores(scores, targets)
+        if impostors is not None:
+            impostors.extend(scores[~targets].tolist())
+        report[f"eer_{key}"] = eer
+        report[f"eer_threshold_{key}"] = at
+        report[f"min_dcf_{key}"] = min_dcf(scores, targets)
+        report[f"n_{key}"] = {"models": len(trials.models), "targets": int(targets.sum()),
+                              "nontargets": int((~targets).sum())}
+        if backend.threshold is not None:
+            accept = scores >= backend.threshold
+            report[f"at_threshold_{key}"] = {
+                "threshold": backend.threshold,
+                "false_accept": float(accept[~targets].mean()),
+                "false_reject": float((~accept[targets]).mean())}
+        n_trials += len(trials.pairs)
+        if trials is ti:
+            truth = np.array([spk for spk, _ in trials.models])
+            enrolled = {i for _, idx in trials.models for i in idx}
+            rows = [i for i, c in enumerate(clips) if c.speaker in set(truth) and i not in enrolled]
+            best = matrix[:, rows].argmax(0)
+            report["id_accuracy"] = float(np.mean(truth[best] == np.array(
+                [clips[i].speaker for i in rows]))) if rows else None
+            report["n_identified"] = len(rows)
+    report["min_dcf"] = report.get("min_dcf_text_dependent")
+    report.setdefault("id_accuracy", None)
+    report["n_trials"] = n_trials
+    report["p_target"] = P_TARGET
+    return report
+
+
+def speaker_clips(data: str | Path, sample_rate: int) -> tuple[list[Clip], list[torch.Tensor], list]:
+    """Every word clip of a speaker in ``data`` (silence and speakerless clips left out), read."""
+    ds = load_dataset(data)
+    clips = [c for c in ds.clips if c.speaker and c.label and c.label != SILENCE]
+    waves, kept, skipped = [], [], list(ds.skipped)
+    for c in clips:
+        try:
+            waves.append(load(c.path, sample_rate))
+            kept.append(c)
+        except AudioError as err:
+            skipped.append((str(err.path), err.problem))
+    if len({c.speaker for c in kept}) < 2:
+        raise VoiceprintError(f"{data}: speaker evaluation needs clips of at least two speakers")
+    return kept, waves, skipped
+
+
+def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | Sequence[int] = 0,
+                  device: str = "cpu", calibrate: bool = False) -> dict:
+    """``evaluate_speakers`` for a model folder (its embeddings), or for a classic backend
+    ``gmm-ubm:BACKGROUND_DIR`` (MFCC GMM-UBM fitted on that folder's clips). Several seeds
+    (enrolment draws) share one feature pass; the headline figures are then their means.
+
+    The model's stored threshold (``at_threshold_*``: false accepts and rejects it gives here)
+    is its calibrated one if any, else the normal model's. ``calibrate`` sets it from these
+    trials instead: the score that ``FALSE_ACCEPT_TARGET`` of their impostor trials reach,
+    written into ``MODEL/voiceprints/`` (enrolled speakers kept). Calibrate on speakers other
+    than the ones you measure on."""
+    spec = str(model)
+    if spec.startswith("gmm-ubm:"):
+        from .classic.gmmubm import GMMUBMBackend
+
+        backend: Backend = GMMUBMBackend.fit_folder(spec.partition(":")[2])
+        rate = backend.sample_rate
+    else:
+        system, _ = _open(model, device)
+        embed = Embedder(classifier_of(system))
+        backend, rate = EmbeddingBackend(embed), embed.sample_rate
+        stored = read_voiceprints(model)
+        if stored is not None and stored.source == embed.source:
+            backend.threshold = stored.threshold
+    if calibrate and spec.startswith("gmm-ubm:"):
+        raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
+    clips, waves, skipped = speaker_clips(data, rate)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    feats = backend.features(waves)
+    impostors: list[float] = []
+    runs = [evaluate_speakers(backend, clips, waves, k, s, feats, impostors) for s in seeds]
+    report = runs[0]
+    if len(runs) > 1:  # the headline figures become means over the enrolment draws
+        keep = ("backend", "k", "n_clips", "n_speakers", "p_target")
+        report = {key: runs[0][key] for key in keep} | {
+            "seed": seeds, "n_trials": sum(r["n_trials"] for r in runs), "per_seed": runs}
+        for key in HEADLINE:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            report[key] = float(np.mean(values)) if values else None
+            report[f"{key}_std"] = float(np.std(values)) if values else None
+    report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
+    if calibrate:
+        report["calibrated_threshold"] = _calibrate(model, embed, impostors, data, len(clips))
+    return report
+
+
+def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data: str | Path,
+               n_clips: int) -> float:
+    """Store the score ``FALSE_ACCEPT_TARGET`` of ``impostors`` reach as the accept threshold."""
+    if not impostors:
+        raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
+    threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
+    prints = read_voiceprints(model)
+    if prints is None or prints.source != embed.source:
+        if prints is not None and prints.names:
+            raise ModelError(f"{model}: its voiceprints were made by {prints.source}, not "
+                             f"{embed.source}")
+        dim = embed([torch.zeros(embed.sample_rate)]).shape[1]
+        prints = Voiceprints([], np.zeros((0, dim), np.float32), [], embed.source, threshold)
+    prints.threshold = threshold
+    prints.calibration = {"data": str(data), "clips": n_clips, "impostor_trials": len(impostors),
+                          "false_accept_target": FALSE_ACCEPT_TARGET}
+    write_voiceprints(model, prints)
+    return threshold
+
+
+__all__ = ["Embedder", "VoiceprintError", "Voiceprints", "enroll", "eval_speakers", "identify",
+           "verify"]

@@ -1,0 +1,80 @@
+"""Training in several processes (torchrun's environment, gloo on the CPU) takes the steps one
+process takes on the same global batches: the same weights, to float rounding."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from speechxfer import CommandClassifier, train
+from speechxfer.audio import load
+from speechxfer.encoders import build_encoder
+from speechxfer.train import TrainConfig, fit, shard, trained_state
+
+FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+KEYS = [(d, s, t) for d in "147" for s in ("jackson", "george") for t in range(2)]
+# 12 clips in global batches of 5: shards of 3 and 2 clips, and a last batch of 2 (1 + 1)
+CONFIG = TrainConfig(strategy="frozen", epochs=3, batch_size=5, device="cpu")
+
+
+def train_head() -> dict[str, torch.Tensor]:
+    """A frozen random ds-cnn with a dropout-free head, trained on real clips: its head."""
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                              {"command": ["1", "4", "7"]}, dropout=0.0)
+    waves = [load(FSDD / f"{d}_{s}_{t}.wav") for d, s, t in KEYS]
+    fit(model, waves, [{"command": d} for d, _, _ in KEYS], [], [], CONFIG)
+    return trained_state(model)
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    seen = []  # clips this rank ran the head on: its shards only, half of each global batch
+    forward = train.forward_cached
+    train.forward_cached = lambda model, cache, idx, device: seen.append(len(idx)) or forward(
+        model, cache, idx, device)
+    state = train_head()
+    save_file(state, f"{out}/rank{rank}.safetensors")
+    Path(out, f"rank{rank}.seen").write_text(str(sum(seen)))
+    torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shards_cover_the_batch_and_weigh_to_its_mean():
+    idx = [4, 8, 15, 16, 23]
+    parts = [shard(idx, r, 2) for r in range(2)]
+    assert sorted(i for p, _ in parts for i in p) == sorted(idx)
+    assert [s for _, s in parts] == [3 * 2 / 5, 2 * 2 / 5]
+    assert shard([7], 1, 2) == ([7], 0.0)  # an idle rank still takes part, adding nothing
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
+    assert "WORLD_SIZE" not in os.environ
+    single = train_head()
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    seen = [int((tmp_path / f"rank{r}.seen").read_text()) for r in range(2)]
+    assert seen == [(3 + 3 + 1) * CONFIG.epochs, (2 + 2 + 1) * CONFIG.epochs]  # vs 12 per epoch
+    assert set(ranks[0]) == set(single) and single
+    for name, value in single.items():
+        assert torch.allclose(ranks[0][name], ranks[1][name], atol=1e-6), name
+        assert torch.allclose(ranks[0][name], value, atol=1e-5), (
+            name, float((ranks[0][name] - value).abs().max()))
+    torch.manual_seed(0)  # training moved the head: the agreement is not that of untouched weights
+    start = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                              {"command": ["1", "4", "7"]}, dropout=0.0).state_dict()
+    assert max(float((single[k] - start[k]).abs().max()) for k in single) > 1e-3

@@ -1,0 +1,338 @@
+"""Streaming detection: voice activity cuts the words, the model labels them, the open-set rule
+drops the rest; and the long-stream evaluation's scoring, label files and stream builder."""
+
+import json
+import socket
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechxfer.audio import load
+from speechxfer.classic import build_classic
+from speechxfer.cli import main
+from speechxfer.detect import Detection, Detector, SileroVAD, StreamResampler, detect_chunks
+from speechxfer.streameval import (
+    LabelFileError,
+    Span,
+    build_stream,
+    det_curve,
+    read_labels,
+    score_events,
+)
+
+DIGITS = ("2", "5", "8")
+SAID = ["5", "2", "8", "8", "5", "2"]
+RATE = 8000  # FSDD's rate: the detector resamples to 16 kHz itself
+GAP = 6400  # 0.8 s of quiet noise around each word
+
+
+@pytest.fixture(scope="module")
+def svm(tmp_path_factory, fsdd):
+    waves = [load(fsdd / f"{d}_jackson_{take}.wav") for d in DIGITS for take in range(10, 30)]
+    labels = [d for d in DIGITS for _ in range(10, 30)]
+    model = build_classic("svm").fit(waves, labels)
+    folder = tmp_path_factory.mktemp("svm")
+    model.save(folder)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def session(fsdd):
+    """Six held-out takes with quiet noise between them, and where each take lies (seconds)."""
+    rng = np.random.default_rng(0)
+    parts, spans, at = [], [], 0
+    for i, d in enumerate(SAID):
+        take = sf.read(fsdd / f"{d}_jackson_{i}.wav")[0]
+        parts += [0.002 * rng.standard_normal(GAP), take]
+        at += GAP
+        spans.append((at / RATE, (at + len(take)) / RATE))
+        at += len(take)
+    parts.append(0.002 * rng.standard_normal(GAP))
+    return np.concatenate(parts), spans
+
+
+@pytest.fixture(scope="module")
+def vad():
+    return SileroVAD()
+
+
+def detect(model, audio, sizes=(800,), vad=None, **options):
+    """Events of a detector fed ``audio`` in chunks of the given sizes (cycled)."""
+    detector = Detector(model, sample_rate=RATE, vad=vad, **options)
+    chunks, at, k = [], 0, 0
+    while at < len(audio):
+        n = sizes[k % len(sizes)]
+        chunks.append(audio[at: at + n])
+        at, k = at + n, k + 1
+    return detector, list(detect_chunks(detector, chunks))
+
+
+def test_commands_at_known_times_are_detected(svm, session, vad):
+    model, _ = svm
+    audio, spans = session
+    _, events = detect(model, audio, vad=vad, threshold=0.0)
+    assert len(events) == len(SAID)
+    for event, (start, end) in zip(events, spans):
+        # the VAD's hangover may run a few 32-ms frames past the word
+        assert start - 0.1 <= event.start < event.end <= end + 0.25, (event, start, end)
+        assert event.end <= event.heard_at <= event.end + 0.5  # heard soon after the word ends
+    assert sum(e.label == s for e, s in zip(events, SAID)) >= 5
+
+
+def test_noise_and_tone_alone_give_no_event(svm, vad):
+    """20 s of loud noise, then a tone: no speech, so nothing reaches the model, at threshold 0."""
+    model, _ = svm
+    t = np.arange(10 * RATE) / RATE
+    audio = np.concatenate([0.1 * np.random.default_rng(2).standard_normal(10 * RATE),
+                            0.3 * np.sin(2 * np.pi * 440 * t)])
+    detector, events = detect(model, audio, vad=vad, threshold=0.0, record=True)
+    assert events == [] and detector.segments == []
+
+
+def test_odd_chunk_sizes_give_the_same_events_as_one_chunk(svm, session, vad):
+    model, _ = svm
+    audio, _ = session
+    _, whole = detect(model, audio, sizes=(len(audio),), vad=vad, threshold=0.0)
+    _, odd = detect(model, audio, sizes=(1, 37, 1001, 4097, 333, 12_345), vad=vad, threshold=0.0)
+    strip = [(e.label, e.probability, e.start, e.end, e.heard_at) for e in whole]
+    assert strip == [(e.label, e.probability, e.start, e.end, e.heard_at) for e in odd]
+    assert len(whole) == len(SAID)
+
+
+def test_stream_resampler_matches_whole_signal_resampling():
+    from speechxfer.audio import resample
+
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal(44_100 * 2 + 17)
+                         .astype(np.float32))
+    pieces = []
+    r = StreamResampler(44_100, 16_000)
+    for at in range(0, len(x), 999):
+        pieces.append(r.feed(x[at: at + 999]))
+    pieces.append(r.flush())
+    out = torch.cat(pieces)
+    ref = resample(x, 44_100, 16_000)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+class Fixed:
+    """A fake recogniser: the same probabilities for every utterance."""
+
+    def __init__(self, labels, probs, threshold=None):
+        self.labels, self.probs, self.threshold = labels, np.array([probs]), threshold
+        self.sample_rate = 16_000
+
+    def predict_proba(self, waves):
+        return np.repeat(self.probs, len(waves), axis=0)
+
+
+def test_rejected_utterances_are_not_events(session, vad):
+    """Words the model files under _unknown_ or _silence_ yield no event; every utterance is
+    still recorded with a zero acceptance score."""
+    audio, _ = session
+    model = Fixed(["_silence_", "_unknown_", "go"], [0.1, 0.6, 0.3])
+    detector, events = detect(model, audio, vad=vad, threshold=0.0 + 1e-9, record=True)
+    assert events == []
+    assert len(detector.segments) == len(SAID)
+    assert all(s.score == 0.0 and s.label == "go" for s in detector.segments)
+
+
+def test_model_threshold_is_the_default(session, vad):
+    audio, _ = session
+    model = Fixed(["_unknown_", "go", "stop"], [0.1, 0.6, 0.3], threshold=0.7)
+    detector, events = detect(model, audio, vad=vad)
+    assert detector.threshold == 0.7 and events == []
+    _, events = detect(model, audio, vad=vad, threshold=0.5)
+    assert [e.label for e in events] == ["go"] * len(SAID)
+
+
+def test_utterance_too_long_for_a_command_is_dropped(svm, session, vad):
+    model, _ = svm
+    audio, _ = session
+    detector, events = detect(model, audio, vad=vad, threshold=0.0, max_utterance_s=0.2)
+    assert events == [] and detector.overlong == len(SAID)
+
+
+def test_vad_loads_from_the_wheel_offline_and_keeps_torch_threads(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.delitem(sys.modules, "silero_vad", raising=False)
+    threads = torch.get_num_threads()
+    vad = SileroVAD()
+    assert torch.get_num_threads() == threads  # importing silero_vad sets torch to one thread
+    vad.reset()
+    assert 0.0 <= vad(torch.zeros(512)) < 0.5
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+def ev(label, start, end, heard=None):
+    return Detection(label, 0.9, start, end, heard if heard is not None else end + 0.3, 0.0)
+
+
+def test_scoring_of_a_hand_made_event_list():
+    spans = [Span(1.0, 1.5, "go"), Span(5.0, 5.4, "stop"), Span(9.0, 9.5, "go"),
+             Span(12.0, 12.5, "bed"), Span(15.0, 15.5, "_silence_")]
+    events = [
+        ev("go", 1.1, 1.6, heard=1.9),  # hit, latency 0.4
+        ev("go", 1.2, 1.7),  # the same command again: a false accept
+        ev("go", 5.0, 5.3),  # wrong label on "stop"
+        ev("go", 9.95, 10.2, heard=10.0),  # within 0.5 s of the span: hit, latency 0.5
+        ev("stop", 12.1, 12.4),  # over a word that is no command: false accept
+        ev("stop", 20.0, 20.3),  # over nothing: false accept
+    ]
+    r = score_events(events, spans, {"go", "stop"}, hours=0.5)
+    assert r["n_commands"] == 3 and r["hits"] == 2
+    assert r["recall"] == pytest.approx(2 / 3)
+    assert r["wrong_label"] == 1
+    assert r["false_accepts"] == 3 and r["false_accepts_per_hour"] == pytest.approx(6.0)
+    assert r["latency_s"] == pytest.approx(0.45)
+
+
+def test_event_beyond_the_tolerance_is_a_false_accept():
+    r = score_events([ev("go", 2.01, 2.3)], [Span(1.0, 1.5, "go")], {"go"}, hours=1.0)
+    assert r["recall"] == 0.0 and r["false_accepts"] == 1
+
+
+def test_det_curve_runs_from_every_event_to_none():
+    from speechxfer.detect import Segment
+
+    segments = [Segment("go", 0.9, 0.9, 1.0, 1.5, 1.8, 0.0),
+                Segment("go", 0.6, 0.6, 20.0, 20.3, 20.6, 0.0)]
+    curve = det_curve(segments, [Span(1.0, 1.5, "go")], {"go"}, hours=1.0)
+    assert curve[0] == {"threshold": 0.0, "miss_rate": 0.0, "false_accepts_per_hour": 1.0}
+    assert {"threshold": 0.9, "miss_rate": 0.0, "false_accepts_per_hour": 0.0} in curve
+    assert curve[-1]["miss_rate"] == 1.0 and curve[-1]["false_accepts_per_hour"] == 0.0
+
+
+# --- label files -------------------------------------------------------------------------------
+
+def test_label_file_with_header(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("start,end,label\n3.0,3.5,stop\n1.0, 1.4 ,go\n\n")
+    assert read_labels(path) == [Span(1.0, 1.4, "go"), Span(3.0, 3.5, "stop")]
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("1.0,go", "expected start,end,label"),
+    ("one,1.5,go", "must be seconds"),
+    ("2.0,1.5,go", "0 <= start <= end"),
+    ("1.0,1.5,", "empty label"),
+])
+def test_bad_label_row_names_the_file_and_row(tmp_path, row, problem):
+    path = tmp_path / "labels.csv"
+    path.write_text(f"start,end,label\n0.5,0.9,go\n{row}\n")
+    with pytest.raises(LabelFileError, match="row 3") as err:
+        read_labels(path)
+    assert str(path) in str(err.value) and problem in str(err.value)
+
+
+# --- streams from a folder, and the CLI -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, fsdd):
+    """Speech Commands layout from FSDD clips: three command folders, an other word, noise."""
+    root = tmp_path_factory.mktemp("sc")
+    for d in (*DIGITS, "1"):
+        (root / d).mkdir()
+        for take in range(3):
+            name = f"jackson_nohash_{take}.wav"
+            (root / d / name).write_bytes((fsdd / f"{d}_jackson_{take}.wav").read_bytes())
+    (root / "_silence_").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(root / "_silence_" / f"noise_{i}.wav", 0.05 * rng.standard_normal(16_000), 16_000)
+    return root
+
+
+def test_built_stream_is_seeded_and_places_every_clip(folder):
+    a, b = build_stream(folder, 2.0, seed=4), build_stream(folder, 2.0, seed=4)
+    assert np.array_equal(a.audio, b.audio) and a.spans == b.spans
+    assert len(a.audio) == 120 * a.rate and np.abs(a.audio).max() <= 1.0
+    labels = [s.label for s in a.spans]
+    assert {lab: labels[:15].count(lab) for lab in set(labels)} == {
+        "2": 3, "5": 3, "8": 3, "1": 3, "_silence_": 3}  # each of the 15 clips once, then again
+    assert all(0 <= s.start < s.end <= 120 for s in a.spans)
+    assert not np.array_equal(a.audio, build_stream(folder, 2.0, seed=5).audio)
+
+
+def test_cli_eval_stream_json_and_plot(svm, folder, tmp_path, capsys):
+    _, model = svm
+    plot = tmp_path / "det.png"
+    assert main(["eval-stream", str(model), "--data", str(folder), "--minutes", "0.5",
+                 "--threshold", "0", "--json", "--plot", str(plot)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("recall", "false_accepts_per_hour", "wrong_label", "latency_s", "rtf", "rtf_cpu", "hours"):
+        assert key in report
+    assert report["hours"] == pytest.approx(0.5 / 60, rel=1e-3)
+    assert report["n_commands"] >= 3  # each heard, if not always named right by this svm:
+    assert report["hits"] + report["wrong_label"] == report["n_commands"]
+    assert plot.stat().st_size > 0
+
+
+def test_cli_eval_stream_recording_with_bad_labels(svm, session, tmp_path, capsys):
+    _, model = svm
+    audio, _ = session
+    wav, csv = tmp_path / "room.wav", tmp_path / "room.csv"
+    sf.write(wav, audio, RATE)
+    csv.write_text("0.8,1.3,5\nnot,a,row\n")
+    assert main(["eval-stream", str(model), "--data", str(wav), "--labels", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert "speechxfer eval-stream: error:" in err and str(csv) in err and "row 2" in err
+
+
+def test_cli_eval_stream_recording(svm, session, tmp_path, capsys):
+    _, model = svm
+    audio, spans = session
+    wav, csv = tmp_path / "room.wav", tmp_path / "room.csv"
+    sf.write(wav, audio, RATE)
+    csv.write_text("".join(f"{a},{b},{w}\n" for (a, b), w in zip(spans, SAID)))
+    assert main(["eval-stream", str(model), "--data", str(wav), "--labels", str(csv),
+                 "--threshold", "0", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_commands"] == len(SAID) and report["recall"] >= 5 / 6
+
+
+def test_cli_listen_file_json(svm, session, tmp_path, capsys):
+    _, model = svm
+    audio, _ = session
+    wav = tmp_path / "room.wav"
+    sf.write(wav, audio, RATE)
+    assert main(["listen", str(model), str(wav), "--json", "--threshold", "0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(SAID)
+    assert {"label", "probability", "start", "end"} <= json.loads(lines[0]).keys()
+
+
+def test_cli_listen_needs_a_source(svm, capsys):
+    _, model = svm
+    with pytest.raises(SystemExit) as exit_:
+        main(["listen", str(model)])
+    assert exit_.value.code == 2
+
+
+def test_cli_listen_without_microphone_package(svm, monkeypatch, capsys):
+    _, model = svm
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
+    assert main(["listen", str(model), "--mic"]) == 2
+    err = capsys.readouterr().err
+    assert "speechxfer listen: error: " in err and "speechxfer[mic]" in err
+
+
+def test_threshold_for_a_false_accept_target():
+    from speechxfer.streameval import threshold_for
+
+    curve = [{"threshold": 0.0, "miss_rate": 0.0, "false_accepts_per_hour": 6.0},
+             {"threshold": 0.4, "miss_rate": 0.1, "false_accepts_per_hour": 2.0},
+             {"threshold": 0.7, "miss_rate": 0.2, "false_accepts_per_hour": 0.0}]
+    # any threshold in (0.0, 0.4] gives the events of 0.4: the middle of that gap
+    assert threshold_for(curve, 2.0) == {"max_false_accepts_per_hour": 2.0, "threshold": 0.2,
+                                         "recall": pytest.approx(0.9)}
+    assert threshold_for(curve, 1.0)["threshold"] == pytest.approx(0.55)
+    assert threshold_for(curve, 6.0)["threshold"] == 0.0
+    assert threshold_for(curve[:2], 1.0) is None

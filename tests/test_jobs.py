@@ -1,0 +1,90 @@
+"""The strategy table: every strategy has a job the CLI offers, every summary has the same keys,
+the generative job runs end to end, extra tasks survive the default (combined) strategy and are
+refused, with a clear message, by the strategies that train no head."""
+
+import json
+
+import pytest
+
+from speechxfer import load_model
+from speechxfer.cli import build_parser, main
+from speechxfer.decoder.combined import CombinedRecognizer
+from speechxfer.decoder.generative import GenerativeRecognizer
+from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, strategy_of, train_job
+
+
+def test_the_cli_offers_every_strategy_of_the_table():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    strategy = next(a for a in train._actions if a.dest == "strategy")
+    assert tuple(strategy.choices) == tuple(JOBS) and DEFAULT_STRATEGY in JOBS
+
+
+@pytest.mark.parametrize("strategy", ["zero-shot", "generative", "svm", "gmm-hmm", "dtw"])
+def test_extra_tasks_without_a_head_are_refused(strategy, small_fsdd, tmp_path, capsys):
+    with pytest.raises(ValueError, match=f"--task speaker: the {strategy} strategy trains no"):
+        strategy_of(strategy, ("command", "speaker"))
+    assert main(["train", "--data", str(small_fsdd), "--strategy", strategy, "--task", "speaker",
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "trains no classifier head" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_generative_job_end_to_end(make_fsdd, tmp_path):
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
+    out = tmp_path / "gen"
+    summary = train_job(data, strategy="generative", test_speakers=["theo"], out=out,
+                        device="cpu")
+    assert summary["strategy"]["strategy"] == "generative" and summary["n_train"] == 8
+    assert summary["strategy"]["steps"] > 0 and summary["strategy"]["device"] == "cpu"
+    assert summary["test"]["n"] == 4 and summary["test"]["accuracy"] >= 0.75  # chance: 0.5
+    assert not (tmp_path / "gen.partial").exists()  # the checkpoint went with the work folder
+    system = load_model(out)
+    assert isinstance(system, GenerativeRecognizer) and system.labels == ["1", "4"]
+    assert system.info["metrics"]["accuracy"] == summary["test"]["accuracy"]
+    neural = json.loads((out / "train_summary.json").read_text())
+    assert set(neural) >= {"data", "strategy", "train_speakers", "test_speakers", "n_train",
+                           "n_validation", "n_test", "train_seconds", "skipped", "rejection"}
+
+
+def test_multitask_under_the_default_strategy_keeps_the_speaker_head(make_fsdd, tmp_path,
+                                                                     capsys):
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "7"), 2)
+    out = tmp_path / "combined"
+    assert main(["train", "--data", str(data), "--test-speaker", "theo", "--task",
+                 "speaker", "--epochs", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["strategy"]["strategy"] == DEFAULT_STRATEGY == "combined"
+    assert summary["tasks"] == ["command", "speaker"]
+    speaker = summary["test"]["tasks"]["speaker"]
+    assert speaker["n"] == 4 and "speaker (" in printed
+    system = load_model(out)
+    assert isinstance(system, CombinedRecognizer)
+    assert system.head.tasks["speaker"] == ["george", "jackson"]
+    pred = system.predict(data / "7_theo_0.wav")
+    assert set(pred.tasks) == {"command", "speaker"} and pred.tasks["command"] == pred.probabilities
+    assert main(["eval", str(out), "--data", str(data), "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"]["speaker"]["n"] == 12
+
+
+def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, tmp_path):
+    """A run of 12 steps checkpoints at step 10; a second run finds that checkpoint and must end
+    with the same weights after only the last 2 steps (batches, optimizer state and all)."""
+    import torch
+
+    from speechxfer.audio import load
+    from speechxfer.train import fit_generative
+
+    waves = [load(fsdd / f"{d}_jackson_{t}.wav") for d in ("1", "4") for t in range(3)]
+    truth = [d for d in ("1", "4") for _ in range(3)]
+    runs = []
+    for _ in range(2):
+        gen = GenerativeRecognizer(["1", "4"], window="clip")
+        info = fit_generative(gen, waves, truth, steps=12, batch_size=4, lr=3e-4, device="cpu",
+                              checkpoint_dir=tmp_path / "ckpt", identity={"run": "same"})
+        runs.append((info, {k: v.detach().clone() for k, v in gen.tuned_parameters().items()}))
+    (first, weights), (second, again) = runs
+    assert first["resumed_from_step"] is None and second["resumed_from_step"] == 10
+    assert first["last_loss"] == second["last_loss"]
+    assert all(torch.equal(weights[k], again[k]) for k in weights)

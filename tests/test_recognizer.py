@@ -1,0 +1,110 @@
+"""``recognizer.load``: every kind opens through the one table, on the device asked for; an
+unknown kind or a folder without a config is a ModelError; each class's own ``load`` opens only
+its kind; the combined system's one-encoder-pass fast path equals scoring head and prior apart."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speechxfer import CommandClassifier, ModelError, Recognizer, load_model
+from speechxfer.audio import load as load_audio
+from speechxfer.classic import build_classic
+from speechxfer.decoder.combined import CombinedRecognizer
+from speechxfer.decoder.generative import GenerativeRecognizer
+from speechxfer.decoder.scoring import ScoringOptions, ZeroShotRecognizer
+from speechxfer.encoders import build_encoder
+from speechxfer.recognizer import KINDS, load, read_config
+
+LABELS = ["1", "4"]
+
+
+@pytest.fixture(scope="module")
+def waves(fsdd) -> list[torch.Tensor]:
+    return [load_audio(fsdd / f"{d}_george_{t}.wav") for d in LABELS for t in range(2)]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, waves) -> dict[str, object]:
+    """One saved folder of every kind (random heads, untuned decoders, a fitted SVM)."""
+    root = tmp_path_factory.mktemp("kinds")
+    torch.manual_seed(0)
+    head = CommandClassifier(build_encoder("whisper-tiny.en", window="clip"), {"command": LABELS})
+    head.save(root / "neural")
+    zero = ZeroShotRecognizer(LABELS, window="clip")
+    zero.save(root / "zero-shot")
+    GenerativeRecognizer(LABELS, window="clip", model=zero.model).save(root / "generative")
+    CombinedRecognizer(head, zero, 0.5).save(root / "combined")
+    build_classic("svm").fit(waves, [lab for lab in LABELS for _ in range(2)]).save(root / "svm")
+    return {"root": root, "zero": zero}
+
+
+@pytest.mark.parametrize("kind, folder, cls", [
+    ("neural", "neural", CommandClassifier), ("zero-shot", "zero-shot", ZeroShotRecognizer),
+    ("generative", "generative", GenerativeRecognizer), ("combined", "combined", CombinedRecognizer),
+    ("classic-svm", "svm", Recognizer),
+])
+def test_load_opens_every_kind_on_the_device_asked_for(folders, waves, kind, folder, cls):
+    path = folders["root"] / folder
+    assert read_config(path)["kind"] == kind and kind in KINDS
+    system = load(path, "cpu")
+    assert isinstance(system, cls) and system.labels == LABELS
+    if kind == "combined":
+        modules = [system.head, system.zero.model]
+    else:
+        modules = [system] if kind == "neural" else [getattr(system, "model", torch.nn.Linear(1, 1))]
+    for module in modules:
+        assert {p.device for p in module.parameters()} == {torch.device("cpu")}
+    probs = system.predict_proba(waves)
+    assert probs.shape == (len(waves), 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert load_model(path, device="cpu").labels == LABELS  # the public alias
+
+
+def test_each_class_loads_only_its_own_kind(folders):
+    root = folders["root"]
+    with pytest.raises(ModelError, match=r"'combined' system, not a CommandClassifier.*load_model"):
+        CommandClassifier.load(root / "combined")
+    with pytest.raises(ModelError, match="'neural' system, not a ZeroShotRecognizer"):
+        ZeroShotRecognizer.load(root / "neural")
+    assert isinstance(CommandClassifier.load(root / "neural", "cpu"), CommandClassifier)
+
+
+def test_unknown_kind_and_missing_config_are_model_errors(folders, tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        load(tmp_path)
+    config = json.loads((folders["root"] / "neural" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "kind": "classic-knn"}))
+    with pytest.raises(ModelError, match=r"unknown model kind 'classic-knn'; known: neural, "):
+        load(tmp_path)
+
+
+def test_scoring_options_travel_in_config_json(folders, tmp_path):
+    zero = ZeroShotRecognizer(LABELS, window="clip", model=folders["zero"].model,
+                              options=ScoringOptions(temperature=0.5, combine="logsumexp"))
+    assert zero.options.prompt == "one four"  # "auto": the first alias of every label
+    zero.save(tmp_path / "z")
+    config = json.loads((tmp_path / "z" / "config.json").read_text())
+    assert config["temperature"] == 0.5 and config["combine"] == "logsumexp"
+    assert load(tmp_path / "z").options == zero.options
+    with pytest.raises(ValueError, match="combine"):
+        ScoringOptions(combine="mean")
+    with pytest.raises(TypeError, match="unknown scoring option"):
+        ZeroShotRecognizer(LABELS, model=zero.model, temprature=0.5)
+
+
+def test_combined_fast_path_equals_scoring_head_and_prior_apart(waves):
+    """A frozen head on the prior's own encoder: one encoder pass must give what a pass for
+    the head and another for the decoder give."""
+    torch.manual_seed(1)
+    head = CommandClassifier(build_encoder("whisper-tiny.en", window="2s"), {"command": LABELS})
+    zero = ZeroShotRecognizer(LABELS[::-1], window="2s")  # another column order: mapped back
+    combined = CombinedRecognizer(head, zero, 0.7)
+    head.info = {"strategy": {"strategy": "frozen"}}
+    assert combined.shares_encoder()
+    fast = combined.predict_proba(waves)
+    head.info = {}
+    assert not combined.shares_encoder()
+    slow = combined.predict_proba(waves)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert not np.allclose(fast, head.predict_proba(waves), atol=1e-3)  # the prior counted

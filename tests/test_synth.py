@@ -1,0 +1,179 @@
+"""speechxfer synth: synthetic-voice datasets (espeak-ng and the bundled Piper voice)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speechxfer.cli import main
+from speechxfer.data import load_dataset, load_waves
+from speechxfer.synth import (
+    DEFAULT_UNKNOWN_WORDS,
+    ENGLISH_VOICES,
+    SynthConfig,
+    SynthError,
+    accent_phonemes,
+    distractors,
+    plan,
+    read_word_list,
+    synthesise,
+    trim,
+)
+from speechxfer.vocab import UNKNOWN, apply_commands
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng not installed (.ci/run installs it)")
+
+
+def small(**kw) -> SynthConfig:
+    settings = {"words": ("yes", "lights on"), "unknown_words": ("table", "water"),
+                "per_word": 3, "unknown_clips": 2, "seed": 1, "engines": ("espeak",)} | kw
+    return SynthConfig(**settings)
+
+
+@needs_espeak
+def test_layout_rate_manifest_and_loading(tmp_path: Path) -> None:
+    result = synthesise(small(), tmp_path / "syn")
+    assert result.labels == {"yes": 3, "lights on": 3, UNKNOWN: 2}
+    rows = list(csv.DictReader((tmp_path / "syn" / "manifest.csv").open()))
+    assert [r["label"] for r in rows].count("lights on") == 3
+    for r in rows:
+        path = tmp_path / "syn" / r["path"]
+        assert path.parent.name == r["label"] and path.is_file()
+        info = sf.info(path)
+        assert (info.samplerate, info.channels) == (16_000, 1)
+        assert 0.1 < info.duration < 2.0, (path, info.duration)
+    data = load_dataset(tmp_path / "syn")
+    assert data.layout == "manifest" and data.labels == sorted(["yes", "lights on", UNKNOWN])
+    assert all(s.startswith("espeak-") for s in data.speakers) and len(data.speakers) >= 3
+    waves, kept, skipped = load_waves(data.clips, 16_000)
+    assert len(kept) == 8 and not skipped and all(w.abs().max() > 0.1 for w in waves)
+    # --commands keeps the listed words and the distractors stay _unknown_
+    assert apply_commands(data, ["yes"]).labels == sorted(["yes", UNKNOWN])
+
+
+@needs_espeak
+def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
+    config = small(engines=("espeak", "piper"), words=("go",), unknown_words=(), per_word=4)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        synthesise(replace(config, seed=seed), tmp_path / name)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.wav"))
+    assert any("piper" in str(f) for f in files) and any("espeak" in str(f) for f in files)
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    a = [sf.read(tmp_path / "a" / f)[0] for f in files]
+    c = [sf.read(p)[0] for p in sorted((tmp_path / "c").rglob("*.wav"))]
+    assert any(len(x) != len(y) or not np.allclose(x, y) for x, y in zip(a, c))
+
+
+def test_voices_and_takes_are_spread() -> None:
+    jobs = plan(SynthConfig(words=("up",), per_word=12, engines=("espeak", "piper")))
+    voices = [v for _, _, _, v in jobs]
+    assert len({v.speaker for v in voices}) >= 9  # a voice per take, Piper's one aside
+    assert sum(v.engine == "piper" for v in voices) == 4  # English, accent, Piper take turns
+    assert sum(v.name in ENGLISH_VOICES for v in voices if v.engine == "espeak") == 4
+    only_english = plan(SynthConfig(words=("up",), per_word=6, engines=("espeak",), accents=False))
+    assert all(v.name in ENGLISH_VOICES for _, _, _, v in only_english)
+
+
+def test_distractors_skip_commands_and_are_seeded(tmp_path: Path) -> None:
+    shipped = read_word_list(DEFAULT_UNKNOWN_WORDS)
+    assert len(shipped) >= 100 and "light" in shipped
+    picked = distractors(20, ["light", "yes"], seed=2)
+    assert len(picked) == 20 and "light" not in picked and set(picked) <= set(shipped)
+    assert picked == distractors("20", ["light", "yes"], seed=2) != distractors(20, [], seed=3)
+    listed = tmp_path / "words.txt"
+    listed.write_text("# mine\nbanana\n\nLights  On\nbanana\n")
+    assert distractors(listed, ["lights on"]) == ["banana"]
+    assert distractors(None, ["x"]) == []
+    with pytest.raises(SynthError, match="shipped list has"):
+        distractors(10_000, [])
+    with pytest.raises(SynthError, match="missing.txt"):
+        distractors(tmp_path / "missing.txt", [])
+
+
+def test_accent_phonemes_keep_the_english_sounds_in_plain_phonemes() -> None:
+    assert accent_phonemes("s'Ev@n") == "s'even"
+    assert accent_phonemes("n'aIn") == "n'ain"
+    assert accent_phonemes("Tr'i:") == "tr'i:"
+    assert accent_phonemes("'O2n") == "'on"
+
+
+def test_trim_cuts_silence_at_both_ends() -> None:
+    rate = 22_050
+    tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(rate // 2) / rate)
+    padded = np.concatenate([np.zeros(rate), tone, np.zeros(rate)]).astype(np.float32)
+    cut = trim(padded)
+    assert len(tone) <= len(cut) < len(tone) + rate // 10
+
+
+def test_missing_espeak_is_named_and_nothing_is_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(SynthError, match="espeak-ng is not installed.*apt-get install espeak-ng"):
+        synthesise(small(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    code = main(["synth", "--words", "yes", "--out", str(tmp_path / "cli")])
+    assert code == 2 and not (tmp_path / "cli").exists()
+
+
+def test_missing_piper_is_named(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "piper", None)  # import piper now fails
+    with pytest.raises(SynthError, match=r"Piper is not installed.*speechxfer\[synth\]"):
+        synthesise(small(engines=("piper",)), tmp_path / "out")
+
+
+def test_bad_requests_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="repeated"):
+        SynthConfig(words=("yes", "yes"))
+    with pytest.raises(ValueError, match="engines"):
+        SynthConfig(words=("yes",), engines=("festival",))
+    with pytest.raises(ValueError, match="added for you"):
+        SynthConfig(words=(UNKNOWN,))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SynthError, match="not an empty folder"):
+        synthesise(small(), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@needs_espeak
+def test_cli_synth_with_real_data_trains_on_both(tmp_path: Path, small_fsdd: Path, capsys) -> None:
+    out = tmp_path / "mix"
+    code = main(["synth", "--words", "1,4", "--per-word", "2", "--engines", "espeak",
+                 "--unknown-words", "3", "--unknown-clips", "3", "--out", str(out),
+                 "--with-data", str(small_fsdd), "--augment"])
+    assert code == 0 and f"--data {out}" in capsys.readouterr().out
+    data = load_dataset(out)
+    real = {"jackson", "george", "theo"}
+    assert real <= set(data.speakers) and len(set(data.speakers) - real) >= 2
+    assert sum(c.speaker in real for c in data.clips) == 36  # 3 speakers x 3 digits x 4 takes
+    assert sorted(data.labels) == ["1", "4", "7", UNKNOWN]
+    # the same folder can be synthesised into again: an earlier synthesised dataset is replaced
+    assert main(["synth", "--words", "1", "--per-word", "1", "--engines", "espeak",
+                 "--out", str(out)]) == 0
+    assert not list((out / "4").glob("*.wav")) and len(list((out / "1").glob("*.wav"))) == 1
+
+
+@needs_espeak
+@pytest.mark.slow
+def test_the_default_model_trained_on_synthetic_digits_only_recognises_real_speakers(
+        tmp_path: Path, make_fsdd, capsys) -> None:
+    """The README's two steps: synth, then train on the folder (default strategy)."""
+    digits = ("1", "4", "7")
+    out = tmp_path / "syn"
+    assert main(["synth", "--words", ",".join(digits), "--per-word", "12", "--out", str(out)]) == 0
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(out), "--out", str(model)]) == 0
+    real = make_fsdd(tmp_path / "real", ("jackson", "george", "theo", "yweweler"), digits, 5)
+    capsys.readouterr()
+    assert main(["eval", str(model), "--data", str(real), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 60 and report["accuracy"] >= 0.9  # chance: 1/3

@@ -1,0 +1,173 @@
+"""Voiceprints on real clips: enrol, verify, identify, eval-speakers, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from speechxfer.audio import AudioError, load
+from speechxfer.cli import main
+from speechxfer.encoders import build_encoder
+from speechxfer.model import CommandClassifier
+from speechxfer.voiceprint import (
+    FOLDER,
+    Embedder,
+    VoiceprintError,
+    build_trials,
+    eer_from_scores,
+    enroll,
+    eval_speakers,
+    identify,
+    min_dcf,
+    read_voiceprints,
+    scorer_for,
+    verify,
+)
+
+SPEAKERS = ("jackson", "george", "theo", "yweweler")
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory):
+    """A saved Whisper tiny.en model with a command head only: voices by pooled features."""
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("whisper-tiny.en", pretrained=True),
+                              {"command": ["1", "4", "7"]})
+    return model.save(tmp_path_factory.mktemp("vp") / "model")
+
+
+@pytest.fixture(scope="module")
+def enrolled(whisper_dir, fsdd):
+    for s in SPEAKERS:
+        enroll(whisper_dir, s, [fsdd / f"1_{s}_{t}.wav" for t in range(3)])
+    return whisper_dir
+
+
+def test_enroll_writes_and_reloads(enrolled, fsdd):
+    prints = read_voiceprints(enrolled)
+    assert prints.names == list(SPEAKERS)
+    assert prints.source.startswith("pooled encoder features")
+    np.testing.assert_allclose(np.linalg.norm(prints.vectors, axis=1), 1.0, atol=1e-5)
+    assert sorted(p.name for p in (enrolled / FOLDER).iterdir()) == [
+        "voiceprints.json", "voiceprints.safetensors"]  # nothing pickled, no temporary left
+    before = prints.vectors.copy()
+    again = enroll(enrolled, "theo", [fsdd / f"1_theo_{t}.wav" for t in range(3)])
+    assert again.names.count("theo") == 1 and len(again.names) == 4  # replaced, not added
+    np.testing.assert_allclose(read_voiceprints(enrolled).vectors[-1], before[2], atol=1e-5)
+    CommandClassifier.load(enrolled)  # the model folder still opens
+
+
+def test_verify_prefers_the_enrolled_voice(enrolled, fsdd):
+    """Each speaker's unseen take of the enrolled word scores highest on its own voiceprint."""
+    scorer = scorer_for(enrolled, CommandClassifier.load(enrolled))  # loaded once
+    names = scorer.prints.names
+    scores = scorer.scores([load(fsdd / f"1_{s}_20.wav") for s in names])  # [clips, speakers]
+    own = np.diag(scores)
+    assert (own[:, None] >= scores).all(1).sum() >= 3, scores  # identified: chance 1 of 4
+    assert (own > np.median(scores, axis=0)).sum() >= 3, scores  # own voice above the crowd
+    score, accepted = verify(scorer, fsdd / f"1_{names[0]}_20.wav", names[0])
+    assert score == pytest.approx(own[0], abs=1e-4) and isinstance(accepted, bool)
+    assert identify(scorer, fsdd / f"1_{names[0]}_20.wav")["name"] == names[int(scores[0].argmax())]
+
+
+def test_predict_json_names_the_speaker(enrolled, fsdd, capsys):
+    assert main(["predict", str(enrolled), str(fsdd / "1_george_30.wav"), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert set(line["speaker"]) == {"name", "score", "accepted"}
+    assert line["speaker"]["name"] in SPEAKERS and line["label"] in ("1", "4", "7")
+
+
+def test_eval_speakers_json(whisper_dir, make_fsdd, tmp_path, capsys):
+    data = make_fsdd(tmp_path / "d", ("jackson", "george", "theo"), ("1", "4", "7", "9"), 4)
+    assert main(["eval-speakers", str(whisper_dir), "--data", str(data), "--enroll", "2",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("eer_text_dependent", "eer_text_independent", "id_accuracy"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["min_dcf"] >= 0.0
+    assert report["eer_text_dependent"] < 0.4  # chance: 0.5
+    assert report["id_accuracy"] > 0.5  # chance: 1/3
+    # 12 (speaker, word) models: 2 targets and 8 non-targets (the others' clips) each
+    assert report["n_text_dependent"] == {"models": 12, "targets": 24, "nontargets": 96}
+    assert report["n_trials"] == 120 + sum(report["n_text_independent"][k]
+                                          for k in ("targets", "nontargets"))
+
+
+def test_gmm_ubm_baseline_on_the_same_trials(make_fsdd, tmp_path, capsys):
+    background = make_fsdd(tmp_path / "bg", ("jackson", "george", "theo", "yweweler"),
+                           ("2", "3"), 3)
+    data = make_fsdd(tmp_path / "d", ("jackson", "george", "theo"), ("1", "4", "7", "9"), 4)
+    assert main(["eval-speakers", f"gmm-ubm:{background}", "--data", str(data), "--enroll", "2",
+                 "--seed", "0", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"].startswith("MFCC GMM-UBM")
+    assert report["eer_text_dependent"] < 0.45 and report["id_accuracy"] > 0.34
+    assert [r["seed"] for r in report["per_seed"]] == [0, 1]  # two enrolment draws, averaged
+    assert report["id_accuracy"] == pytest.approx(
+        np.mean([r["id_accuracy"] for r in report["per_seed"]]))
+
+
+def test_metrics_and_trials_on_known_scores():
+    target = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+    eer, _ = eer_from_scores(np.array([9, 8, 1, 7, 2, 2, 0, 0.5]), target)
+    assert eer == pytest.approx(1 / 3)  # interpolated where both error rates are 1/3
+    assert eer_from_scores(np.arange(8.0)[::-1], target)[0] == 0.0
+    assert min_dcf(np.arange(8.0)[::-1], target) == 0.0
+    assert 0.0 < min_dcf(np.array([9, 8, 1, 7, 2, 2, 0, 0.5]), target) <= 1.0
+
+
+def test_trials_keep_enrolment_out_and_words_apart(make_fsdd, tmp_path):
+    from speechxfer.data import load_dataset
+
+    clips = load_dataset(make_fsdd(tmp_path / "d", ("jackson", "george"), ("1", "4"), 4)).clips
+    td, ti = build_trials(clips, 3, seed=1)
+    for trials in (td, ti):
+        for m, i, same in trials.pairs:
+            spk, enrol = trials.models[m]
+            assert i not in enrol and same == (clips[i].speaker == spk)
+    assert all(clips[i].label == clips[td.models[m][1][0]].label for m, i, _ in td.pairs)
+    assert all(clips[i].label not in {clips[e].label for e in ti.models[m][1]}
+               for m, i, _ in ti.pairs)
+    assert build_trials(clips, 3, seed=1)[0] == td  # seeded
+
+
+def test_embedding_head_cohort_and_round_trip(tmp_path, fsdd, make_fsdd):
+    """A speaker embedding head gives the embeddings and its prototypes the cohort; a
+    calibrated threshold is stored and kept by later enrolments."""
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                              {"command": ["a", "b"], "speaker": ["x", "y", "z"]},
+                              head_options={"speaker": {"kind": "embedding", "embedding_dim": 8}})
+    folder = model.save(tmp_path / "m")
+    embed = Embedder(CommandClassifier.load(folder))
+    assert embed.source == "speaker embedding head 'speaker'" and embed.cohort.shape == (3, 8)
+    data = make_fsdd(tmp_path / "d", ("jackson", "george"), ("1", "4"), 3)
+    report = eval_speakers(folder, data, k=2, calibrate=True)
+    calibrated = read_voiceprints(folder)
+    assert calibrated.names == [] and calibrated.threshold == report["calibrated_threshold"]
+    assert calibrated.calibration["impostor_trials"] > 0
+    prints = enroll(folder, "ann", [fsdd / "1_theo_0.wav", fsdd / "2_theo_0.wav"])
+    assert prints.vectors.shape == (1, 8) and prints.threshold == calibrated.threshold  # kept
+    score, accepted = verify(folder, fsdd / "3_theo_0.wav", "ann")
+    assert np.isfinite(score) and accepted == (score >= calibrated.threshold)
+
+
+def test_bad_input_is_refused_clearly(enrolled, fsdd, tmp_path, capsys):
+    before = (enrolled / FOLDER / "voiceprints.safetensors").read_bytes()
+    with pytest.raises(VoiceprintError, match="no clips"):
+        enroll(enrolled, "ann", [])
+    with pytest.raises(VoiceprintError, match="speaker name"):
+        enroll(enrolled, " ", [fsdd / "1_theo_0.wav"])
+    with pytest.raises(AudioError, match="missing.wav"):
+        enroll(enrolled, "ann", [fsdd / "1_theo_0.wav", tmp_path / "missing.wav"])
+    assert (enrolled / FOLDER / "voiceprints.safetensors").read_bytes() == before
+    with pytest.raises(VoiceprintError, match="'nobody' is not enrolled"):
+        verify(enrolled, fsdd / "1_theo_9.wav", "nobody")
+    bare = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                             {"command": ["a", "b"]}).save(tmp_path / "bare")
+    with pytest.raises(VoiceprintError, match="no speaker is enrolled"):
+        identify(bare, fsdd / "1_theo_9.wav")
+    assert main(["enroll", str(enrolled), "--speaker", "ann", str(tmp_path / "nope.wav")]) == 2
+    assert "nope.wav" in capsys.readouterr().err
+    assert main(["eval-speakers", str(enrolled), "--data", str(tmp_path / "nothing")]) == 2
