@@ -156,10 +156,14 @@ def create_app(
     at the model's own threshold); anything with ``feed(samples)`` and ``flush()`` returning
     events will do.
     """
+    speakers = None  # the folder's enrolled voiceprints, as predict --json reports them
     if isinstance(model, (str, Path)):
         from . import load_model
+        from .voiceprint import scorer_for
 
-        model = load_model(model, device)
+        folder = model
+        model = load_model(folder, device)
+        speakers = scorer_for(folder, model)
     if detector is None:
         from .detect import Detector
 
@@ -208,9 +212,12 @@ def create_app(
                     name, body = await _multipart_file(request, body, max_upload_bytes)
                 wave = await run_in_threadpool(decode, body, name, model.sample_rate)
             pred = await run_in_threadpool(locked, model.predict, wave, model.sample_rate)
+            speaker = (await run_in_threadpool(locked, speakers.identify, wave)
+                       if speakers else None)
         except AudioError as err:
             return _audio_error(err, name)
-        return JSONResponse({"file": name, **pred.to_dict()})
+        return JSONResponse({"file": name, **pred.to_dict()}
+                            | ({"speaker": speaker} if speaker else {}))
 
     async def listen(ws: WebSocket) -> None:
         origin = ws.headers.get("origin")

@@ -57,6 +57,22 @@ def make_fsdd():
     return copy_fsdd
 
 
+def save_svm(folder: Path, digits: tuple[str, ...], takes: range, speaker: str = "jackson") -> Path:
+    """A classic MFCC+SVM model trained in a second on real clips and saved in ``folder``: enough
+    to drive every command that needs a model folder."""
+    from speechxfer.audio import load
+    from speechxfer.classic import build_classic
+
+    waves = [load(FSDD / f"{d}_{speaker}_{take}.wav") for d in digits for take in takes]
+    build_classic("svm").fit(waves, [d for d in digits for _ in takes]).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def make_svm():
+    return save_svm
+
+
 @pytest.fixture
 def small_fsdd(tmp_path: Path) -> Path:
     """Three speakers, three digits, four takes each: a few-second dataset of real clips."""

@@ -8,8 +8,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechxfer.audio import load
-from speechxfer.classic import build_classic
 from speechxfer.cli import build_parser, main
 from speechxfer.train import pick_device
 
@@ -17,13 +15,8 @@ DIGITS = ("1", "4", "7")
 
 
 @pytest.fixture(scope="module")
-def svm(tmp_path_factory, fsdd):
-    """A classic model trained in a second on real clips: enough to drive every command."""
-    waves = [load(fsdd / f"{d}_jackson_{take}.wav") for d in DIGITS for take in range(10, 20)]
-    labels = [d for d in DIGITS for _ in range(10, 20)]
-    folder = tmp_path_factory.mktemp("svm")
-    build_classic("svm").fit(waves, labels).save(folder)
-    return folder
+def svm(tmp_path_factory, make_svm):
+    return make_svm(tmp_path_factory.mktemp("svm"), DIGITS, range(10, 20))
 
 
 def parse_error(argv: list[str], capsys) -> str:

@@ -21,8 +21,6 @@ pytest.importorskip("starlette", reason="the serve extra is not installed")
 pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
 from starlette.testclient import TestClient
 
-from speechxfer.audio import load
-from speechxfer.classic import build_classic
 from speechxfer.cli import main
 from speechxfer.serve import create_app
 
@@ -32,12 +30,8 @@ RATE = 8000  # FSDD's
 
 
 @pytest.fixture(scope="module")
-def svm(tmp_path_factory, fsdd):
-    waves = [load(fsdd / f"{d}_jackson_{take}.wav") for d in DIGITS for take in range(10, 30)]
-    labels = [d for d in DIGITS for _ in range(10, 30)]
-    folder = tmp_path_factory.mktemp("svm")
-    build_classic("svm").fit(waves, labels).save(folder)
-    return folder
+def svm(tmp_path_factory, make_svm):
+    return make_svm(tmp_path_factory.mktemp("svm"), DIGITS, range(10, 30))
 
 
 @pytest.fixture(scope="module")

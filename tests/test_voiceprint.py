@@ -78,6 +78,21 @@ def test_predict_json_names_the_speaker(enrolled, fsdd, capsys):
     assert line["speaker"]["name"] in SPEAKERS and line["label"] in ("1", "4", "7")
 
 
+def test_served_predict_names_the_speaker_as_the_cli_does(enrolled, fsdd, capsys):
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from speechxfer.serve import create_app
+
+    clip = fsdd / "1_george_30.wav"
+    assert main(["predict", str(enrolled), str(clip), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    with TestClient(create_app(enrolled)) as client:
+        served = client.post("/predict", files={"file": (clip.name, clip.read_bytes())}).json()
+    assert served["speaker"]["name"] == cli["speaker"]["name"]
+    assert served["speaker"]["score"] == pytest.approx(cli["speaker"]["score"], abs=1e-4)
+
+
 def test_eval_speakers_json(whisper_dir, make_fsdd, tmp_path, capsys):
     data = make_fsdd(tmp_path / "d", ("jackson", "george", "theo"), ("1", "4", "7", "9"), 4)
     assert main(["eval-speakers", str(whisper_dir), "--data", str(data), "--enroll", "2",
