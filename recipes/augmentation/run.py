@@ -167,6 +167,19 @@ class Study:
             return False
         return True
 
+    def condition(self, name: str, feats: Features, clean: FeatureCache,
+                  train_waves: list[torch.Tensor], noises: list[torch.Tensor]
+                  ) -> tuple[FeatureCache, int, int]:
+        """A condition's training cache (the clean clips, then its K augmented copies in the
+        same order), how many times each training clip appears in it, and its training seed."""
+        seed = self.seed + (1 if name == "none-seed1" else 0)
+        aug = augmenter(name, self.plan.copies, self.seed, noises)
+        if aug is None:
+            return clean, 1, seed
+        copies = aug.copies(train_waves)
+        return clean.joined(feats.cache([w for copy in copies for w in copy], aug)), \
+            1 + len(copies), seed
+
     # ---- digits ----------------------------------------------------------------------------
     def digits(self, out: dict) -> Iterator[None]:
         """Fills ``out``; yields after the shared passes and after each condition, so the two
@@ -202,13 +215,7 @@ class Study:
             if not self.within_budget(f"digits/{name}", cost):
                 continue
             started = time.perf_counter()
-            aug = augmenter(name, plan.copies, self.seed, [])
-            cache, reps = clean, 1
-            if aug is not None:
-                copies = aug.copies([waves[i] for i in pool])
-                cache = clean.joined(feats.cache([w for copy in copies for w in copy], aug))
-                reps += len(copies)
-            seed = self.seed + (1 if name == "none-seed1" else 0)
+            cache, reps, seed = self.condition(name, feats, clean, [waves[i] for i in pool], [])
             for fold, speaker in enumerate(speakers):
                 train = [j for j, i in enumerate(pool) if clips[i].speaker != speaker]
                 idx = [r * len(pool) + j for r in range(reps) for j in train]
@@ -269,13 +276,8 @@ class Study:
             if not self.within_budget(f"speech_commands/{name}", cost):
                 continue
             started = time.perf_counter()
-            aug = augmenter(name, plan.copies, self.seed, noises)
-            cache, reps = clean, 1
-            if aug is not None:
-                copies = aug.copies([waves[i] for i in train])
-                cache = clean.joined(feats.cache([w for copy in copies for w in copy], aug))
-                reps += len(copies)
-            seed = self.seed + (1 if name == "none-seed1" else 0)
+            cache, reps, seed = self.condition(name, feats, clean, [waves[i] for i in train],
+                                               noises)
             model = train_probe(feats, labels, cache, [clips[i].labels for i in train] * reps, seed)
             pv, pt = sc.cached_probs(model, val_cache), sc.cached_probs(model, test_cache)
             report = sc.open_set(labels, (tv, pv), (tt, pt), self.max_fa)
