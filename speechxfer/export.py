@@ -43,8 +43,6 @@ from .encoders.whisper import (
 )
 from .model import PRIMARY_TASK, CommandClassifier
 from .recognizer import (
-    FORMAT,
-    FORMAT_VERSION,
     ModelError,
     Recognizer,
     check_kind,
@@ -367,9 +365,8 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
         source = {"kind": system.model_kind}
         encoder = system.head.encoder if isinstance(system, CombinedRecognizer) else system.encoder
         source["encoder"] = encoder.name
-        config = {"format": FORMAT, "version": FORMAT_VERSION, "kind": KIND,
-                  "labels": list(system.labels), "sample_rate": system.sample_rate,
-                  "window": window, "int8": int8, "opset": OPSET, "source": source,
+        config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
+                  "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET, "source": source,
                   **system.rejection_config(), **getattr(system, "info", {})}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         result = None

@@ -15,8 +15,6 @@ from .audio import batch_waves, batches_by_length
 from .encoders import Encoder, EncoderOutput, build_encoder
 from .heads import HeadConfig, build_head
 from .recognizer import (
-    FORMAT,
-    FORMAT_VERSION,
     ModelError,
     Prediction,
     Recognizer,
@@ -145,9 +143,7 @@ class CommandClassifier(nn.Module, Recognizer):
     def config(self) -> dict:
         head = next(iter(self.heads.values())).config
         return {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "kind": KIND,
+            **self.config_header(),
             "encoder": {"name": self.encoder.name, "window": self.encoder.window},
             "sample_rate": self.sample_rate,
             "labels": self.labels,

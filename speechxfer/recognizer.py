@@ -226,6 +226,11 @@ class Recognizer:
     max_false_accept: float | None = None  # the target the threshold was calibrated for
 
     @classmethod
+    def config_header(cls) -> dict:
+        """What starts every config.json of this kind: the format ``read_config`` checks."""
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": cls.model_kind}
+
+    @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Recognizer:
         """Reopen a folder this class saved, on ``device``; a folder of another kind is a
         ModelError naming it (``load`` below opens any kind)."""

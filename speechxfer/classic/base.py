@@ -21,8 +21,6 @@ from speechxfer.audio import SAMPLE_RATE
 from speechxfer.classic.mfcc import FEATURE_DIM, mfcc_features
 from speechxfer.heads import check_int, check_real
 from speechxfer.recognizer import (
-    FORMAT,
-    FORMAT_VERSION,
     ModelError,
     Recognizer,
     check_kind,
@@ -55,6 +53,11 @@ class ClassicRecognizer(Recognizer, ABC):
     # [low, high] of every numeric option (a saved config is a user file); subclasses extend it
     OPTION_RANGES: ClassVar[dict[str, tuple[float, float]]] = {
         "sample_rate": (1_000, 192_000), "seed": (0, 2**32 - 1)}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # config.json's kind, as recognizer.KINDS names it
+            cls.model_kind = f"classic-{cls.kind}"
 
     def __post_init__(self) -> None:
         """Refuse options of the wrong type or out of range before anything uses them."""
@@ -138,8 +141,7 @@ class ClassicRecognizer(Recognizer, ABC):
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
         with atomic_folder(directory, is_model_folder) as folder:  # weights + config, or neither
             save_file(arrays, str(folder / WEIGHTS_FILE))
-            config = {"format": FORMAT, "version": FORMAT_VERSION,
-                      "kind": f"classic-{self.kind}", "sample_rate": self.sample_rate,
+            config = {**self.config_header(), "sample_rate": self.sample_rate,
                       "labels": self.labels, "options": self.options(), **self.rejection_config()}
             (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -148,14 +150,14 @@ class ClassicRecognizer(Recognizer, ABC):
         """Rebuild a recogniser written by ``save``; options, labels and weights that do not
         fit together are a ModelError naming the folder (a loaded model never mislabels)."""
         directory = Path(directory)
-        return cls.from_folder(directory, read_config(directory, f"classic-{cls.kind}"), device)
+        return cls.from_folder(directory, read_config(directory, cls.model_kind), device)
 
     @classmethod
     def from_folder(cls, directory: Path, config: dict,
                     device: str | torch.device = "cpu") -> ClassicRecognizer:
         """The recogniser of a folder whose config.json ``read_config`` has read; it computes
         with NumPy, so on the CPU whatever ``device`` says."""
-        check_kind(directory, config, f"classic-{cls.kind}")
+        check_kind(directory, config, cls.model_kind)
         options, names = config.get("options"), sorted(f.name for f in fields(cls) if f.init)
         if not isinstance(options, dict) or sorted(options) != names:
             got = sorted(options) if isinstance(options, dict) else options

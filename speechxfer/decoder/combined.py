@@ -19,8 +19,6 @@ from ..heads import check_real
 from ..model import KIND as NEURAL_KIND
 from ..model import PRIMARY_TASK, CommandClassifier
 from ..recognizer import (
-    FORMAT,
-    FORMAT_VERSION,
     ModelError,
     Prediction,
     Recognizer,
@@ -129,8 +127,7 @@ class CombinedRecognizer(Recognizer):
         return preds
 
     def config(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": KIND,
-                "labels": self.labels, "sample_rate": self.sample_rate, "weight": self.weight,
+        return {**self.config_header(), "labels": self.labels, "sample_rate": self.sample_rate, "weight": self.weight,
                 "head": "head", "zero_shot": "zero_shot", **self.rejection_config(), **self.info}
 
     def save(self, directory: str | Path) -> Path:

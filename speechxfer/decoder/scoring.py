@@ -37,8 +37,6 @@ from ..encoders.registry import WHISPER_DEFAULT_WINDOW, build_whisper, load_toke
 from ..encoders.whisper import Whisper
 from ..heads import check_real
 from ..recognizer import (
-    FORMAT,
-    FORMAT_VERSION,
     ModelError,
     Prediction,
     Recognizer,
@@ -454,7 +452,7 @@ class ZeroShotRecognizer(Recognizer):
     # ---- persistence -------------------------------------------------------------------
     def config(self) -> dict:
         return {
-            "format": FORMAT, "version": FORMAT_VERSION, "kind": self.model_kind,
+            **self.config_header(),
             "encoder": {"name": self.encoder_name, "window": self.window},
             "sample_rate": self.sample_rate, "labels": self.labels, "aliases": self.aliases,
             **self.options.config(), **self.rejection_config(), **self.info,
