@@ -108,7 +108,9 @@ def load_noise_folder(folder: str | Path, sample_rate: int = SAMPLE_RATE) -> lis
             samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as err:
             raise AudioError(path, f"not readable as audio ({err})") from None
-        wave = resample(as_mono(samples, str(path)), rate, sample_rate)
+        # down-mix over the channel axis here: as_mono's shorter-axis rule misreads a file
+        # with fewer frames than channels
+        wave = resample(as_mono(samples.mean(axis=1), str(path)), rate, sample_rate, str(path))
         if not torch.isfinite(wave).all() or float(wave.abs().max()) < SILENCE_PEAK:
             raise AudioError(path, "noise must be finite and not silent")
         noises.append(wave)

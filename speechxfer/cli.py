@@ -36,6 +36,11 @@ def _bounded(cast, low: float, high: float | None = None):
     return parse
 
 
+def _figure(value: float | None, digits: int = 3) -> str:
+    """A measured figure for a report line; None (nothing to measure it on) reads "n/a"."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _device(name: str) -> str:
     """Check the device exists before any data is read; the library says what is wrong."""
     from .train import pick_device
@@ -192,12 +197,9 @@ def _eval_speakers(args: argparse.Namespace) -> None:
         print(json.dumps(report))
         return
 
-    def show(value) -> str:
-        return "n/a" if value is None else f"{value:.4f}"
-
-    print(f"{report['backend']}: EER text-dependent {show(report['eer_text_dependent'])}, "
-          f"text-independent {show(report['eer_text_independent'])}, minDCF(0.01) "
-          f"{show(report['min_dcf'])}, identification {show(report['id_accuracy'])} "
+    print(f"{report['backend']}: EER text-dependent {_figure(report['eer_text_dependent'], 4)}, "
+          f"text-independent {_figure(report['eer_text_independent'], 4)}, minDCF(0.01) "
+          f"{_figure(report['min_dcf'], 4)}, identification {_figure(report['id_accuracy'], 4)} "
           f"({report['n_trials']} trials, {report['n_speakers']} speakers, k={report['k']})")
 
 
@@ -351,7 +353,7 @@ def _eval_stream(args: argparse.Namespace) -> None:
         return
     fa = report["false_accepts_per_hour"]
     print(f"{report['hours'] * 60:.1f} min, {report['n_commands']} commands: recall "
-          f"{report['recall']:.3f}, wrong label {report['wrong_label']}, false accepts "
+          f"{_figure(report['recall'])}, wrong label {report['wrong_label']}, false accepts "
           f"{report['false_accepts']} ({fa:.2f}/h) at threshold {report['threshold']:.3f}")
     if report["latency_s"] is not None:
         print(f"latency {report['latency_s']:.2f} s (median word end to event), real-time "
@@ -360,7 +362,7 @@ def _eval_stream(args: argparse.Namespace) -> None:
     if args.target_fa is not None:
         found = report["threshold_for"]
         print(f"threshold for <= {args.target_fa}/h on this stream: " + (
-            f"{found['threshold']:.4f} (recall {found['recall']:.3f}); use it with listen "
+            f"{found['threshold']:.4f} (recall {_figure(found['recall'])}); use it with listen "
             f"--threshold" if found else "none (even the highest fires more often)"))
 
 

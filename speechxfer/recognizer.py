@@ -102,8 +102,8 @@ def read_config(directory: str | Path, kind: str | None = None) -> dict:
                          f"{type(config).__name__}, not an object)")
     if config.get("format") != FORMAT or not isinstance(config.get("kind"), str):
         raise ModelError(f"{path}: not a speechxfer model config (format/kind missing)")
-    if kind is not None and config["kind"] != kind:
-        raise ModelError(f"{directory}: a {config['kind']!r:.60} model, not {kind}")
+    if kind is not None:
+        check_kind(directory, config, kind)
     return config
 
 

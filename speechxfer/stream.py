@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, AudioError
+from .audio import SAMPLE_RATE, AudioError, check_rate
 
 
 class MicrophoneError(RuntimeError):
@@ -33,17 +33,19 @@ def file_chunks(path: str | Path, block_s: float = 0.1) -> tuple[int, Iterator[n
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(path, f"not readable as audio ({err})") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    rate = check_rate(info.samplerate, str(path))
+    if info.frames <= 0:
         raise AudioError(path, "empty audio (no samples)")
 
     def blocks() -> Iterator[np.ndarray]:
-        try:
-            yield from sf.blocks(str(path), blocksize=max(1, int(info.samplerate * block_s)),
-                                 dtype="float32")
+        try:  # [frames, channels] always: a block shorter than its channel count stays right
+            for block in sf.blocks(str(path), blocksize=max(1, int(rate * block_s)),
+                                   dtype="float32", always_2d=True):
+                yield block.mean(axis=1)
         except (sf.LibsndfileError, RuntimeError) as err:  # a file damaged past its header
             raise AudioError(path, f"read failed ({err})") from None
 
-    return info.samplerate, blocks()
+    return rate, blocks()
 
 
 def microphone_chunks(sample_rate: int = SAMPLE_RATE, block_s: float = 0.1) -> Iterator[np.ndarray]:

@@ -247,3 +247,16 @@ def test_cli_stream_without_microphone_package(svm, monkeypatch, capsys):
     assert main(["stream", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "speechxfer stream: error: " in err and "speechxfer[mic]" in err
+
+
+def test_file_chunks_down_mix_every_block_over_its_channels(tmp_path):
+    """A last block shorter than the channel count is still read as [frames, channels]."""
+    from speechxfer.stream import file_chunks
+
+    left = np.linspace(-0.5, 0.5, 1601, dtype=np.float32)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, np.stack([left, -0.5 * left], axis=1), 16_000, subtype="FLOAT")
+    rate, chunks = file_chunks(path)  # 0.1-s blocks: 1600 frames, then 1
+    mono = np.concatenate(list(chunks))
+    assert rate == 16_000 and mono.shape == (1601,)
+    np.testing.assert_allclose(mono, 0.25 * left, atol=1e-7)
