@@ -119,6 +119,14 @@ def surface_forms(alias: str, capitalise: bool) -> list[str]:
     return forms
 
 
+def temperature_nll(scores: np.ndarray, target: np.ndarray, temps: np.ndarray) -> np.ndarray:
+    """Mean negative log-likelihood of ``target`` under softmax(scores / t), for each t in
+    ``temps``: the criterion every temperature fit here minimises over its grid."""
+    z = np.asarray(scores)[None] / temps[:, None, None]  # [temperatures, clips, labels]
+    z = z - z.max(2, keepdims=True)
+    return (np.log(np.exp(z).sum(2)) - z[:, np.arange(len(target)), target]).mean(1)
+
+
 class ZeroShotRecognizer(Recognizer):
     """Labels scored by Whisper's decoder as forced transcripts; no trained weights.
 
@@ -403,9 +411,7 @@ class ZeroShotRecognizer(Recognizer):
                     z[:, unknown] = level
                 if silence is not None:
                     z[:, silence] += offset
-                z = z[None] / temps[:, None, None]  # [temperatures, clips, labels]
-                z = z - z.max(2, keepdims=True)
-                nll = (np.log(np.exp(z).sum(2)) - z[:, np.arange(len(target)), target]).mean(1)
+                nll = temperature_nll(z, target, temps)
                 i = int(nll.argmin())
                 if nll[i] < best[0] - 1e-12:
                     best = (float(nll[i]), float(level), float(offset), float(temps[i]))
@@ -435,11 +441,7 @@ class ZeroShotRecognizer(Recognizer):
         scores = self.scores(waves)
         target = np.array([self.labels.index(t) for t in truth])
         grid = np.geomspace(0.01, 10.0, 61)
-        nll = []
-        for t in grid:
-            z = scores / t
-            z = z - z.max(1, keepdims=True)
-            nll.append(float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(z)), target])))
+        nll = temperature_nll(scores, target, grid)
         self.options = replace(self.options, temperature=float(grid[int(np.argmin(nll))]),
                                reject_by=reject_by)
         self.options = replace(self.options,
