@@ -122,6 +122,16 @@ def check_rate(sample_rate: object, source: str = "<samples>") -> int:
     return rate
 
 
+def effective_rate(rate: int, target: int) -> int:
+    """The rate ``resample`` reads audio at on its way to ``target``: ``rate`` itself, or, when
+    the two share too few factors for a small sinc kernel, ``rate`` rounded to a multiple of
+    ``RATE_STEP``."""
+    g = math.gcd(rate, target)
+    if (rate // g) * (target // g) > MAX_RESAMPLE_RATIO_PRODUCT:
+        return max(RATE_STEP, round(rate / RATE_STEP) * RATE_STEP)
+    return rate
+
+
 def resample(
     wave: torch.Tensor, sample_rate: int, target_rate: int, source: str = "<samples>"
 ) -> torch.Tensor:
@@ -130,10 +140,7 @@ def resample(
     A rate sharing few factors with the target is first rounded to a multiple of ``RATE_STEP``
     (a 44101 Hz clip is read as 44100 Hz) so the sinc kernel stays small.
     """
-    sample_rate = check_rate(sample_rate, source)
-    g = math.gcd(sample_rate, target_rate)
-    if (sample_rate // g) * (target_rate // g) > MAX_RESAMPLE_RATIO_PRODUCT:
-        sample_rate = max(RATE_STEP, round(sample_rate / RATE_STEP) * RATE_STEP)
+    sample_rate = effective_rate(check_rate(sample_rate, source), target_rate)
     if sample_rate == target_rate:
         return wave.contiguous()
     return AF.resample(wave, sample_rate, target_rate).contiguous()

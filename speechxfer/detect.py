@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from .audio import MAX_RESAMPLE_RATIO_PRODUCT, RATE_STEP, as_mono, check_rate, resample
+from .audio import as_mono, check_rate, effective_rate, resample
 from .openset import acceptance
 
 if TYPE_CHECKING:
@@ -127,21 +127,13 @@ def one_thread(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _effective_rate(rate: int, target: int) -> int:
-    """The rate ``audio.resample`` reads a stream at (awkward rates rounded the same way)."""
-    g = math.gcd(rate, target)
-    if (rate // g) * (target // g) > MAX_RESAMPLE_RATIO_PRODUCT:
-        return max(RATE_STEP, round(rate / RATE_STEP) * RATE_STEP)
-    return rate
-
-
 class StreamResampler:
     """torchaudio's sinc resampling, chunk by chunk, with exactly the output ``audio.resample``
     gives the whole signal: the kernel runs over fixed blocks with the neighbouring samples as
     context, so chunk boundaries never show in the output."""
 
     def __init__(self, rate: int, target: int):
-        self.rate, self.target = _effective_rate(rate, target), target
+        self.rate, self.target = effective_rate(rate, target), target  # as audio.resample
         self.identity = self.rate == target
         if self.identity:
             return
@@ -150,6 +142,7 @@ class StreamResampler:
         self.orig, self.new = self.rate // g, target // g
         self.kernel, self.width = t.kernel[:, 0, :].T.contiguous(), t.width  # [taps, new]
         self.frames = max(1, round(RESAMPLE_BLOCK_S * self.rate / self.orig))  # per conv call
+        self.block = (self.frames - 1) * self.orig + self.kernel.shape[0]  # input per conv call
         self._buffer = torch.zeros(self.width)  # the zero padding torchaudio puts in front
         self._n_in = 0
         self._n_out = 0
@@ -168,8 +161,7 @@ class StreamResampler:
         self._n_in += chunk.numel()
         self._buffer = torch.cat([self._buffer, chunk])
         outs = []
-        block = (self.frames - 1) * self.orig + self.kernel.shape[0]
-        while self._buffer.numel() >= block:
+        while self._buffer.numel() >= self.block:
             outs.append(self._run(self.frames))
         out = torch.cat(outs) if outs else torch.zeros(0)
         self._n_out += out.numel()
@@ -181,10 +173,9 @@ class StreamResampler:
         if self.identity:
             return torch.zeros(0)
         total = math.ceil(self.new * self._n_in / self.orig)
-        block = (self.frames - 1) * self.orig + self.kernel.shape[0]
         outs, produced = [], self._n_out
         while produced < total:
-            short = block - self._buffer.numel()
+            short = self.block - self._buffer.numel()
             if short > 0:
                 self._buffer = torch.cat([self._buffer, torch.zeros(short)])
             outs.append(self._run(self.frames))

@@ -50,9 +50,8 @@ def score_predictions(labels: list[str], truth: list[str], predicted: list[str])
 def equal_error_rate(embeddings: np.ndarray, labels: list[str]) -> float:
     """Verification EER over every same/different-label pair, scored by cosine similarity.
 
-    The threshold where false acceptances equal false rejections; read off sklearn's ROC
-    by linear interpolation between the two points that straddle it. A ValueError when the
-    labels give no same-label pair or no different-label pair.
+    The threshold where false acceptances equal false rejections (``eer_from_scores``).
+    A ValueError when the labels give no same-label pair or no different-label pair.
     """
     emb = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
     sims = emb @ emb.T
@@ -61,14 +60,22 @@ def equal_error_rate(embeddings: np.ndarray, labels: list[str]) -> float:
     same = (spk[:, None] == spk[None, :])[upper]
     if same.all() or not same.any():
         raise ValueError("EER needs both same-speaker and different-speaker pairs")
-    fpr, tpr, _ = roc_curve(same, sims[upper])
+    return eer_from_scores(sims[upper], same)[0]
+
+
+def eer_from_scores(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Equal error rate and the score threshold at it, interpolated on sklearn's ROC between
+    the two points that straddle false accepts = false rejects."""
+    fpr, tpr, thresholds = roc_curve(target.astype(bool), scores)
     fnr = 1 - tpr
     i = int(np.nonzero(fnr <= fpr)[0][0])
     if i == 0:
-        return float(fpr[0])
+        return float(fpr[0]), float(scores.max())
     d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
     w = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+    low = thresholds[i - 1] if np.isfinite(thresholds[i - 1]) else scores.max()
+    return (float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1])),
+            float(low + w * (thresholds[i] - low)))
 
 
 def markdown(report: dict, title: str = "Evaluation") -> str:

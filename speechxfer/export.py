@@ -39,6 +39,8 @@ from .encoders.whisper import (
     N_FFT,
     SAMPLES_PER_FRAME,
     WhisperEncoder,
+    encoder_frames,
+    mel_frames,
     window_seconds,
 )
 from .model import PRIMARY_TASK, CommandClassifier
@@ -102,7 +104,7 @@ class _WhisperStates(nn.Module):
         power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2
         log_spec = torch.clamp(enc.log_mel.filters @ power, min=LOG_FLOOR).log10()
         if self.clip:  # only frames whose window touches the clip set the max-8 floor
-            touched = (lengths + N_FFT // 2 + HOP_SAMPLES - 1) // HOP_SAMPLES
+            touched = mel_frames(lengths)
             counted = torch.arange(log_spec.shape[-1])[None, :] < touched[:, None]
             log_spec_max = log_spec.masked_fill(~counted[:, None, :], -1e30)
         else:
@@ -115,7 +117,7 @@ class _WhisperStates(nn.Module):
         if self.clip:
             h = h[:, :-1]
         h = h + enc.positional_embedding[:n_out]
-        frames = (lengths + SAMPLES_PER_FRAME - 1) // SAMPLES_PER_FRAME
+        frames = encoder_frames(lengths)
         mask = torch.arange(n_out)[None, :] < frames[:, None]
         key_mask = mask[:, None, None, :] if self.clip else None
         states = [h]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load
-from .detect import Detection, Detector, Segment
+from .detect import Detection, Detector, Segment, detect_chunks
 from .stream import file_chunks
 from .vocab import SILENCE, is_command, load_with_silence
 
@@ -241,13 +241,6 @@ def threshold_for(curve: list[dict], max_false_accepts_per_hour: float) -> dict 
     return None
 
 
-def run_detector(detector: Detector, chunks: Iterable[np.ndarray]) -> list[Detection]:
-    events = []
-    for chunk in chunks:
-        events += detector.feed(chunk)
-    return events + detector.flush()
-
-
 def _blocks(audio: np.ndarray, rate: int) -> Iterable[np.ndarray]:
     step = max(1, int(CHUNK_S * rate))
     return (audio[i: i + step] for i in range(0, len(audio), step))
@@ -263,7 +256,7 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
     else:
         chunks = _blocks(audio, rate)
     detector = Detector(model, threshold, rate, record=True, **detector_options)
-    events = run_detector(detector, chunks)
+    events = list(detect_chunks(detector, chunks))
     hours = detector.seconds / 3600
     commands = {lab for lab in model.labels if is_command(lab)}
     report = score_events(events, spans, commands, hours)

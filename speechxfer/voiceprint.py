@@ -32,10 +32,10 @@ from statistics import NormalDist
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from sklearn.metrics import roc_curve
 
 from .audio import AudioError, Clip, batch_waves, batches_by_length, load
 from .data import load_dataset
+from .evaluate import eer_from_scores
 from .heads import EmbeddingHead, masked_mean
 from .model import CommandClassifier
 from .recognizer import ModelError, Recognizer, read_weights
@@ -372,21 +372,6 @@ def build_trials(clips: list[Clip], k: int, seed: int) -> tuple[Trials, Trials]:
         ti.pairs += [(m, i, clips[i].speaker == spk) for i in range(len(clips))
                      if i not in enrolled and clips[i].label not in words]
     return td, ti
-
-
-def eer_from_scores(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Equal error rate and the score threshold at it, interpolated on sklearn's ROC between
-    the two points that straddle false accepts = false rejects (as ``evaluate.equal_error_rate``)."""
-    fpr, tpr, thresholds = roc_curve(target.astype(bool), scores)
-    fnr = 1 - tpr
-    i = int(np.nonzero(fnr <= fpr)[0][0])
-    if i == 0:
-        return float(fpr[0]), float(scores.max())
-    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
-    w = d0 / (d0 - d1) if d0 != d1 else 0.0
-    low = thresholds[i - 1] if np.isfinite(thresholds[i - 1]) else scores.max()
-    return (float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1])),
-            float(low + w * (thresholds[i] - low)))
 
 
 def min_dcf(scores: np.ndarray, target: np.ndarray, p_target: float = P_TARGET) -> float:
