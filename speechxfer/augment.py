@@ -221,6 +221,12 @@ class Augmenter:
         return [[self.augment(w, np.random.default_rng([self.config.seed, k, i]))
                  for i, w in enumerate(waves)] for k in range(self.config.copies)]
 
+    def with_copies(self, waves: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], int]:
+        """``waves`` followed by their ``copies`` (all of copy 1, then all of copy 2, ...), and
+        how many times each clip now appears: the layout training caches and labels follow."""
+        copies = self.copies(waves)
+        return list(waves) + [w for copy in copies for w in copy], len(copies) + 1
+
     def augment(self, wave: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """One random chain: speed, then shift, then room, then noise (noise is not in the room)."""
         cfg = self.config

@@ -607,9 +607,8 @@ def fit(
     val_targets = encode_targets(model, val_labels)[PRIMARY_TASK]
     clean_waves = train_waves
     if augmenter is not None and cached:
-        copies = augmenter.copies(train_waves)
-        train_waves = list(train_waves) + [w for copy in copies for w in copy]
-        targets = {t: torch.cat([v] * (len(copies) + 1)) for t, v in targets.items()}
+        train_waves, reps = augmenter.with_copies(train_waves)
+        targets = {t: torch.cat([v] * reps) for t, v in targets.items()}
 
     if cached:
         if (train_cache is None or train_cache.n_frozen != n_frozen
