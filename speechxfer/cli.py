@@ -147,15 +147,18 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Label every file, then exit 1 if any of them could not be read."""
+    from .audio import load as load_audio
     from .recognizer import load
+    from .voiceprint import scorer_for
 
     system = load(args.model, _loaded_on(args.device))
-    speakers = _speaker_scorer(args.model, system) if args.json else None
+    speakers = scorer_for(args.model, system) if args.json else None  # enrolled voiceprints
     failed = 0
     for path in args.files:
         try:
-            pred = system.predict(path)
-            speaker = speakers.identify_file(path) if speakers else None
+            wave = load_audio(path, system.sample_rate)  # decoded once for label and speaker
+            pred = system.predict(wave, system.sample_rate)
+            speaker = speakers.identify(wave) if speakers else None
         except AudioError as err:
             failed += 1
             print(json.dumps({"file": path, "error": str(err)}) if args.json else f"error: {err}",
@@ -171,13 +174,6 @@ def _predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(args.files)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _speaker_scorer(model: Path, system):
-    """The enrolled voiceprints' scorer for predict --json, or None (no speaker enrolled)."""
-    from .voiceprint import scorer_for
-
-    return scorer_for(model, system)
 
 
 def _enroll(args: argparse.Namespace) -> None:

@@ -281,9 +281,6 @@ class SpeakerScorer:
         return {"name": self.prints.names[best], "score": float(row[best]),
                 "accepted": bool(row[best] >= self.prints.threshold)}
 
-    def identify_file(self, path: str | Path) -> dict:
-        return self.identify(load(path, self.embed.sample_rate))
-
 
 def _scorer(model: str | Path | SpeakerScorer, device: str) -> SpeakerScorer:
     if isinstance(model, SpeakerScorer):
