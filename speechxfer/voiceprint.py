@@ -183,11 +183,11 @@ def read_voiceprints(model_dir: str | Path) -> Voiceprints | None:
         clips = [[str(c) for c in s["clips"]] for s in speakers]
         threshold = float(config["threshold"])
         source = str(config["source"])
+        dim = int(config.get("dim", 0))
         if config.get("format") != FORMAT or not np.isfinite(threshold):
             raise ValueError("not a voiceprints file")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{folder / CONFIG}: unreadable voiceprints ({str(err)[:200]})") from None
-    dim = int(config.get("dim", 0))
     tensors = read_weights(folder / WEIGHTS, "numpy", {"vectors": (len(names), dim)})
     vectors = tensors["vectors"].astype(np.float32)
     calibration = config.get("calibration")
@@ -499,6 +499,8 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
     written into ``MODEL/voiceprints/`` (enrolled speakers kept). Calibrate on speakers other
     than the ones you measure on."""
     spec = str(model)
+    if calibrate and spec.startswith("gmm-ubm:"):  # refused before the costly UBM fit
+        raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
     if spec.startswith("gmm-ubm:"):
         from .classic.gmmubm import GMMUBMBackend
 
@@ -511,8 +513,6 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
         stored = read_voiceprints(model)
         if stored is not None and stored.source == embed.source:
             backend.threshold = stored.threshold
-    if calibrate and spec.startswith("gmm-ubm:"):
-        raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
     clips, waves, skipped = speaker_clips(data, rate)
     seeds = [seed] if isinstance(seed, int) else list(seed)
     feats = backend.features(waves)
