@@ -201,8 +201,8 @@ def augmented(augmenter: Augmenter | None, waves: list[torch.Tensor],
     """``waves`` and ``clips`` followed by the augmenter's K copies of them (the same labels)."""
     if augmenter is None:
         return waves, clips
-    copies = augmenter.copies(waves)
-    return waves + [w for copy in copies for w in copy], clips * (len(copies) + 1)
+    waves, reps = augmenter.with_copies(waves)
+    return waves, clips * reps
 
 
 def clips_digest(clips) -> str:
@@ -254,6 +254,14 @@ class Run:
                              self.seed), []
         return self.split.train, self.split.validation
 
+    def fit_pools(self, calibrate: bool) -> tuple[list, list]:
+        """The clips to fit on and the validation clips held out of fitting: with ``calibrate``
+        (an open-set run, whose validation clips calibrate rejection) the ``pools``' validation
+        clips stay out; otherwise they are fitted on too and none is held out."""
+        train, val = self.pools()
+        held = val if calibrate else []
+        return (train if held else train + val), held
+
 
 def job_summary(run: Run, strategy: dict, started: float, train: list,
                 n_train: int | None = None, n_validation: int = 0, skipped: list = (),
@@ -278,9 +286,20 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
     }
 
 
-def neural_job(run: Run) -> dict:
+@dataclass
+class TrainedNeural:
+    """What ``train_neural`` leaves: the trained classifier (its ``info`` set as the saved
+    folder's), its summary, and the validation clips it read (those kept) with their waves."""
+
+    model: CommandClassifier
+    summary: dict
+    val_waves: list[torch.Tensor]
+    val: list
+
+
+def train_neural(run: Run) -> TrainedNeural:
     """A CommandClassifier (one head per task) trained under a transfer strategy (``train.fit``),
-    the rejection threshold calibrated on the validation clips, evaluated and saved."""
+    its rejection threshold calibrated on the validation clips; not evaluated, not saved."""
     started = time.perf_counter()
     train, val = run.pools()
     enc = build_encoder(run.encoder, window=run.window, pretrained=run.strategy != "scratch")
@@ -320,7 +339,15 @@ def neural_job(run: Run) -> dict:
         n_train_examples=result.train_examples, best_epoch=result.best_epoch,
         resumed_from_epoch=result.resumed_from, history=result.history,
         parameters=sum(p.numel() for p in model.parameters()))
-    return finish_job(model, summary, run.split if run.evaluate else None, run.out)
+    model.info = system_info(summary)
+    return TrainedNeural(model, summary, val_w, val)
+
+
+def neural_job(run: Run) -> dict:
+    """``train_neural``, then evaluated on the held-out speakers and saved (``finish_job``)."""
+    trained = train_neural(run)
+    return finish_job(trained.model, trained.summary, run.split if run.evaluate else None,
+                      run.out)
 
 
 def classic_job(run: Run) -> dict:
@@ -331,11 +358,9 @@ def classic_job(run: Run) -> dict:
     (``run.augment``) are extra training clips.
     """
     started = time.perf_counter()
-    train, val = run.pools()
-    held = val if open_set(run.ds.labels) else []
+    train, held = run.fit_pools(open_set(run.ds.labels))
     system = build_classic(run.strategy, seed=run.seed)
-    train_w, train, skipped = read_clips(train if held else train + val, system.sample_rate,
-                                         "training")
+    train_w, train, skipped = read_clips(train, system.sample_rate, "training")
     augmenter = make_augmenter(run.augment, train_w, train, system.sample_rate)
     fit_w, fit_clips = augmented(augmenter, train_w, train)
     system.fit(fit_w, [c.label for c in fit_clips])
@@ -399,12 +424,7 @@ def generative_job(run: Run) -> dict:
     fit their scores and the rejection threshold (``calibrate_open_set``).
     """
     started = time.perf_counter()
-    split = run.split
-    held = split.validation if open_set([c.label for c in split.train]) and not run.per_class_n \
-        else []
-    train = split.train + ([] if held else split.validation)
-    if run.per_class_n:
-        train = per_class(train, run.per_class_n, run.seed)
+    train, held = run.fit_pools(open_set([c.label for c in run.split.train]))
     system = GenerativeRecognizer(decoder_labels(run, train), encoder=run.encoder,
                                   window=run.decoder_window)
     waves, kept, skipped = read_clips(train, system.sample_rate, "training")
@@ -422,30 +442,32 @@ def generative_job(run: Run) -> dict:
                           parameters=fit_info["tuned_parameters"],
                           open_set_fit=fitted and fitted["scores"],
                           rejection=fitted and fitted["rejection"])
-    return finish_job(system, summary, split, run.out)
+    return finish_job(system, summary, run.split, run.out)
 
 
 def combined_job(run: Run) -> dict:
-    """A frozen-encoder head (``neural_job``, with every task the run asks for, saved in the
-    work folder's head/), the zero-shot prior, its weight chosen on the validation clips of the
-    training speakers (``WEIGHT_GRID``; weight 1 when there are none, as with ``per_class_n``),
-    then evaluate and save. ``out`` changes only in the final save.
+    """A frozen-encoder head (``train_neural``, with every task the run asks for, kept in
+    memory: every torchrun rank has it, rank 0 alone saves), the zero-shot prior, its weight
+    chosen on the validation clips of the training speakers (``WEIGHT_GRID``; weight 1 when
+    there are none, as with ``per_class_n``), then evaluate and save. ``out`` changes only in
+    the final save.
 
     With ``_unknown_`` / ``_silence_`` the same validation clips first fit the prior's scores
     for them (``ZeroShotRecognizer.fit_open_set``), then, after the weight, the combined
     system's rejection threshold (``calibrate_rejection``).
     """
     started = time.perf_counter()
-    head_dir = run.work / "head"
-    head_summary = neural_job(replace(run, strategy="frozen", out=head_dir, evaluate=False))
-    head = CommandClassifier.load(head_dir, pick_device(run.device))
+    # the head's validation clips are the run's (``Run.pools``: none with ``per_class_n``),
+    # already read: the weight and the threshold are chosen on the same waves
+    trained = train_neural(replace(run, strategy="frozen", evaluate=False))
+    head, head_summary = trained.model, trained.summary
+    waves, kept = trained.val_waves, trained.val
     zero = ZeroShotRecognizer(head.labels, encoder=run.encoder, window=head.encoder.window,
                               device=pick_device(run.device))
     system = CombinedRecognizer(head, zero)
-    held_out, choice = [] if run.per_class_n else run.split.validation, {"weight": 1.0, "nll": None}
+    choice = {"weight": 1.0, "nll": None}
     fitted = rejection = None
-    if held_out:
-        waves, kept, _ = read_clips(held_out, head.sample_rate, "validation")
+    if kept:
         truth = [c.label for c in kept]
         target = np.array([head.labels.index(t) for t in truth])
         if system.shares_encoder():
@@ -594,6 +616,13 @@ def train_job(
             augment=augment_spec))
 
 
+def system_info(summary: dict) -> dict:
+    """What a saved system's config.json carries of its run: strategy, test metrics, data."""
+    return {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
+            "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
+                                             "n_train", "per_class")}}
+
+
 def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path) -> dict:
     """Evaluate on the held-out speakers, write the reports, save the system and its summary.
 
@@ -615,9 +644,7 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
                                                   "threshold", "open_set") if k in report}
         if system.task_model() is not None:
             summary["test"]["tasks"] = task_metrics(system.task_model(), test_w, test)
-    system.info = {"strategy": summary["strategy"], "metrics": summary.get("test", {}),
-                   "data": {k: summary[k] for k in ("data", "train_speakers", "test_speakers",
-                                                      "n_train", "per_class")}}
+    system.info = system_info(summary)
     if not is_main_process():  # a torchrun rank above 0: rank 0 saves the same system
         return summary
     with atomic_folder(out, is_model_folder) as folder:

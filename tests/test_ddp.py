@@ -3,6 +3,7 @@ process takes on the same global batches: the same weights, to float rounding.""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -47,6 +48,21 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _combined_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    """One torchrun rank of the default (combined) strategy: every rank trains and chooses the
+    prior's weight, rank 0 alone saves; each leaves its summary's figures in ``out``'s parent."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from speechxfer.jobs import train_job
+
+    summary = train_job(data, strategy="combined", test_speakers=["theo"], epochs=2, out=out,
+                        device="cpu")
+    Path(out).with_name(f"rank{rank}.json").write_text(json.dumps(
+        {"strategy": summary["strategy"], "test": summary["test"]}))
+    torch.distributed.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,3 +94,27 @@ def test_two_gloo_processes_reach_the_weights_of_one(tmp_path):
     start = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
                               {"command": ["1", "4", "7"]}, dropout=0.0).state_dict()
     assert max(float((single[k] - start[k]).abs().max()) for k in single) > 1e-3
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_and_save_the_combined_strategy(make_fsdd, tmp_path):
+    """Every rank uses the head it trained (no rank above 0 reloads it from a folder only rank 0
+    writes) and the validation clips it read; rank 0 saves a model folder that loads."""
+    from speechxfer import load_model
+    from speechxfer.decoder.combined import CombinedRecognizer
+
+    assert "WORLD_SIZE" not in os.environ
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 6)
+    out = tmp_path / "run" / "model"
+    out.parent.mkdir()
+    mp.spawn(_combined_worker, args=(2, free_port(), str(data), str(out)), nprocs=2,
+             join=True)  # raises unless both ranks exit 0
+    ranks = [json.loads((out.parent / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["strategy"]["prior_weight"]["n"] > 0  # the weight was chosen on validation
+    assert ranks[0]["strategy"] == ranks[1]["strategy"]  # the same head and weight on each rank
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model", "rank0.json", "rank1.json"]
+    system = load_model(out)
+    assert isinstance(system, CombinedRecognizer) and system.labels == ["1", "4"]
+    assert system.weight == ranks[0]["strategy"]["prior_weight"]["weight"]
+    assert (out / "head" / "config.json").is_file() and (out / "zero_shot").is_dir()
+    assert system.predict(data / "4_theo_0.wav").label in ("1", "4")
