@@ -7,9 +7,10 @@ Single-threaded on purpose: it is the cost of one clip on one core, the unit tha
 many clips are featurised in parallel. Run: ``python benchmarks/latency.py [encoder-name]``.
 
 ``--model DIR`` (a saved system, e.g. the default ``runs/default``) adds the whole library path,
-``predict`` on a 1-s clip, for the system run by torch and exported to ONNX (fp32 and int8; a
-combined system also as its head alone): p50/p99 wall and CPU time, and each path's accuracy on
-the held-out speakers the system was tested on. ``--only-model`` skips the encoder table.
+``predict`` on a 1-s clip, for the system run by torch, exported to ONNX (fp32 and int8), as
+``load_model`` opens it (the fast path of a combined system's folder) and, for a combined
+system, its head alone: p50/p99 wall and CPU time, and each path's accuracy on the held-out
+speakers the system was tested on. ``--only-model`` skips the encoder table.
 """
 
 from __future__ import annotations
@@ -102,17 +103,23 @@ def held_out_clips(system) -> tuple[list[torch.Tensor], list[str]]:
 
 
 def system_paths(model_dir: Path, work: Path) -> dict[str, object]:
-    """The saved system under torch, and exported to ONNX fp32 and int8 (a combined system's
-    head alone too: what the decoder prior costs and brings)."""
+    """The saved system under torch, exported to ONNX fp32 and int8, and as ``load_model``
+    opens it (a combined system's fast path, when its folder has one); a combined system's
+    head alone too: what the decoder prior costs and brings."""
     from speechxfer import load_model
     from speechxfer.decoder.combined import CombinedRecognizer
     from speechxfer.export import export
 
+    picked = load_model(model_dir)
     system = load_model(model_dir)
+    if isinstance(system, CombinedRecognizer):
+        system.fast = None  # the torch path
     paths = {"torch eager": system}
     for int8 in (False, True):
         name = f"onnx {'int8' if int8 else 'fp32'}"
         paths[name] = load_model(export(system, work / name.replace(" ", "-"), int8)[0])
+    if getattr(picked, "fast", None) is not None:
+        paths["load_model: fast path"] = picked
     if isinstance(system, CombinedRecognizer):
         paths["head only, torch"] = system.head
         paths["head only, onnx int8"] = load_model(
@@ -126,11 +133,13 @@ def model_report(model_dir: Path) -> None:
     samples = (0.1 * torch.randn(int(CLIP_SECONDS * SAMPLE_RATE), generator=gen)).numpy()
     with tempfile.TemporaryDirectory() as work:
         paths = system_paths(model_dir, Path(work))
+        if "load_model: fast path" not in paths:
+            print(f"{model_dir} has no fast path (speechxfer export {model_dir} --fast writes it)")
         waves, truth = held_out_clips(paths["torch eager"])
         reference = paths["torch eager"].predict_proba(waves)
         print(f"\n{model_dir}: predict() on a {CLIP_SECONDS:.0f}-s clip, 1 thread, "
               f"{SYSTEM_REPEATS} calls; accuracy on {len(truth)} held-out clips")
-        print(f"{'path':<22}{'p50 ms':>8}{'p99 ms':>8}{'cpu p50':>9}{'accuracy':>10}"
+        print(f"{'path':<24}{'p50 ms':>8}{'p99 ms':>8}{'cpu p50':>9}{'accuracy':>10}"
               f"{'agree':>8}{'max dp':>10}")
         for name, system in paths.items():
             with torch.inference_mode():
@@ -140,9 +149,10 @@ def model_report(model_dir: Path) -> None:
             accuracy = float(np.mean([a == b for a, b in zip(labels, truth)]))
             agree = float((probs.argmax(1) == reference.argmax(1)).mean())
             gap = float(np.abs(probs - reference).max())
-            verdict = "meets" if times["p50"] <= TARGET_CLIP_MS else "misses"
-            print(f"{name:<22}{times['p50']:>8.1f}{times['p99']:>8.1f}{times['cpu_p50']:>9.1f}"
-                  f"{accuracy:>10.4f}{agree:>8.4f}{gap:>10.2e}  {verdict} {TARGET_CLIP_MS:.0f} ms")
+            verdict = "/".join("meets" if times[k] <= TARGET_CLIP_MS else "misses"
+                               for k in ("p50", "cpu_p50"))  # wall counts waits on a busy machine
+            print(f"{name:<24}{times['p50']:>8.1f}{times['p99']:>8.1f}{times['cpu_p50']:>9.1f}"
+                  f"{accuracy:>10.4f}{agree:>8.4f}{gap:>10.2e}  {verdict} {TARGET_CLIP_MS:.0f} ms (wall/cpu)")
 
 
 def main() -> None:

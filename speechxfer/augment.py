@@ -30,7 +30,7 @@ from speechbrain.augment.freq_domain import SpectrogramDrop
 from speechbrain.augment.time_domain import AddNoise, SpeedPerturb, pink_noise_like
 from speechbrain.processing.signal_processing import reverberate
 
-from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, SILENCE_PEAK, AudioError, as_mono, resample
+from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, SILENCE_PEAK, AudioError, Clip, as_mono, resample
 
 # speechbrain's pink_noise_like shapes the amplitude spectrum by 1/f**alpha: alpha 0.5 gives a
 # 1/f power spectrum (pink), alpha 1 gives 1/f**2 (brown).
@@ -176,6 +176,42 @@ def speed(wave: torch.Tensor, percent: int, sample_rate: int = SAMPLE_RATE) -> t
     """Play at ``percent`` of the original speed (pitch moves too): length x 100 / percent."""
     with seeded_torch(0):  # SpeedPerturb draws which speed from the global generator
         return _speed_module(percent, sample_rate)(wave[None])[0]
+
+
+def speed_label(label: str, percent: int) -> str:
+    """The new speaker a voice played at ``percent`` of its speed stands for."""
+    return f"{label}@{percent}"
+
+
+def check_speeds(speeds: Sequence[int]) -> tuple[int, ...]:
+    """Distinct speed percentages other than 100, within 50-200; else a ValueError."""
+    out = tuple(speeds)
+    if (len(set(out)) != len(out) or any(isinstance(p, bool) or not isinstance(p, int)
+                                         or p == 100 or not 50 <= p <= 200 for p in out)):
+        raise ValueError(f"speaker speeds must be distinct whole percentages in 50-200 other "
+                         f"than 100, got {list(out)}")
+    return out
+
+
+def speed_speakers(waves: Sequence[torch.Tensor], clips: Sequence[Clip], speeds: Sequence[int],
+                   tasks: Sequence[str], sample_rate: int = SAMPLE_RATE,
+                   ) -> tuple[list[torch.Tensor], list[Clip]]:
+    """``waves`` and ``clips`` followed by a copy of each at every speed in ``speeds``, the
+    copies' labels of ``tasks`` (speaker tasks) renamed ``speed_label(label, percent)``.
+
+    The x-vector recipe's speaker augmentation: played faster or slower, a voice's pitch and
+    formants move, so it is trained as another speaker, and an embedding head learns to tell
+    apart (1 + len(speeds)) times the voices. Other labels and ``Clip.speaker`` are kept.
+    """
+    speeds = check_speeds(speeds)
+    out_w, out_c = list(waves), list(clips)
+    for percent in speeds:
+        for wave, clip in zip(waves, clips):
+            labels = {t: speed_label(v, percent) if t in tasks and v else v
+                      for t, v in clip.labels.items()}
+            out_w.append(speed(wave, percent, sample_rate))
+            out_c.append(Clip(clip.path, labels, clip.speaker))
+    return out_w, out_c
 
 
 def time_shift(wave: torch.Tensor, samples: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from . import __version__
 from .audio import AudioError
 from .data import DatasetError
 from .encoders.registry import MissingWeightsError
-from .jobs import DEFAULT_AUGMENT_COPIES, DEFAULT_STRATEGY, JOBS
+from .jobs import DEFAULT_AUGMENT_COPIES, DEFAULT_STRATEGY, JOBS, KEEP
 from .log import LOGGER, NORMAL, QUIET, VERBOSE, configure
 from .openset import DEFAULT_MAX_FALSE_ACCEPT
 from .recognizer import ModelError
@@ -69,6 +69,40 @@ def _commands(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _head_option(text: str) -> tuple[str, str, object]:
+    """``--head-option speaker.layer=0``: (task, option, value); numbers and ``none`` are read
+    as such. The head checks the value; the option name is checked here, at parse time."""
+    from .model import HEAD_OPTIONS
+
+    target, eq, raw = text.partition("=")
+    task, dot, key = target.partition(".")
+    if not (eq and dot and task and key):
+        raise argparse.ArgumentTypeError(f"{text!r}: write TASK.OPTION=VALUE, e.g. speaker.layer=0")
+    if key not in HEAD_OPTIONS - {"kind"}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown head option {key!r}; choose from "
+            f"{', '.join(sorted(HEAD_OPTIONS - {'kind'}))} (the kind comes from --task NAME:KIND)")
+    value: object = raw
+    if raw.lower() in ("none", "null"):
+        value = None
+    else:
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                continue
+    return task, key, value
+
+
+def _speeds(text: str) -> tuple[int, ...]:
+    """``--speaker-speeds 90,110``: the percentages, or an error at parse time."""
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write whole percentages, e.g. 90,110") from None
+
+
 def _out_dir(text: str) -> Path:
     """Refuse an ``--out`` that is an existing file now, not after training."""
     path = Path(text)
@@ -84,6 +118,11 @@ def _train(args: argparse.Namespace) -> None:
     if "command" not in [name for name, _, _ in specs]:
         specs.insert(0, ("command", "", ""))
     head_options = {name: {"kind": kind} for name, _, kind in specs if kind}
+    for task, key, value in args.head_option or []:
+        if task not in [name for name, _, _ in specs]:
+            raise ValueError(f"--head-option {task}.{key}: {task!r} is not a task of this run "
+                             "(--task NAME[:KIND])")
+        head_options.setdefault(task, {})[key] = value
     summary = train_job(
         data=args.data, encoder=args.encoder, window=args.window, strategy=args.strategy,
         k=args.k, per_class_n=args.per_class, epochs=args.epochs, seed=args.seed, out=args.out,
@@ -91,6 +130,7 @@ def _train(args: argparse.Namespace) -> None:
         pooling=args.pooling, layer=args.layer, device=args.device, head_options=head_options,
         commands=args.commands, shots=args.shots, max_false_accept=args.max_false_accept,
         augment=args.augment, noise=args.noise, augment_copies=args.augment_copies,
+        keep=args.keep, speaker_speeds=args.speaker_speeds,
     )
     test = summary.get("test")
     if test:
@@ -105,6 +145,26 @@ def _train(args: argparse.Namespace) -> None:
 
     if is_main_process():  # torchrun: rank 0 saved it; the other ranks only trained beside it
         print(f"model saved to {args.out} (trained in {summary['train_seconds']:.0f} s)")
+        if args.strategy == "combined":
+            _write_fast_path(args.out)
+
+
+def _write_fast_path(model_dir: Path) -> None:
+    """The combined system's int8 ONNX fast path beside it, when ONNX is installed here."""
+    from .export import ExportError, fast_path_available, write_fast_path
+
+    if not fast_path_available():
+        LOGGER.info("no fast path: pip install 'speechxfer[onnx]' for the int8 ONNX one")
+        return
+    try:
+        parity = write_fast_path(model_dir)
+    except ExportError as err:
+        LOGGER.warning("no fast path: %s", err)
+        return
+    except Exception as err:  # noqa: BLE001 (the model is saved; the fast path is optional)
+        LOGGER.warning("no fast path: %s: %s", type(err).__name__, str(err)[:200])
+        return
+    print(f"fast path (int8 ONNX) written to {model_dir}/fast; {parity.line()}")
 
 
 def _print_open_set(report: dict) -> None:
@@ -298,7 +358,7 @@ def _listen(args: argparse.Namespace) -> int:
         rate = system.sample_rate
         chunks = microphone_chunks(rate)
         print("listening; Ctrl-C stops", file=sys.stderr)
-    detector = Detector(system, args.threshold, rate)
+    detector = Detector(system, args.threshold, rate, filler_margin=args.filler_margin)
     interrupted = False
     try:
         for event in detect_chunks(detector, chunks):
@@ -330,6 +390,7 @@ def _add_listen_parser(sub, name: str = "listen") -> None:
                         help="listen to the default microphone (pip install 'speechxfer[mic]')")
     n.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
                    help="open-set bar on the command's probability (default: the model's own)")
+    _add_filler_argument(n)
     n.add_argument("--json", action="store_true", help="one JSON object per event")
     n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     n.set_defaults(func=_listen)
@@ -341,7 +402,8 @@ def _eval_stream(args: argparse.Namespace) -> None:
 
     system = load(args.model, _loaded_on(args.device))
     report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
-                     threshold=args.threshold, target_fa=args.target_fa)
+                     threshold=args.threshold, target_fa=args.target_fa,
+                     filler_margin=args.filler_margin)
     if args.plot:
         plot_det(report, args.plot)
     if args.json:
@@ -362,6 +424,12 @@ def _eval_stream(args: argparse.Namespace) -> None:
             f"--threshold" if found else "none (even the highest fires more often)"))
 
 
+def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filler-margin", type=_bounded(float, 0.0), metavar="NATS",
+                        help="drop an unsure command when Whisper's own first word beats it by "
+                             "more than this (default: off; detect.FILLER_MARGIN is calibrated)")
+
+
 def _add_eval_stream_parser(sub) -> None:
     v = sub.add_parser("eval-stream", help="recall and false accepts per hour on a long stream")
     v.add_argument("model", type=Path)
@@ -378,6 +446,7 @@ def _add_eval_stream_parser(sub) -> None:
     v.add_argument("--target-fa", type=_bounded(float, 0.0), metavar="PER_HOUR",
                    help="also report the lowest threshold with at most this many false accepts "
                         "per hour on this stream (calibrate on your training speakers or room)")
+    _add_filler_argument(v)
     v.add_argument("--json", action="store_true", help="print one JSON object (with the curve)")
     v.add_argument("--plot", type=Path, metavar="FILE", help="draw the DET curve into FILE (png)")
     v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
@@ -407,8 +476,14 @@ def _add_serve_parser(sub) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_folder
+    from .export import export_folder, write_fast_path
 
+    if args.fast:  # an ExportError (a ValueError) here is the command's error
+        parity = write_fast_path(args.model, args.data, args.check_clips)
+        print(f"fast path (int8 ONNX) written to {args.model}/fast; {parity.line()}")
+        return
+    if args.out is None:
+        raise ValueError("--out is required (or --fast)")
     out, parity = export_folder(args.model, args.out, args.int8, args.data, args.check_clips)
     print(f"exported {args.model} to {out} ({'int8' if args.int8 else 'fp32'} ONNX)")
     print(parity.line() if parity else "parity: not checked (no --data and the training data "
@@ -421,7 +496,10 @@ def _add_export_parser(sub) -> None:
     x.add_argument("model", type=Path)
     x.add_argument("--format", choices=("onnx",), default="onnx")
     x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
-    x.add_argument("--out", type=_out_dir, required=True)
+    x.add_argument("--out", type=_out_dir)
+    x.add_argument("--fast", action="store_true",
+                   help="write the combined model's fast path into MODEL/fast instead (what "
+                        "train writes: int8, checked on the training speakers' clips)")
     x.add_argument("--data", type=Path,
                    help="clips for the parity check (default: the model's training data)")
     x.add_argument("--check-clips", type=_bounded(int, 1), default=100, metavar="N",
@@ -467,6 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "always learned)")
     t.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     t.add_argument("--layer", type=int, help="use one hidden state instead of a learned mix")
+    t.add_argument("--head-option", type=_head_option, action="append", metavar="TASK.OPTION=V",
+                   help="one task's head option over the shared ones (repeatable), e.g. "
+                        "speaker.layer=0: the speaker head reads hidden state 0 while the "
+                        "command head keeps the learned mix")
+    t.add_argument("--speaker-speeds", type=_speeds, default=(), metavar="P,P,...",
+                   help="for an embedding task: a copy of every training clip at each speed "
+                        "(percent), its voice trained as a new speaker (x-vector style), e.g. "
+                        "90,110")
+    t.add_argument("--keep", choices=KEEP, default="best",
+                   help="best: the epoch of best command accuracy on the validation speakers, "
+                        "stopping when it stalls (default); last: train every epoch, keep the "
+                        "last (a speaker model: command accuracy does not measure voices)")
     t.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     t.add_argument("--commands", type=_commands, metavar="WORD,WORD,...",
                    help="these words are the classes; every other word becomes _unknown_, the "

@@ -18,6 +18,7 @@ same graph: the candidate tokens and their attention mask are constants.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import SAMPLE_RATE, batches_by_length
-from .decoder.combined import CombinedRecognizer
+from .decoder.combined import FAST_FOLDER, CombinedRecognizer
 from .decoder.scoring import ZeroShotRecognizer
 from .encoders.whisper import (
     DYNAMIC_RANGE,
@@ -60,6 +61,8 @@ GRAPH = "model.onnx"
 OPSET = 17
 MAX_GRAPH_BYTES = 2**31  # ONNX's protobuf limit; a bigger file is no graph of ours
 BATCH_SIZE = 16  # clips per runtime call, grouped by similar length
+FAST_CHECK_CLIPS = 100  # training-speaker clips for the fast path's shortlist, as many for parity
+FAST_MIN_AGREEMENT = 0.995  # label agreement with torch below which no fast path is written
 
 
 class ExportError(ValueError):
@@ -145,11 +148,13 @@ class _CombinedGraph(nn.Module):
     """waves, lengths -> p ∝ p_head · p_zero^weight, the decoder prior included.
 
     One encoder pass serves head and prior when the head sat on the untouched encoder (a frozen
-    head, the default); otherwise the prior's own encoder runs too.
+    head, the default); otherwise the prior's own encoder runs too. ``shortlist`` (token ids,
+    ``ZeroShotRecognizer.shortlist``) restricts the prior's softmax normaliser to those tokens.
     """
 
-    def __init__(self, system: CombinedRecognizer):
+    def __init__(self, system: CombinedRecognizer, shortlist: torch.Tensor | None = None):
         super().__init__()
+        self.register_buffer("shortlist", shortlist, persistent=False)
         self.head = _HeadGraph(system.head)
         self.zero: ZeroShotRecognizer = system.zero
         self.prior_states = None if system.shares_encoder() else _WhisperStates(
@@ -184,15 +189,18 @@ class _CombinedGraph(nn.Module):
         if self.prior_states is not None:
             states, mask = self.prior_states(waves, lengths)
         ctx_mask = mask if self.zero.window == "clip" else None
-        scores = self.label_scores(self.zero.candidate_scores(states[-1], ctx_mask).float())
+        scores = self.label_scores(
+            self.zero.candidate_scores(states[-1], ctx_mask, self.shortlist).float())
         prior = torch.softmax(scores / self.temperature, -1)[:, self.order]
         logits = (torch.log(head.clamp(min=1e-12))
                   + self.weight * torch.log(prior.clamp(min=1e-12)))
         return torch.softmax(logits, -1)
 
 
-def _graph_of(system: Recognizer) -> tuple[nn.Module, str]:
+def _graph_of(system: Recognizer, shortlist: torch.Tensor | None = None) -> tuple[nn.Module, str]:
     """The exportable module for ``system`` and the window its input is padded for."""
+    if shortlist is not None and not isinstance(system, CombinedRecognizer):
+        raise ExportError("a normaliser shortlist applies to the combined system's prior only")
     if isinstance(system, CombinedRecognizer):
         head_enc, zero_enc = system.head.encoder, system.zero.model.encoder
         if not isinstance(head_enc, WhisperEncoder):
@@ -202,7 +210,7 @@ def _graph_of(system: Recognizer) -> tuple[nn.Module, str]:
                               f"{system.zero.window!r}: one graph input cannot serve both")
         if zero_enc.window != system.zero.window:  # the zero-shot system sets it when built
             raise ExportError("the prior's encoder window is inconsistent")
-        return _CombinedGraph(system).eval(), head_enc.window
+        return _CombinedGraph(system, shortlist).eval(), head_enc.window
     if isinstance(system, CommandClassifier):
         if not isinstance(system.encoder, WhisperEncoder):
             raise ExportError(f"ONNX export covers Whisper encoders; {system.encoder.name!r} "
@@ -220,11 +228,12 @@ def _move(system: Recognizer, device: torch.device) -> None:
         system.to(device)
 
 
-def export_graph(system: Recognizer, path: Path, int8: bool = False) -> str:
-    """Write ``system``'s ONNX graph to ``path`` (dynamically int8-quantised with ``int8``);
-    returns the window its inputs are padded for. A system on a GPU is traced on the CPU and
-    moved back."""
-    graph, window = _graph_of(system)
+def export_graph(system: Recognizer, path: Path, int8: bool = False,
+                 shortlist: torch.Tensor | None = None) -> str:
+    """Write ``system``'s ONNX graph to ``path`` (dynamically int8-quantised with ``int8``;
+    ``shortlist``: see ``_CombinedGraph``); returns the window its inputs are padded for. A
+    system on a GPU is traced on the CPU and moved back."""
+    graph, window = _graph_of(system, None if shortlist is None else shortlist.cpu())
     device = next(graph.parameters()).device
     if device.type != "cpu":
         _move(system, torch.device("cpu"))
@@ -249,8 +258,16 @@ def export_graph(system: Recognizer, path: Path, int8: bool = False) -> str:
 
         # matrix products only: the STFT is a convolution of the raw waveform, and 8 bits
         # per tensor cannot hold a quiet clip beside a loud one (ConvInteger flips labels)
-        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        # it logs advice to run its pre-processing pass on the root logger at every call; that
+        # pass only helps speed here, and the parity check measures what quantisation costs
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
         fp32.unlink()
     return window
 
@@ -357,18 +374,23 @@ def parity(system: Recognizer, exported: Recognizer, waves: list[torch.Tensor]) 
 
 
 def export(system: Recognizer, out: str | Path, int8: bool = False,
-           check_waves: list[torch.Tensor] | None = None) -> tuple[Path, Parity | None]:
+           check_waves: list[torch.Tensor] | None = None,
+           shortlist: torch.Tensor | None = None,
+           min_agreement: float | None = None) -> tuple[Path, Parity | None]:
     """Export ``system`` to the folder ``out`` (model.onnx + config.json), written whole or not
     at all; with ``check_waves`` the parity against the torch system is measured on them before
-    the folder is swapped in, and stored in its config."""
+    the folder is swapped in, and stored in its config; below ``min_agreement`` label
+    agreement it is an ExportError and ``out`` is left as it was."""
     out = Path(out)
     with atomic_folder(out, is_model_folder) as folder:
-        window = export_graph(system, folder / GRAPH, int8)
+        window = export_graph(system, folder / GRAPH, int8, shortlist)
         source = {"kind": system.model_kind}
         encoder = system.head.encoder if isinstance(system, CombinedRecognizer) else system.encoder
         source["encoder"] = encoder.name
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
-                  "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET, "source": source,
+                  "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
+                  "normaliser_tokens": None if shortlist is None else shortlist.tolist(),
+                  "source": source,
                   **system.rejection_config(), **getattr(system, "info", {})}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         result = None
@@ -377,15 +399,20 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
             result = parity(system, exported, check_waves)
             config["parity"] = {k: v for k, v in vars(result).items() if not k.endswith("ms_per_clip")}
             (folder / "config.json").write_text(json.dumps(config, indent=2))
+            if min_agreement is not None and result.label_agreement < min_agreement:
+                raise ExportError(f"{out}: label agreement {result.label_agreement:.4f} with the "
+                                  f"torch system is under {min_agreement}; not written")
     return out, result
 
 
-def check_clips(data: str | Path, limit: int, seed: int = 0) -> list[torch.Tensor]:
-    """Up to ``limit`` clips of a dataset (any layout), drawn by ``seed``, for the parity check."""
+def check_clips(data: str | Path, limit: int, seed: int = 0,
+                leave_out: frozenset[str] = frozenset()) -> list[torch.Tensor]:
+    """Up to ``limit`` clips of a dataset (any layout), drawn by ``seed``, for the parity check;
+    none of the speakers in ``leave_out``."""
     from .data import load_dataset
     from .jobs import read_clips
 
-    clips = load_dataset(data).clips
+    clips = [c for c in load_dataset(data).clips if c.speaker not in leave_out]
     rng = np.random.default_rng(seed)
     chosen = [clips[i] for i in sorted(rng.permutation(len(clips))[:limit])]
     return read_clips(chosen, SAMPLE_RATE, "parity check")[0]
@@ -403,3 +430,46 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
         data = trained_on if trained_on and Path(trained_on).exists() else None
     waves = check_clips(data, limit) if data is not None else None
     return export(system, out, int8, waves)
+
+
+def fast_path_available() -> bool:
+    """ONNX (to export) and ONNX Runtime (to check and run) are both installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def write_fast_path(model_dir: str | Path, data: str | Path | None = None,
+                    limit: int = FAST_CHECK_CLIPS) -> Parity:
+    """Write the fast path of the combined system saved in ``model_dir``: its int8 graph, the
+    prior's normaliser over a token shortlist, in ``model_dir/fast`` (``load_model`` runs it
+    on the CPU; see ``decoder.combined``).
+
+    Both choices are checked on clips of the training speakers (``data``: default the training
+    data): the shortlist is drawn from ``limit`` of them and the parity against the torch
+    system measured on ``limit`` others; under ``FAST_MIN_AGREEMENT`` label agreement it is an
+    ExportError and nothing is written.
+    """
+    from .recognizer import load
+
+    model_dir = Path(model_dir)
+    system = load(model_dir, "cpu")
+    if not isinstance(system, CombinedRecognizer) or type(system.zero) is not ZeroShotRecognizer:
+        raise ExportError(f"{model_dir}: a fast path is written for the combined system with a "
+                          f"zero-shot prior, not {system.model_kind!r}")
+    system.fast = None  # the reference is the torch system, even when a fast path exists
+    info = system.info.get("data", {})
+    data = data or info.get("data")
+    if not data or not Path(data).exists():
+        raise ExportError(f"{model_dir}: its training data {data!r} is not here to check a fast "
+                          "path on")
+    waves = check_clips(data, 2 * limit, leave_out=frozenset(info.get("test_speakers") or ()))
+    if len(waves) < 2:
+        raise ExportError(f"{data}: too few clips of the training speakers to check a fast path")
+    half = len(waves) // 2
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(waves))
+    shortlist = system.zero.shortlist([waves[i] for i in order[:half]])
+    return export(system, model_dir / FAST_FOLDER, int8=True,
+                  check_waves=[waves[i] for i in order[half:]], shortlist=shortlist,
+                  min_agreement=FAST_MIN_AGREEMENT)[1]

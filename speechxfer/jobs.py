@@ -46,6 +46,7 @@ from .openset import (
 from .recognizer import Recognizer, is_model_folder, load
 from .store import atomic_folder, training_folder
 from .train import (
+    KEEP,
     STRATEGIES,
     TrainConfig,
     default_epochs,
@@ -241,6 +242,8 @@ class Run:
     shots: int | None = None
     max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT
     augment: dict | None = None  # ``augment_options``: what the run augments with, or None
+    keep: str = "best"  # which epoch's weights to keep (``TrainConfig.keep``)
+    speaker_speeds: tuple[int, ...] = ()  # ``augment.speed_speakers``: new voices at these speeds
 
     @property
     def decoder_window(self) -> str:
@@ -276,6 +279,7 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
         "window": None if classic else (run.decoder_window if decoder_based else run.window),
         "strategy": strategy, "per_class": run.per_class_n, "commands": run.commands,
         "shots": run.shots, "augment": run.augment, "tasks": list(run.tasks),
+        "speaker_speeds": list(run.speaker_speeds) or None,
         "train_speakers": sorted({c.speaker for c in train if c.speaker}),
         "test_speakers": sorted({c.speaker for c in run.split.test if c.speaker}),
         "n_train": len(train) if n_train is None else n_train, "n_validation": n_validation,
@@ -311,15 +315,27 @@ def train_neural(run: Run) -> TrainedNeural:
     empty = [t for t, labs in task_labels.items() if not labs]
     if empty:
         raise DatasetError(f"{run.ds.root}: no training labels for task(s) {empty}")
+    speed_tasks = [t for t in run.tasks if kinds[t] == "embedding"] if run.speaker_speeds else []
+    if speed_tasks:
+        from .augment import speed_label, speed_speakers
+
+        for t in speed_tasks:
+            task_labels[t] = sorted(task_labels[t] + [
+                speed_label(lab, p) for lab in task_labels[t] for p in run.speaker_speeds])
     model = CommandClassifier(enc, task_labels, layer=run.layer, pooling=run.pooling,
                               head_options=run.head_options)
     train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
     val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
     augmenter = make_augmenter(run.augment, train_w, train, enc.sample_rate)
+    fit_w, fit_clips = train_w, train
+    if speed_tasks:
+        fit_w, fit_clips = speed_speakers(train_w, train, run.speaker_speeds, speed_tasks,
+                                          enc.sample_rate)
     config = TrainConfig(strategy=run.strategy, k=run.k,
                          epochs=run.epochs or default_epochs(run.strategy), seed=run.seed,
                          device=run.device, lr_encoder=run.lr_encoder, lr_head=run.lr_head,
-                         batch_size=run.batch_size, task_weights=dict(run.task_weights or {}))
+                         batch_size=run.batch_size, task_weights=dict(run.task_weights or {}),
+                         keep=run.keep)
     identity = {  # what makes a checkpoint this run's: anything else starts afresh
         "data": str(run.ds.root.resolve()), "train": clips_digest(train),
         "validation": clips_digest(val),
@@ -329,8 +345,9 @@ def train_neural(run: Run) -> TrainedNeural:
                  "layer": run.layer, "options": run.head_options or {}},
         "strategy": config.to_dict(), "commands": run.commands, "shots": run.shots,
         "augment": run.augment,
+        **({"speaker_speeds": list(run.speaker_speeds)} if run.speaker_speeds else {}),
     }
-    result = fit(model, train_w, [c.labels for c in train], val_w, [c.labels for c in val],
+    result = fit(model, fit_w, [c.labels for c in fit_clips], val_w, [c.labels for c in val],
                  config, run.work / "checkpoint", identity=identity, augmenter=augmenter)
     rejection = calibrate_rejection(model, val_w, [c.label for c in val], run.max_false_accept)
     summary = job_summary(
@@ -373,19 +390,20 @@ def classic_job(run: Run) -> dict:
 
 
 def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
-                       max_false_accept: float) -> dict | None:
+                       max_false_accept: float) -> tuple[dict | None, list]:
     """On validation clips of the training speakers, fit a decoder system's ``_unknown_`` /
     ``_silence_`` scores and temperature (``fit_open_set``), then its rejection threshold
-    (``calibrate_rejection``). None for a closed-set system or without such clips."""
+    (``calibrate_rejection``). Returns that fit (None for a closed-set system or without such
+    clips) and the validation clips that could not be read, for the run's summary."""
     clips = [c for c in clips if c.label in system.labels]
     if not open_set(system.labels) or not any(not is_command(c.label) for c in clips):
-        return None
-    waves, kept, _ = read_clips(clips, system.sample_rate, "validation")
+        return None, []
+    waves, kept, skipped = read_clips(clips, system.sample_rate, "validation")
     truth = [c.label for c in kept]
     fitted, scores = system.fit_open_set(system.scores(waves), truth)
     rejection = calibrate_rejection(system, waves, truth, max_false_accept,
                                     system.proba_from_scores(scores))
-    return {"scores": fitted, "rejection": rejection}
+    return {"scores": fitted, "rejection": rejection}, skipped
 
 
 def decoder_labels(run: Run, clips: list) -> list[str]:
@@ -405,10 +423,10 @@ def zero_shot_job(run: Run) -> dict:
     train = run.split.train + run.split.validation
     system = ZeroShotRecognizer(decoder_labels(run, train), encoder=run.encoder,
                                 window=run.decoder_window, device=pick_device(run.device))
-    fitted = calibrate_open_set(system, run.split.validation, run.max_false_accept)
+    fitted, skipped = calibrate_open_set(system, run.split.validation, run.max_false_accept)
     summary = job_summary(run, {"strategy": run.strategy}, started, train, n_train=0,
-                          n_validation=len(run.split.validation) if fitted else 0,
-                          parameters=0, open_set_fit=fitted and fitted["scores"],
+                          n_validation=len(run.split.validation) - len(skipped) if fitted else 0,
+                          skipped=skipped, parameters=0, open_set_fit=fitted and fitted["scores"],
                           rejection=fitted and fitted["rejection"])
     return finish_job(system, summary, run.split, run.out)
 
@@ -435,9 +453,10 @@ def generative_job(run: Run) -> dict:
     fit_info = fit_generative(system, fit_w, [c.label for c in fit_clips], GENERATIVE_STEPS,
                               GENERATIVE_BATCH, seed=run.seed, device=run.device,
                               checkpoint_dir=run.work / "checkpoint", identity=identity)
-    fitted = calibrate_open_set(system, held, run.max_false_accept)
+    fitted, skipped_held = calibrate_open_set(system, held, run.max_false_accept)
     summary = job_summary(run, {"strategy": run.strategy, **fit_info}, started, kept,
-                          n_validation=len(held), skipped=skipped,
+                          n_validation=len(held) - len(skipped_held),
+                          skipped=skipped + skipped_held,
                           n_train_examples=len(fit_clips),
                           parameters=fit_info["tuned_parameters"],
                           open_set_fit=fitted and fitted["scores"],
@@ -559,6 +578,8 @@ def train_job(
     augment: bool = False,
     noise: str | Path | None = None,
     augment_copies: int | None = None,
+    keep: str = "best",
+    speaker_speeds: tuple[int, ...] = (),
 ) -> dict:
     """Split by speaker, train under ``strategy`` (its job in ``JOBS``), evaluate on the
     held-out speakers, save the model folder; returns the train summary.
@@ -581,6 +602,14 @@ def train_job(
     combined); ``head_options`` gives a task its head kind and options (e.g. ``{"speaker":
     {"kind": "embedding", "layer": 2}}``); ``task_weights`` scales each task's loss.
 
+    ``keep="last"`` trains every epoch and keeps the last instead of the epoch of best command
+    accuracy on validation (``"best"``): for a speaker model, whose voices that accuracy does
+    not measure (the validation EER of each embedding task is in the history).
+
+    ``speaker_speeds`` (percentages, e.g. ``(90, 110)``) adds a copy of every training clip
+    at each speed whose embedding-task labels are new speakers (``augment.speed_speakers``):
+    more voices for a speaker embedding head.
+
     ``evaluate=False`` skips scoring the held-out speakers (a caller that scores them itself).
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
@@ -594,6 +623,15 @@ def train_job(
     out = Path(out)
     if per_class_n and shots:
         raise ValueError("--per-class and --shots both choose the training clips; give one")
+    if keep not in KEEP:
+        raise ValueError(f"--keep must be one of {KEEP}, got {keep!r}")
+    if speaker_speeds:
+        from .augment import check_speeds
+
+        speaker_speeds = check_speeds(speaker_speeds)
+        if not any((head_options or {}).get(t, {}).get("kind") == "embedding" for t in tasks):
+            raise ValueError("--speaker-speeds makes new speakers for an embedding task; the run "
+                             "has none (--task speaker:embedding)")
     job = strategy_of(strategy, tuple(tasks), augment).job
     augment_spec = augment_options(augment, noise, augment_copies, seed)
     # refuses a file or a busy --out now; torchrun's other ranks write nothing of the run's
@@ -613,7 +651,7 @@ def train_job(
             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
             head_options=head_options, task_weights=task_weights, evaluate=evaluate,
             commands=commands, shots=shots, max_false_accept=max_false_accept,
-            augment=augment_spec))
+            augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds)))
 
 
 def system_info(summary: dict) -> dict:

@@ -274,6 +274,9 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
         "n_events": len(events),
         "n_utterances": len(detector.segments),
         "overlong_utterances": detector.overlong,
+        "filler_margin": detector.filler_margin if detector.filler is not None else None,
+        "filler_checks": detector.filler_checks,
+        "filler_dropped": detector.filler_dropped,
         "repaired_samples": detector.repaired,
         "spans": dict(kinds),
         "det": det_curve(detector.segments, spans, commands, hours),
@@ -309,32 +312,34 @@ def plot_det(report: dict, path: str | Path, title: str = "") -> None:
 
 def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed: int = 0,
             labels: str | Path | None = None, threshold: float | None = None,
-            target_fa: float | None = None) -> dict:
+            target_fa: float | None = None, filler_margin: float | None = None) -> dict:
     """What ``speechxfer eval-stream`` reports: a stream built from the folder ``data``, or,
     with ``labels`` (a CSV of start,end,label), the recording ``data`` scored against it;
-    with ``target_fa``, also ``threshold_for`` that many false accepts per hour."""
+    with ``target_fa``, also ``threshold_for`` that many false accepts per hour;
+    ``filler_margin``: the detector's filler check (None: off)."""
     data = Path(data)
     if labels is not None:
         if not data.is_file():
             raise AudioError(data, "with a label file, --data must be the recording (a file)")
-        report = evaluate_stream(model, read_labels(labels), recording=data, threshold=threshold)
+        report = evaluate_stream(model, read_labels(labels), recording=data, threshold=threshold,
+                                 filler_margin=filler_margin)
         report["stream"] = {"recording": str(data), "labels": str(labels)}
     else:
-        report = _measure_built(model, data, minutes, seed, threshold)
+        report = _measure_built(model, data, minutes, seed, threshold, filler_margin)
     if target_fa is not None:
         report["threshold_for"] = threshold_for(report["det"], target_fa)
     return report
 
 
 def _measure_built(model: Recognizer, data: Path, minutes: float, seed: int,
-                   threshold: float | None) -> dict:
+                   threshold: float | None, filler_margin: float | None) -> dict:
     if not data.is_dir():
         raise AudioError(data, "not a dataset folder (give --labels to score a recording)")
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
     built = build_stream(data, minutes, seed)
     report = evaluate_stream(model, built.spans, audio=built.audio, rate=built.rate,
-                             threshold=threshold)
+                             threshold=threshold, filler_margin=filler_margin)
     report["stream"] = {"data": str(data), "minutes": minutes, "seed": seed,
                         "skipped": [{"file": f, "problem": p} for f, p in built.skipped]}
     return report

@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # speechbrain loads only when a run augments
     from .augment import Augmenter
 
 STRATEGIES = ("frozen", "top-k", "full", "reinit-k", "scratch")
+KEEP = ("best", "last")  # which epoch's weights a run keeps (TrainConfig.keep)
 # MISSING (from heads): target of a label a clip does not have: it adds no loss and no gradient
 
 
@@ -65,6 +66,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     patience: int = 3  # epochs without validation gain before stopping
+    # "best": the epoch of best command accuracy on validation, stopping when it stalls;
+    # "last": every epoch, the last one kept (a speaker model, whose voices that accuracy
+    # does not measure; the cosine schedule has then decayed to zero)
+    keep: str = "best"
     seed: int = 0
     device: str = "auto"
     task_weights: dict[str, float] = field(default_factory=dict)
@@ -72,6 +77,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
+        if self.keep not in KEEP:
+            raise ValueError(f"unknown keep {self.keep!r}; choose from {KEEP}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -565,6 +572,26 @@ def evaluate_accuracy(model: CommandClassifier, run_batch, n: int, targets: torc
     return correct / max(counted, 1), loss_sum / max(counted, 1)
 
 
+def verification_eer(model: CommandClassifier, run_batch, n: int, owners: list[str | None],
+                     task: str, batch_size: int) -> float | None:
+    """EER of the cosine of every pair of the ``n`` clips whose ``task`` label (``owners``) is
+    known, a pair with one label being a target: how well an embedding head separates classes
+    it never trained on (validation speakers). None without both kinds of pair."""
+    from .evaluate import equal_error_rate
+
+    model.eval()
+    known = [i for i in range(n) if owners[i] is not None]
+    if len(known) < 2:
+        return None
+    with torch.no_grad():
+        emb = torch.cat([run_batch(known[start:start + batch_size])[task].float().cpu()
+                         for start in range(0, len(known), batch_size)]).numpy()
+    try:
+        return equal_error_rate(emb, [owners[i] for i in known])
+    except ValueError:  # one speaker only, or each clip its own
+        return None
+
+
 def fit(
     model: CommandClassifier,
     train_waves: list[torch.Tensor],
@@ -577,7 +604,9 @@ def fit(
     identity: dict | None = None,
     augmenter: Augmenter | None = None,
 ) -> TrainResult:
-    """Train under ``config.strategy``; keep the best validation epoch; resume if interrupted.
+    """Train under ``config.strategy``; keep the best validation epoch (or the last:
+    ``config.keep``); resume if interrupted. Each embedding task's verification EER over the
+    validation clip pairs is recorded in the history (``val_eer_<task>``).
 
     With ``checkpoint_dir`` each epoch is checkpointed there, and a checkpoint left by a run
     with the same ``identity`` (what the caller knows of data, split and options: JSON),
@@ -605,6 +634,8 @@ def fit(
     cached = n_frozen > 0
     targets = encode_targets(model, train_labels)
     val_targets = encode_targets(model, val_labels)[PRIMARY_TASK]
+    val_owners = {t: [lab.get(t) for lab in val_labels]  # embedding tasks: EER of val pairs
+                  for t, kind in model.kinds.items() if kind == "embedding"}
     clean_waves = train_waves
     if augmenter is not None and cached:
         train_waves, reps = augmenter.with_copies(train_waves)
@@ -718,14 +749,23 @@ def fit(
                 val_acc, val_loss = evaluate_accuracy(model, run_val, len(val_waves), val_targets,
                                                       config.batch_size)
             record.update(val_accuracy=val_acc, val_loss=val_loss)
-            LOGGER.info("epoch %d: train loss %.4f  val acc %.4f  val loss %.4f", epoch + 1,
-                        record["train_loss"], val_acc, val_loss)
+            for task, owners in val_owners.items():
+                with autocast:
+                    eer = verification_eer(model, run_val, len(val_waves), owners, task,
+                                           config.batch_size)
+                if eer is not None:
+                    record[f"val_eer_{task}"] = eer
+            LOGGER.info("epoch %d: train loss %.4f  val acc %.4f  val loss %.4f%s", epoch + 1,
+                        record["train_loss"], val_acc, val_loss,
+                        "".join(f"  val EER {t} {record[f'val_eer_{t}']:.4f}"
+                                for t in val_owners if f"val_eer_{t}" in record))
         else:
             LOGGER.info("epoch %d: train loss %.4f", epoch + 1, record["train_loss"])
         history.append(record)
         LOGGER.debug("epoch %d took %.1f s (%d steps)", epoch + 1,
                      time.perf_counter() - epoch_started, len(losses))
-        score = (record["val_accuracy"], -record["val_loss"]) if val_waves else (epoch, 0.0)
+        by_val = bool(val_waves) and config.keep == "best"
+        score = (record["val_accuracy"], -record["val_loss"]) if by_val else (epoch, 0.0)
         if score > (best[0], -best[1]):
             best, best_epoch, stale = (score[0], -score[1]), epoch + 1, 0
             best_state = trained_state(model)

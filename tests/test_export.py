@@ -164,3 +164,90 @@ def test_int8_keeps_a_quiet_clip_batched_with_a_loud_one(frozen, fsdd, tmp_path)
     quiet = [0.003 * w / w.abs().max() for w in waves[1:]]
     _, result = export(system, tmp_path / "int8", int8=True, check_waves=[loud, *quiet])
     assert result.label_agreement == 1.0, result.line()
+
+
+@pytest.fixture(scope="module")
+def fast_combined(frozen, tmp_path_factory, make_fsdd) -> tuple[Path, object]:
+    """A combined system (the frozen head x the zero-shot prior) saved with its training data
+    named, and its fast path written: the folder and the parity ``write_fast_path`` measured."""
+    from speechxfer.decoder.combined import CombinedRecognizer
+    from speechxfer.decoder.scoring import ZeroShotRecognizer
+    from speechxfer.export import write_fast_path
+
+    data = make_fsdd(tmp_path_factory.mktemp("train"), ("jackson", "george", "theo"), DIGITS, 3)
+    head = load_model(frozen)
+    head.info = {"strategy": {"strategy": "frozen"}}
+    system = CombinedRecognizer(head, ZeroShotRecognizer(list(DIGITS)), weight=4.0)
+    system.info = {"data": {"data": str(data), "test_speakers": ["theo"]}}
+    folder = tmp_path_factory.mktemp("combined") / "model"
+    system.save(folder)
+    return folder, write_fast_path(folder, limit=6)
+
+
+def test_load_model_picks_the_fast_path_and_it_agrees_with_torch(fast_combined, fsdd,
+                                                                  monkeypatch):
+    folder, parity = fast_combined
+    assert parity.n == 6 and parity.label_agreement == 1.0  # checked on training speakers
+    config = json.loads((folder / "fast" / "config.json").read_text())
+    assert config["int8"] and 0 < len(config["normaliser_tokens"]) < 51_864
+    fast = load_model(folder)
+    assert isinstance(fast.fast, OnnxRecognizer)
+    monkeypatch.setenv("SPEECHXFER_TORCH", "1")
+    torch_system = load_model(folder)
+    assert torch_system.fast is None
+    waves, truth = clips(fsdd, ("theo",), range(4, 8))  # a speaker neither path was checked on
+    got, ref = fast.predict_proba(waves), torch_system.predict_proba(waves)
+    assert (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() < 0.1
+    assert np.mean([DIGITS[i] == t for i, t in zip(got.argmax(1), truth)]) > 0.8
+    assert fast.predict(waves[0], 16_000).label == torch_system.predict(waves[0], 16_000).label
+
+
+def test_the_torch_path_runs_without_onnxruntime_or_with_a_broken_fast_folder(
+        fast_combined, tmp_path, real_clip, monkeypatch, caplog):
+    import importlib.util
+
+    folder = Path(shutil.copytree(fast_combined[0], tmp_path / "model"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    assert load_model(folder).fast is None
+    monkeypatch.undo()
+    (folder / "fast" / "model.onnx").write_bytes(b"not a graph")
+    system = load_model(folder)
+    assert system.fast is None and "predicting with torch" in caplog.text
+    assert system.predict(real_clip, 16_000).label in DIGITS
+
+
+def test_an_export_under_the_agreement_floor_is_not_written(frozen, fsdd, tmp_path):
+    from speechxfer.export import ExportError
+
+    waves, _ = clips(fsdd, ("theo",), range(1))
+    with pytest.raises(ExportError, match="label agreement"):
+        export(load_model(frozen), tmp_path / "x", check_waves=waves, min_agreement=1.01)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_shortlist_normaliser_scores_nearly_as_the_full_one(fsdd):
+    from speechxfer.audio import batch_waves
+    from speechxfer.decoder.scoring import ZeroShotRecognizer
+
+    system = ZeroShotRecognizer(list(DIGITS))
+    waves, _ = clips(fsdd, ("jackson",), range(2))
+    shortlist = system.shortlist(waves[:3])
+    assert set(system._targets.tolist()) <= set(shortlist.tolist()) and len(shortlist) < 500
+    held, _ = clips(fsdd, ("theo",), range(1))
+    states, mask = system.encode(*batch_waves(held))
+    with torch.no_grad():
+        full = system.labels_from_candidates(system.candidate_scores(states, mask))
+        short = system.labels_from_candidates(system.candidate_scores(states, mask, shortlist))
+    shift = short - full  # a partial sum never normalises lower; what matters is the spread
+    assert (shift >= -1e-5).all() and (shift - shift.mean(1, keepdim=True)).abs().max() < 0.1
+    assert (short.argmax(1) == full.argmax(1)).all()
+
+
+def test_export_needs_out_or_fast_and_fast_is_for_the_combined_system(frozen, capsys):
+    assert main(["export", str(frozen)]) == 2
+    assert "--out is required (or --fast)" in capsys.readouterr().err
+    assert main(["export", str(frozen), "--fast"]) == 2
+    assert "fast path is written for the combined system" in capsys.readouterr().err
+    assert not (frozen / "fast").exists()

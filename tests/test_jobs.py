@@ -60,6 +60,10 @@ def test_multitask_under_the_default_strategy_keeps_the_speaker_head(make_fsdd, 
     assert speaker["n"] == 4 and "speaker (" in printed
     system = load_model(out)
     assert isinstance(system, CombinedRecognizer)
+    from speechxfer.export import fast_path_available
+
+    if fast_path_available():  # train wrote the fast path, and load_model picked it
+        assert system.fast is not None and "fast path (int8 ONNX) written" in printed
     assert system.head.tasks["speaker"] == ["george", "jackson"]
     pred = system.predict(data / "7_theo_0.wav")
     assert set(pred.tasks) == {"command", "speaker"} and pred.tasks["command"] == pred.probabilities

@@ -207,3 +207,16 @@ def test_zero_shot_scores_unknown_and_silence(commands_data, tmp_path):
     assert back.predict_proba(waves).shape == (3, len(LABELS))
     with pytest.raises(ValueError, match="no word"):
         ZeroShotRecognizer([UNKNOWN, SILENCE], model=system.model)
+
+
+def test_zero_shot_reports_a_validation_clip_it_could_not_read(commands_data, tmp_path):
+    """The decoder strategies read the validation clips to fit their open-set scores: a bad one
+    is skipped there and listed in the run's summary, as every other job lists its own."""
+    data = tmp_path / "data"
+    shutil.copytree(commands_data, data)
+    bad = data / validation_clips(commands_data, UNKNOWN)[0].relative_to(commands_data)
+    bad.write_bytes(b"corrupt")
+    summary = train_job(data, strategy="zero-shot", out=tmp_path / "z", commands=WORDS,
+                        test_speakers=TEST, evaluate=False)
+    assert [s["path"] for s in summary["skipped"]] == [str(bad)]
+    assert summary["rejection"] is not None

@@ -4,11 +4,18 @@ prior, p ∝ p_head · p_zero^weight.
 Why: the head learns the speakers it saw, the decoder knows the words; the prior helps most
 when the head has few clips (``weight`` chosen on held-out clips of the training speakers,
 ``choose_weight``). See recipes/zero_shot_vs_finetune for how it compares with a head alone.
+
+The fast path: ``speechxfer train`` also writes the system's int8 ONNX graph into the model
+folder's ``fast/`` (``export.write_fast_path``, after a parity check); ``from_folder`` on the CPU
+then runs the command probabilities through it when ONNX Runtime is installed, and the torch
+system otherwise (or with ``SPEECHXFER_TORCH=1``, or after ``system.fast = None``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +23,7 @@ import torch
 
 from ..audio import batch_waves, batches_by_length
 from ..heads import check_real
+from ..log import LOGGER
 from ..model import KIND as NEURAL_KIND
 from ..model import PRIMARY_TASK, CommandClassifier
 from ..recognizer import (
@@ -25,6 +33,7 @@ from ..recognizer import (
     check_kind,
     info_from,
     is_model_folder,
+    load,
     loader_of,
     read_config,
     softmax,
@@ -39,6 +48,9 @@ from .scoring import ZeroShotRecognizer
 KIND = "combined"
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 MAX_PRIOR_WEIGHT = 1_000.0  # beyond it p_zero^weight under- or overflows to NaN
+FAST_FOLDER = "fast"  # the exported graph inside a model folder (see the module docstring)
+TORCH_ONLY_ENV = "SPEECHXFER_TORCH"  # "1": load_model ignores FAST_FOLDER
+FAST_KIND = "onnx"
 
 
 def combine_log_linear(head_probs: np.ndarray, zero_probs: np.ndarray, weight: float) -> np.ndarray:
@@ -72,6 +84,7 @@ class CombinedRecognizer(Recognizer):
         self.sample_rate = head.sample_rate
         self.order = [zero.labels.index(lab) for lab in self.labels]  # zero's columns, our order
         self.info: dict = {}
+        self.fast: Recognizer | None = None  # set: predict_proba runs it (``fast_path``)
 
     def task_model(self) -> CommandClassifier | None:
         return self.head.task_model()
@@ -110,6 +123,8 @@ class CombinedRecognizer(Recognizer):
         return head, scores
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
+        if self.fast is not None:
+            return self.fast.predict_proba(waves)
         if not self.shares_encoder():
             return combine_log_linear(self.head.predict_proba(waves), self.zero_probs(waves),
                                       self.weight)
@@ -166,4 +181,28 @@ class CombinedRecognizer(Recognizer):
                              f"head's {system.labels}")
         system.load_rejection(config, directory)
         system.info = info_from(config)
+        if torch.device(device).type == "cpu":
+            system.fast = fast_path(directory, system.labels)
         return system
+
+
+def fast_path(directory: Path, labels: list[str]) -> Recognizer | None:
+    """The exported graph in ``directory/fast`` when it can run here: ONNX Runtime installed and
+    ``SPEECHXFER_TORCH`` not "1". A broken or mismatched one is logged and passed over: the
+    torch system beside it gives the same answers, only slower."""
+    folder = directory / FAST_FOLDER
+    if (os.environ.get(TORCH_ONLY_ENV) == "1" or not (folder / "config.json").is_file()
+            or importlib.util.find_spec("onnxruntime") is None):
+        return None
+    try:
+        if read_config(folder)["kind"] != FAST_KIND:
+            raise ModelError(f"{folder}: not an exported ({FAST_KIND}) system")
+        fast = load(folder, "cpu")
+    except ModelError as err:
+        LOGGER.warning("%s; predicting with torch", err)
+        return None
+    if fast.labels != labels:
+        LOGGER.warning("%s: labels %s differ from the system's; predicting with torch", folder,
+                       fast.labels)
+        return None
+    return fast

@@ -60,6 +60,7 @@ REJECT_BY = ("probability", "margin", "score")
 NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # the name differs between tokenizer files
 UNKNOWN_SCORE = -3.0  # garbage level: a command's spelling usually scores above it, other words below
 SILENCE_OFFSET = -1.0  # added to log P(no speech) to bring it to the spellings' scale
+SHORTLIST_PER_ROW = 10  # tokens kept per scored position by ``shortlist``
 # default spellings; " oh" is how many people say 0 in phone numbers
 DIGIT_ALIASES: dict[str, list[str]] = {
     "0": ["zero", "oh", "0"], "1": ["one", "1"], "2": ["two", "2"], "3": ["three", "3"],
@@ -322,10 +323,32 @@ class ZeroShotRecognizer(Recognizer):
             raise ValueError("the restricted vocabulary must contain every target token")
         return index
 
-    def candidate_scores(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Length-normalised log-probability of every candidate spelling: [B, candidates]."""
+    def candidate_scores(self, states: torch.Tensor, mask: torch.Tensor | None,
+                         vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Length-normalised log-probability of every candidate spelling: [B, candidates]
+        (``vocab``: a restricted normaliser, see ``scores_from_hidden`` and ``shortlist``)."""
         x = self.run_decoder_blocks(self.decoder_input(states.shape[0]), states, mask)
-        return self.scores_from_hidden(x)
+        return self.scores_from_hidden(x, vocab)
+
+    @torch.no_grad()
+    def shortlist(self, waves: list[torch.Tensor], per_row: int = SHORTLIST_PER_ROW) -> torch.Tensor:
+        """Token ids for a restricted normaliser: every target, and the ``per_row`` likeliest
+        tokens at every scored position on ``waves`` (clips of the listed words).
+
+        Why: most of the prior's cost is the 51k-token projection behind each log-softmax, and
+        almost all of a position's probability sits on a few tokens ("one" is followed by the
+        end of text, ".", ",", another number...): tokens that no such clip puts near the top
+        add next to nothing to the normaliser."""
+        self.model.eval()
+        found = set(self._targets.tolist())
+        weight = self.model.decoder.token_embedding.weight
+        for idx in batches_by_length(waves, self.options.batch_size):
+            batch, lengths = batch_waves([waves[i] for i in idx])
+            states, mask = self.encode(batch, lengths)
+            x = self.run_decoder_blocks(self.decoder_input(len(idx)), states, mask)
+            logits = self.model.decoder.ln(x[:, self._rows]) @ weight.T
+            found.update(logits.topk(min(per_row, weight.shape[0]), -1).indices.flatten().tolist())
+        return torch.tensor(sorted(found), device=self.device)
 
     def labels_from_candidates(self, cand: torch.Tensor) -> torch.Tensor:
         """Each label's score: max (or logsumexp) over its spellings: [B, labels].

@@ -1,0 +1,67 @@
+"""Accuracy of the default model's fast path against its torch system, leave one speaker out.
+
+Each fold trains the default model with ``speechxfer train --test-speaker S`` (which writes the
+int8 ONNX fast path) and scores the held-out speaker with both paths, and also the Speech
+Commands digit clips shipped in ``data/speech_commands`` (38 speakers in neither FSDD fold: the
+nearest thing here to the new speakers the toolkit is judged on).
+
+Run: ``python benchmarks/fast_path_folds.py [--speakers george jackson theo yweweler]
+[--out runs/folds]`` (about 3 minutes a fold on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from speechxfer import load_model
+from speechxfer.audio import SAMPLE_RATE, Clip
+from speechxfer.cli import main as cli
+from speechxfer.data import load_dataset, load_waves
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDD = ROOT / "data" / "fsdd"
+SPEECH_COMMANDS = ROOT / "data" / "speech_commands"
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def speech_commands_digits() -> list[Clip]:
+    """The digit words of Speech Commands, labelled as the FSDD model names them ("0".."9")."""
+    return [Clip(path, {"command": str(i)}, path.name.split("_")[0])
+            for i, word in enumerate(DIGITS) for path in sorted((SPEECH_COMMANDS / word).glob("*.wav"))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speakers", nargs="+", default=["george", "jackson", "theo", "yweweler"])
+    parser.add_argument("--out", type=Path, default=Path("runs/folds"))
+    args = parser.parse_args()
+    fsdd = load_dataset(FSDD)
+    sets = {"speech_commands_digits": speech_commands_digits()}
+    for speaker in args.speakers:
+        folder = args.out / speaker
+        if cli(["train", "--test-speaker", speaker, "--out", str(folder)]) != 0:
+            raise SystemExit(f"training the {speaker} fold failed")
+        fast = load_model(folder)
+        torch_system = load_model(folder)
+        torch_system.fast = None
+        if fast.fast is None:
+            raise SystemExit(f"{folder}: no fast path was written (is the onnx extra installed?)")
+        row = {"speaker": speaker}
+        for name, clips in {"held_out": [c for c in fsdd.clips if c.speaker == speaker],
+                            **sets}.items():
+            waves, kept, _ = load_waves(clips, SAMPLE_RATE)
+            truth = np.array([fast.labels.index(c.label) for c in kept])
+            reference = torch_system.predict_proba(waves).argmax(1)
+            quick = fast.predict_proba(waves).argmax(1)
+            row[name] = {"n": len(kept), "torch": float((reference == truth).mean()),
+                         "fast": float((quick == truth).mean()),
+                         "agreement": float((quick == reference).mean())}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The multi-task recipe's protocol pieces: speaker split, scarce labels, threshold, pairing."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load("multitask_run", RECIPES / "multitask" / "run.py")
+
+
+def test_test_speakers_are_those_of_the_speech_commands_recipe_fold_0():
+    sc = load("speech_commands_run_for_multitask", RECIPES / "speech_commands" / "run.py")
+    speakers = [f"{i:08x}" for i in range(80)]
+    groups = run.speaker_groups(speakers, run.N_GROUPS, run.GROUP_SEED)
+    assert groups == sc.speaker_groups(speakers, 2 * sc.N_FOLDS, 0)
+    roles = sc.fold_roles(0, len(groups))
+    assert set(run.TEST_GROUPS) == roles["test"] and set(run.VAL_GROUPS) == roles["val"]
+
+
+def test_scarce_hides_only_that_task_on_single_clips():
+    singles = [{"command": "yes", "speaker": f"s{i}", "commands": "yes"} for i in range(1000)]
+    concat = [{"speaker": "s1", "commands": "yes|no"}] * 50
+    out = run.scarce(singles + concat, "speaker", 0.1, seed=0)
+    kept = sum("speaker" in lab for lab in out[:1000])
+    assert 60 < kept < 140
+    assert all(lab["command"] == "yes" and lab["commands"] == "yes" for lab in out[:1000])
+    assert out[1000:] == concat  # concatenations keep their labels
+    assert out == run.scarce(singles + concat, "speaker", 0.1, seed=0)  # seeded
+    out = run.scarce(singles, "command", 0.1, seed=1)
+    assert all("speaker" in lab for lab in out) and sum("command" in lab for lab in out) < 140
+
+
+def test_tuned_threshold_rescues_an_underconfident_multilabel_head():
+    classes = ["a", "b", "c"]
+    values = ["a", "b|c", "c", "a|b"]
+    truth = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0]], bool)
+    probs = np.where(truth, 0.3, 0.05)  # right ranking, every output under 0.5
+    assert run.multilabel_micro_f1(probs, values, classes) == 0.0
+    threshold = run.tuned_threshold(probs, values, classes)
+    assert 0.05 < threshold <= 0.3
+    assert run.multilabel_micro_f1(probs, values, classes, threshold) == 1.0
+
+
+def test_paired_differences_are_per_seed_and_eer_lower_is_better():
+    results = {"command+speaker": [{"seed": 0, "speaker_eer": 0.10}, {"seed": 1, "speaker_eer": 0.20}],
+               "speaker only": [{"seed": 1, "speaker_eer": 0.15}, {"seed": 0, "speaker_eer": 0.12}]}
+    (pair,) = [p for p in run.paired(results) if p["metric"] == "speaker_eer"]
+    assert pair["seeds"] == [0, 1]
+    assert np.allclose(pair["diffs"], [-0.02, 0.05])
+    assert (pair["multi_better"], pair["multi_worse"]) == (1, 1)
+
+
+def test_every_named_condition_exists():
+    assert set(run.QUICK) <= set(run.CONDITIONS)
+    for multi, single, metric in run.PAIRS:
+        assert multi in run.CONDITIONS and single in run.CONDITIONS
+        assert metric in {k for k, _ in run.COLUMNS}
