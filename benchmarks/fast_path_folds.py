@@ -49,7 +49,7 @@ def main() -> None:
         torch_system = load_model(folder)
         torch_system.fast = None
         if fast.fast is None:
-            raise SystemExit(f"{folder}: no fast path was written (is the onnx extra installed?)")
+            raise SystemExit(f"{folder}: no fast path was written (are onnx and onnxruntime installed?)")
         row = {"speaker": speaker}
         for name, clips in {"held_out": [c for c in fsdd.clips if c.speaker == speaker],
                             **sets}.items():

@@ -154,7 +154,7 @@ def _write_fast_path(model_dir: Path) -> None:
     from .export import ExportError, fast_path_available, write_fast_path
 
     if not fast_path_available():
-        LOGGER.info("no fast path: pip install 'speechxfer[onnx]' for the int8 ONNX one")
+        LOGGER.info("no fast path: pip install onnx onnxruntime for the int8 ONNX one")
         return
     try:
         parity = write_fast_path(model_dir)

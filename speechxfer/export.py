@@ -329,7 +329,7 @@ class OnnxRecognizer(Recognizer):
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ModelError(f"{directory}: an exported ONNX model needs ONNX Runtime: pip "
-                             "install 'speechxfer[onnx]'") from None
+                             "install onnx onnxruntime") from None
         try:
             system = cls(graph, labels, window, device=device)
         except Exception as err:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)

