@@ -469,19 +469,25 @@ class Checkpointer:
         self.dir = Path(directory)
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-             best_state: dict[str, torch.Tensor], state: dict) -> None:
+             best_state: dict[str, torch.Tensor], state: dict,
+             peers: list[tuple[dict[str, torch.Tensor], dict]] = ()) -> None:
+        """``peers``: the ``rng_state`` of torchrun ranks 1, 2, ... (their dropout differs from
+        rank 0's), stored beside this process's so that every rank resumes its own."""
         opt = optimizer.state_dict()
         tensors = {f"{i}.{name}": torch.as_tensor(v).cpu().contiguous()
                    for i, s in opt["state"].items() for name, v in s.items()}
         groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
         rng, rng_meta = rng_state()
+        for rank, (peer, _) in enumerate(peers, start=1):
+            rng.update({f"rank{rank}.{k}": v for k, v in peer.items()})
         with atomic_folder(self.dir, _is_checkpoint) as folder:
             save_file(best_state, str(folder / "best.safetensors"))
             save_file(trained_state(model), str(folder / "model.safetensors"))
             save_file(tensors, str(folder / "optimizer.safetensors"))
             save_file(rng, str(folder / "rng.safetensors"))
-            (folder / "state.json").write_text(
-                json.dumps({**state, "param_groups": groups, "rng": rng_meta}))
+            (folder / "state.json").write_text(json.dumps(
+                {**state, "param_groups": groups, "rng": rng_meta,
+                 "rng_peers": [meta for _, meta in peers]}))
 
     def discard(self, reason: str) -> None:
         LOGGER.warning("discarding checkpoint %s: %s; training from the start", self.dir, reason)
@@ -531,13 +537,17 @@ class Checkpointer:
                 raise ValueError(f"{name}.safetensors does not match the model's tensors")
         loop = {"epoch": int(state["epoch"]), "best_epoch": int(state["best_epoch"]),
                 "history": list(state["history"]), "stale": int(state["stale"]),
-                "best": tuple(float(x) for x in state["best"]), "best_state": tensors["best"]}
+                "best": tuple(float(x) for x in state["best"]), "best_state": tensors["best"],
+                "peer_rng": [({k.split(".", 1)[1]: v for k, v in tensors["rng"].items()
+                               if k.startswith(f"rank{rank}.")}, meta)
+                             for rank, meta in enumerate(state.get("rng_peers", []), start=1)]}
         per_param: dict[int, dict] = {}
         for key, value in tensors["optimizer"].items():
             i, name = key.split(".", 1)
             per_param.setdefault(int(i), {})[name] = value
         snapshot = rng_state()
-        set_rng_state(tensors["rng"], state["rng"])
+        set_rng_state({k: v for k, v in tensors["rng"].items() if not k.startswith("rank")},
+                      state["rng"])
         try:
             optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
         except BaseException:
@@ -707,6 +717,9 @@ def fit(
         if rank:
             optimizer.load_state_dict(shared[1])
             model.load_state_dict(shared[2], strict=False)
+            peers = state["peer_rng"] if state is not None else []
+            if len(peers) >= rank:  # a checkpoint of as many ranks: this rank's own generators
+                set_rng_state(*peers[rank - 1])
     if state is not None:
         start_epoch, best_epoch, history, stale = (state["epoch"] + 1, state["best_epoch"],
                                                   state["history"], state["stale"])
@@ -771,10 +784,17 @@ def fit(
             best_state = trained_state(model)
         else:
             stale += 1
+        peers = []
+        if checkpoint_dir and world > 1:  # every rank takes part; rank 0 stores them all
+            import torch.distributed as dist
+
+            peers = [None] * world
+            dist.all_gather_object(peers, rng_state())
+            peers = peers[1:]
         if checkpointer:
             checkpointer.save(model, optimizer, best_state, {
                 "signature": signature, "epoch": epoch, "best": list(best),
-                "best_epoch": best_epoch, "history": history, "stale": stale})
+                "best_epoch": best_epoch, "history": history, "stale": stale}, peers)
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()

@@ -118,3 +118,24 @@ def test_two_gloo_processes_train_and_save_the_combined_strategy(make_fsdd, tmp_
     assert system.weight == ranks[0]["strategy"]["prior_weight"]["weight"]
     assert (out / "head" / "config.json").is_file() and (out / "zero_shot").is_dir()
     assert system.predict(data / "4_theo_0.wav").label in ("1", "4")
+
+
+def test_checkpoint_keeps_every_ranks_random_generators(tmp_path):
+    """Rank 0 stores the other ranks' generators beside its own, and hands each back on resume:
+    their dropout masks differ from rank 0's, so a resumed run needs every rank's own state."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.manual_seed(1)
+    peer = train.rng_state()  # what rank 1 would send
+    expected = torch.rand(4)  # rank 1's next draws
+    torch.manual_seed(0)
+    ours = train.rng_state()
+    loop = {"signature": {"s": 1}, "epoch": 0, "best": [1.0, 0.0], "best_epoch": 1,
+            "history": [], "stale": 0}
+    train.Checkpointer(tmp_path / "ck").save(model, optimizer, trained_state(model), loop, [peer])
+    torch.manual_seed(5)
+    state = train.Checkpointer(tmp_path / "ck").load(model, optimizer, {"s": 1})
+    assert torch.equal(torch.get_rng_state(), ours[0]["torch"])  # rank 0's own, not the peer's
+    (tensors, meta), = state["peer_rng"]
+    train.set_rng_state(tensors, meta)
+    assert torch.equal(torch.rand(4), expected)
