@@ -258,16 +258,20 @@ def export_graph(system: Recognizer, path: Path, int8: bool = False,
 
         # matrix products only: the STFT is a convolution of the raw waveform, and 8 bits
         # per tensor cannot hold a quiet clip beside a loud one (ConvInteger flips labels)
-        # it logs advice to run its pre-processing pass on the root logger at every call; that
-        # pass only helps speed here, and the parity check measures what quantisation costs
-        root = logging.getLogger()
+        # it logs advice to run its pre-processing pass through ``logging.warning`` at every
+        # call (that pass only helps speed here; the parity check measures what quantisation
+        # costs), which would also give the root logger a handler that prints our own log lines
+        # a second time: a handler of ours on root for the call keeps it from doing either
+        root, quiet = logging.getLogger(), logging.NullHandler()
         level = root.level
+        root.addHandler(quiet)
         root.setLevel(max(level, logging.ERROR))
         try:
             quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm"])
         finally:
             root.setLevel(level)
+            root.removeHandler(quiet)
         fp32.unlink()
     return window
 

@@ -251,3 +251,28 @@ def test_export_needs_out_or_fast_and_fast_is_for_the_combined_system(frozen, ca
     assert main(["export", str(frozen), "--fast"]) == 2
     assert "fast path is written for the combined system" in capsys.readouterr().err
     assert not (frozen / "fast").exists()
+
+
+def test_quantising_leaves_the_root_logger_without_a_handler(tmp_path):
+    """ONNX Runtime's quantiser logs through ``logging.warning``, which would give the root
+    logger a handler that prints every ``speechxfer`` log line a second time."""
+    import logging
+
+    from speechxfer.export import export_graph
+
+    root = logging.getLogger()
+    pytest_handlers = list(root.handlers)  # as in the CLI: a root logger with no handler
+    for handler in pytest_handlers:
+        root.removeHandler(handler)
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("whisper-tiny.en", window="clip", pretrained=False),
+                              {"command": ["a", "b"]})
+    try:
+        export_graph(model, tmp_path / "m.onnx", int8=True)
+        left = list(root.handlers)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in pytest_handlers:
+            root.addHandler(handler)
+    assert left == []
