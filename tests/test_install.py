@@ -169,3 +169,17 @@ def test_built_wheel_installs_and_predicts_outside_the_repo(small_fsdd: Path,
     main_job = _run(command, "train", cwd=elsewhere)
     assert main_job.returncode == 2
     assert "source repository" in main_job.stderr and "--data" in main_job.stderr
+
+
+@pytest.mark.parametrize(("command", "stream"), [("info", "stdout"), ("train", "stderr")])
+def test_a_torchaudio_that_does_not_import_still_gets_a_report(command: str, stream: str) -> None:
+    """torch and torchaudio of different releases fail at import, before any flag is parsed:
+    `speechxfer info` still prints the error and the versions a bug report needs."""
+    code = ("import sys; sys.modules['torchaudio'] = None; from speechxfer.__main__ import main; "
+            f"sys.exit(main([{command!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, timeout=300)
+    out = getattr(done, stream)
+    assert done.returncode == 1
+    assert out.startswith("speechxfer cannot start: ModuleNotFoundError") and "torchaudio" in out
+    assert re.search(r"^torch +\d", out, re.MULTILINE)
