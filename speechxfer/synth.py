@@ -43,6 +43,7 @@ from .audio import SAMPLE_RATE, resample
 from .augment import AugmentConfig, Augmenter
 from .data import Dataset, load_dataset
 from .log import progress
+from .store import atomic_folder
 from .vocab import UNKNOWN, with_silence
 
 ENGINES = ("espeak", "piper")
@@ -316,61 +317,51 @@ def synthesise(config: SynthConfig, out: str | Path,
     ``--data`` trains on synthetic and real clips together.
 
     Engines are checked before anything is written. ``out`` must be empty or an earlier
-    synthesised dataset, whose clips are deleted first.
+    synthesised dataset, which the new one replaces whole at the end (``store.atomic_folder``):
+    a run that fails half-way leaves ``out`` as it was.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                              and not (out / "synth.json").is_file())):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_synthesised(out))):
         raise SynthError(f"{out}: exists and is not an empty folder or a synthesised dataset")
     real = [with_silence(load_dataset(p)) for p in include]  # bad paths fail before synthesis
     espeak = Espeak() if "espeak" in config.engines else None
     piper = Piper(config.seed) if "piper" in config.engines else None
     augmenter = Augmenter(AugmentConfig(copies=1, seed=config.seed)) if config.augment else None
-    _remove_earlier(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, clips = [], []
-    for label, text, take, voice in progress(plan(config), desc="synthesising"):
-        rng = _rng(config.seed, label, text, take)
-        params = _draw(config, voice, rng)
-        if voice.engine == "espeak":
-            samples, rate = espeak.synthesise(text, voice, params["rate_wpm"], params["pitch"])
-        else:
-            samples, rate = piper.synthesise(text, params["length_scale"], params["noise_scale"],
-                                             params["noise_w"])
-        wave = warp(trim(samples), rate, params["warp"], config.sample_rate)
-        if augmenter is not None:
-            wave = augmenter.augment(wave, rng)
-        wave = wave / max(float(wave.abs().max()), 1e-6) * params["peak"]
-        rel = Path(label) / _file_name(voice, text, take)
-        (out / label).mkdir(exist_ok=True)
-        sf.write(out / rel, wave.numpy(), config.sample_rate, subtype="PCM_16")
-        rows.append({"path": rel.as_posix(), "label": label, "speaker": voice.speaker})
-        clips.append({**rows[-1], "text": text, **asdict(voice), **params})
-    for dataset in real:
-        rows += _real_rows(dataset)
-    _write_manifest(out / "manifest.csv", rows)
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-    (out / "synth.json").write_text(json.dumps(
-        {"config": settings, "included": [str(Path(p).resolve()) for p in include],
-         "clips": clips}, indent=1))
+    with atomic_folder(out, is_synthesised) as folder:
+        rows, clips = [], []
+        for label, text, take, voice in progress(plan(config), desc="synthesising"):
+            rng = _rng(config.seed, label, text, take)
+            params = _draw(config, voice, rng)
+            if voice.engine == "espeak":
+                samples, rate = espeak.synthesise(text, voice, params["rate_wpm"], params["pitch"])
+            else:
+                samples, rate = piper.synthesise(text, params["length_scale"], params["noise_scale"],
+                                                 params["noise_w"])
+            wave = warp(trim(samples), rate, params["warp"], config.sample_rate)
+            if augmenter is not None:
+                wave = augmenter.augment(wave, rng)
+            wave = wave / max(float(wave.abs().max()), 1e-6) * params["peak"]
+            rel = Path(label) / _file_name(voice, text, take)
+            (folder / label).mkdir(exist_ok=True)
+            sf.write(folder / rel, wave.numpy(), config.sample_rate, subtype="PCM_16")
+            rows.append({"path": rel.as_posix(), "label": label, "speaker": voice.speaker})
+            clips.append({**rows[-1], "text": text, **asdict(voice), **params})
+        for dataset in real:
+            rows += _real_rows(dataset)
+        _write_manifest(folder / "manifest.csv", rows)
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+        (folder / "synth.json").write_text(json.dumps(
+            {"config": settings, "included": [str(Path(p).resolve()) for p in include],
+             "clips": clips}, indent=1))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["label"]] = counts.get(r["label"], 0) + 1
     return SynthResult(out, len(rows), counts)
 
 
-def _remove_earlier(out: Path) -> None:
-    """Delete the clips an earlier run wrote into ``out`` (those its synth.json lists)."""
-    if not (out / "synth.json").is_file():
-        return
-    try:
-        earlier = json.loads((out / "synth.json").read_text())["clips"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SynthError(f"{out / 'synth.json'}: unreadable ({err}); remove the folder") from None
-    for clip in earlier:
-        path = (out / str(clip.get("path", ""))).resolve()
-        if path.parent.parent == out.resolve() and path.suffix == ".wav":
-            path.unlink(missing_ok=True)
+def is_synthesised(folder: Path) -> bool:
+    """A folder ``synthesise`` wrote (the only kind, besides an empty one, it replaces)."""
+    return (folder / "synth.json").is_file()
 
 
 def _draw(config: SynthConfig, voice: Voice, rng: np.random.Generator) -> dict[str, float]:
@@ -400,12 +391,10 @@ def _real_rows(dataset: Dataset) -> list[dict]:
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def parse_words(text: str) -> tuple[str, ...]:

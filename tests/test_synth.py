@@ -74,6 +74,31 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
     assert any(len(x) != len(y) or not np.allclose(x, y) for x, y in zip(a, c))
 
 
+@needs_espeak
+def test_a_run_that_fails_half_way_leaves_the_earlier_dataset(tmp_path: Path, monkeypatch) -> None:
+    """The new dataset replaces the old one whole at the end: a crash mid-synthesis loses
+    nothing that was there and leaves no half-written folder."""
+    from speechxfer import synth
+
+    config = small(engines=("espeak",), words=("go",), unknown_words=(), per_word=3)
+    out = tmp_path / "out"
+    synthesise(config, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+
+    def failing_trim(samples):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return samples
+
+    monkeypatch.setattr(synth, "trim", failing_trim)
+    with pytest.raises(RuntimeError, match="disk full"):
+        synthesise(replace(config, seed=9), out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_voices_and_takes_are_spread() -> None:
     jobs = plan(SynthConfig(words=("up",), per_word=12, engines=("espeak", "piper")))
     voices = [v for _, _, _, v in jobs]
