@@ -63,6 +63,14 @@ def equal_error_rate(embeddings: np.ndarray, labels: list[str]) -> float:
     return eer_from_scores(sims[upper], same)[0]
 
 
+def eer_of_pairs(embeddings: np.ndarray, labels: list[str]) -> float | None:
+    """``equal_error_rate``, or None where the labels give no same-label pair or no
+    different-label pair (one speaker only, or each clip its own)."""
+    if len(labels) < 2 or len(set(labels)) < 2 or len(set(labels)) == len(labels):
+        return None
+    return equal_error_rate(embeddings, labels)
+
+
 def eer_from_scores(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """Equal error rate and the score threshold at it, interpolated on sklearn's ROC between
     the two points that straddle false accepts = false rejects."""

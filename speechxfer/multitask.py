@@ -27,7 +27,7 @@ import soundfile as sf
 import torch
 
 from .audio import SAMPLE_RATE, Clip, load
-from .evaluate import equal_error_rate
+from .evaluate import eer_of_pairs
 from .heads import MISSING, SEP, UNKNOWN_MARK, encode_multilabel
 from .model import PRIMARY_TASK, CommandClassifier
 
@@ -114,13 +114,6 @@ def identification_accuracy(probs: np.ndarray, classes: list[str],
     return float(np.mean([probs[i].argmax() == j for i, j in rows]))
 
 
-def verification_eer(vectors: np.ndarray, truth: list[str]) -> float | None:
-    """EER of cosine scores over the pairs of ``vectors``; None without both pair kinds."""
-    if len(truth) < 2 or len(set(truth)) < 2 or len(set(truth)) == len(truth):
-        return None
-    return equal_error_rate(vectors, truth)
-
-
 def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: list[Clip]) -> dict[str, dict]:
     """Every head's headline metric on the clips labelled for it; never a ``nan``.
 
@@ -153,7 +146,7 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
         if known:
             report["accuracy"] = identification_accuracy(probs[task][idx], model.tasks[task], truth)
         if kind == "embedding":
-            eer = verification_eer(vectors[task][[idx[k] for k in known]], [truth[k] for k in known])
+            eer = eer_of_pairs(vectors[task][[idx[k] for k in known]], [truth[k] for k in known])
             if eer is not None:
                 report["eer_known"] = eer
         if task != PRIMARY_TASK and unseen:
@@ -164,7 +157,7 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
             else:
                 logp = np.log(np.clip(probs[task][rows], 1e-30, None))
                 emb = logp - logp.mean(axis=1, keepdims=True)
-            eer = verification_eer(emb, [truth[k] for k in unseen])
+            eer = eer_of_pairs(emb, [truth[k] for k in unseen])
             if eer is not None:
                 report["eer"] = eer
         out[task] = report

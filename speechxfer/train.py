@@ -587,7 +587,7 @@ def verification_eer(model: CommandClassifier, run_batch, n: int, owners: list[s
     """EER of the cosine of every pair of the ``n`` clips whose ``task`` label (``owners``) is
     known, a pair with one label being a target: how well an embedding head separates classes
     it never trained on (validation speakers). None without both kinds of pair."""
-    from .evaluate import equal_error_rate
+    from .evaluate import eer_of_pairs
 
     model.eval()
     known = [i for i in range(n) if owners[i] is not None]
@@ -596,10 +596,7 @@ def verification_eer(model: CommandClassifier, run_batch, n: int, owners: list[s
     with torch.no_grad():
         emb = torch.cat([run_batch(known[start:start + batch_size])[task].float().cpu()
                          for start in range(0, len(known), batch_size)]).numpy()
-    try:
-        return equal_error_rate(emb, [owners[i] for i in known])
-    except ValueError:  # one speaker only, or each clip its own
-        return None
+    return eer_of_pairs(emb, [owners[i] for i in known])
 
 
 def fit(

@@ -39,14 +39,10 @@ import torch
 from speechxfer.audio import Clip
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
+from speechxfer.evaluate import eer_of_pairs
 from speechxfer.jobs import read_clips
 from speechxfer.model import CommandClassifier
-from speechxfer.multitask import (
-    MULTI_TASK,
-    make_concatenations,
-    multilabel_micro_f1,
-    verification_eer,
-)
+from speechxfer.multitask import MULTI_TASK, make_concatenations, multilabel_micro_f1
 from speechxfer.train import FeatureCache, TrainConfig, fit, frozen_blocks, pick_device
 
 HERE = Path(__file__).resolve().parent
@@ -256,7 +252,7 @@ def run_one(name: str, data: Data, args, seed: int) -> dict:
         truth = np.array([data.tasks[C].index(c.label) for c in data.test])
         row["command_accuracy"] = float(np.mean(out[C].argmax(1) == truth))
     if weights[S]:
-        row["speaker_eer"] = verification_eer(out[S], [c.speaker for c in data.test])
+        row["speaker_eer"] = eer_of_pairs(out[S], [c.speaker for c in data.test])
     if weights.get(M):
         probs = model.predict_all(data.eval_waves)[M]
         values = [c.labels.get(M) for c in data.eval_clips]

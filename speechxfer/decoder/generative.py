@@ -123,9 +123,8 @@ class GenerativeRecognizer(ZeroShotRecognizer):
         likeliest tokens on up to ``clips`` training clips; also the probability mass they held."""
         idx = list(range(min(clips, len(cache))))
         x, states, mask = cache.batch(idx, self.window == "clip", self.device)
-        top = self.run_decoder_blocks(x, states, mask, self.tuned_from)
-        hidden = self.model.decoder.ln(top[:, self._rows])
-        probs = torch.softmax(hidden @ self.model.decoder.token_embedding.weight.T, -1)
+        probs = torch.softmax(
+            self.row_logits(self.run_decoder_blocks(x, states, mask, self.tuned_from)), -1)
         vocab = torch.unique(torch.cat([probs.topk(per_row, -1).indices.flatten(),
                                         self._targets]))
         return vocab, float(probs[..., vocab].sum(-1).mean())

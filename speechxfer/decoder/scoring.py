@@ -307,13 +307,17 @@ class ZeroShotRecognizer(Recognizer):
         ``vocab`` (token ids that include every target) restricts the softmax normaliser to
         those tokens: a cheap stand-in for the 51k-token one during fine-tuning only.
         """
-        dec = self.model.decoder
-        hidden = dec.ln(x[:, self._rows])
-        weight = dec.token_embedding.weight if vocab is None else dec.token_embedding.weight[vocab]
-        logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)
+        logp = torch.log_softmax(self.row_logits(x, vocab).float(), dim=-1)
         targets = self._targets if vocab is None else self._vocab_index(vocab)
         token_lp = logp[:, self._row_of_target, targets]  # [B, targets]
         return token_lp @ self._average
+
+    def row_logits(self, x: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's token logits at the scored positions (``_rows``) of the last block's
+        output ``x``: [B, rows, vocab] (only the ``vocab`` tokens' columns when given)."""
+        dec = self.model.decoder
+        weight = dec.token_embedding.weight if vocab is None else dec.token_embedding.weight[vocab]
+        return dec.ln(x[:, self._rows]) @ weight.T
 
     def _vocab_index(self, vocab: torch.Tensor) -> torch.Tensor:
         position = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long, device=vocab.device)
@@ -341,13 +345,12 @@ class ZeroShotRecognizer(Recognizer):
         add next to nothing to the normaliser."""
         self.model.eval()
         found = set(self._targets.tolist())
-        weight = self.model.decoder.token_embedding.weight
         for idx in batches_by_length(waves, self.options.batch_size):
             batch, lengths = batch_waves([waves[i] for i in idx])
             states, mask = self.encode(batch, lengths)
-            x = self.run_decoder_blocks(self.decoder_input(len(idx)), states, mask)
-            logits = self.model.decoder.ln(x[:, self._rows]) @ weight.T
-            found.update(logits.topk(min(per_row, weight.shape[0]), -1).indices.flatten().tolist())
+            logits = self.row_logits(
+                self.run_decoder_blocks(self.decoder_input(len(idx)), states, mask))
+            found.update(logits.topk(min(per_row, logits.shape[-1]), -1).indices.flatten().tolist())
         return torch.tensor(sorted(found), device=self.device)
 
     def labels_from_candidates(self, cand: torch.Tensor) -> torch.Tensor:
