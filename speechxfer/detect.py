@@ -237,6 +237,10 @@ class Detector:
         if filler_margin is not None and not 0.0 <= filler_margin < math.inf:
             raise ValueError(f"filler_margin must be a non-negative number, got {filler_margin}")
         self.filler = None if filler_margin is None else FillerRatio.of(model)
+        if filler_margin is not None and self.filler is None:
+            raise ValueError(f"filler_margin: the filler check needs a model with a Whisper "
+                             f"decoder (zero-shot, generative, combined), not "
+                             f"{getattr(model, 'model_kind', type(model).__name__)!r}")
         self.filler_margin, self.filler_below = filler_margin, filler_below
         self.filler_checks = 0  # utterances the filler check ran on
         self.filler_dropped = 0  # and dropped

@@ -274,7 +274,7 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
         "n_events": len(events),
         "n_utterances": len(detector.segments),
         "overlong_utterances": detector.overlong,
-        "filler_margin": detector.filler_margin if detector.filler is not None else None,
+        "filler_margin": detector.filler_margin,
         "filler_checks": detector.filler_checks,
         "filler_dropped": detector.filler_dropped,
         "repaired_samples": detector.repaired,

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from speechxfer import load_model
 from speechxfer.audio import load
 from speechxfer.cli import main
 from speechxfer.decoder.filler import FillerRatio, is_filler_token
@@ -69,6 +70,13 @@ def test_bad_filler_margin_is_refused(filler):
     with pytest.raises(ValueError, match="filler_margin"):
         Detector(filler.system, vad=_Quiet(), filler_margin=-1.0)
     assert Detector(filler.system, vad=_Quiet(), filler_margin=None).filler is None
+
+
+def test_the_filler_check_on_a_model_without_a_decoder_is_an_error(make_svm, tmp_path):
+    """Asked for, the check must run or say why not: never silently left out."""
+    model = load_model(make_svm(tmp_path / "svm", ("1", "4"), range(3)))
+    with pytest.raises(ValueError, match="needs a model with a Whisper decoder"):
+        Detector(model, vad=_Quiet(), filler_margin=1.0)
 
 
 class _Quiet:
