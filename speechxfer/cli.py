@@ -239,7 +239,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _enroll(args: argparse.Namespace) -> None:
     from .voiceprint import enroll
 
-    prints = enroll(args.model, args.speaker, args.clips, device=_loaded_on(args.device))
+    prints = enroll(args.model, args.speaker, args.clips, device=_loaded_on(args.device),
+                    cohort=args.cohort)
     print(f"enrolled {args.speaker!r} from {len(args.clips)} clip(s) in {args.model}/voiceprints "
           f"({len(prints.names)} speaker(s); embeddings: {prints.source})")
 
@@ -248,7 +249,8 @@ def _eval_speakers(args: argparse.Namespace) -> None:
     from .voiceprint import eval_speakers
 
     report = eval_speakers(args.model, args.data, k=args.enroll, seed=args.seed,
-                           device=_loaded_on(args.device), calibrate=args.calibrate)
+                           device=_loaded_on(args.device), calibrate=args.calibrate,
+                           cohort=args.cohort)
     if args.json:
         print(json.dumps(report))
         return
@@ -264,6 +266,9 @@ def _add_speaker_parsers(sub) -> None:
     n.add_argument("model", type=Path)
     n.add_argument("--speaker", required=True, help="the name predict --json reports")
     n.add_argument("clips", nargs="+", help="recordings of the speaker (3 or more is best)")
+    n.add_argument("--cohort", type=Path, metavar="DIR",
+                   help="background speakers whose mean embeddings become the voiceprints' "
+                        "score-normalisation cohort (default: the model's own)")
     n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     n.set_defaults(func=_enroll)
     v = sub.add_parser("eval-speakers", help="speaker verification EER, minDCF and "
@@ -280,6 +285,9 @@ def _add_speaker_parsers(sub) -> None:
                    help="store, in MODEL/voiceprints, the accept threshold that lets 1%% of "
                         "these trials' impostors through (calibrate on other speakers than "
                         "those you measure on)")
+    v.add_argument("--cohort", type=Path, metavar="DIR",
+                   help="background speakers (not the scored ones) to S-norm against, for "
+                        "either backend; with --calibrate, stored with the threshold")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     v.set_defaults(func=_eval_speakers)
@@ -475,6 +483,25 @@ def _add_serve_parser(sub) -> None:
     v.set_defaults(func=_serve)
 
 
+def _ensemble(args: argparse.Namespace) -> None:
+    from .ensemble import EnsembleRecognizer
+
+    system = EnsembleRecognizer.of_folders(args.models, args.threshold)
+    system.save(args.out)
+    print(f"ensemble of {len(args.models)} systems saved to {args.out} "
+          f"(threshold {_figure(system.threshold)})")
+
+
+def _add_ensemble_parser(sub) -> None:
+    x = sub.add_parser("ensemble", help="one model from saved ones with the same labels: the "
+                                        "geometric mean of their probabilities")
+    x.add_argument("models", type=Path, nargs="+", help="two or more model folders")
+    x.add_argument("--out", type=_out_dir, required=True)
+    x.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+                   help="open-set bar (default: the strictest member's)")
+    x.set_defaults(func=_ensemble)
+
+
 def _export(args: argparse.Namespace) -> None:
     from .export import export_folder, write_fast_path
 
@@ -607,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_stream_parser(sub)
     _add_serve_parser(sub)
     _add_export_parser(sub)
+    _add_ensemble_parser(sub)
     _add_speaker_parsers(sub)
     _add_verbosity(parser, NORMAL)
     for command in sub.choices.values():

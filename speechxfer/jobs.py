@@ -49,6 +49,7 @@ from .train import (
     KEEP,
     STRATEGIES,
     TrainConfig,
+    cached_proba,
     default_epochs,
     fit,
     fit_generative,
@@ -299,11 +300,16 @@ class TrainedNeural:
     summary: dict
     val_waves: list[torch.Tensor]
     val: list
+    # probabilities of the validation clips of these speakers from a head trained as ``model``
+    # (on the same cached features) without any clip of theirs: ``held_out_speaker_probs``;
+    # None unless asked for (``train_neural``'s ``refits``: the features stay in memory)
+    held_out_probs: Callable[[set[str]], np.ndarray] | None = None
 
 
-def train_neural(run: Run) -> TrainedNeural:
+def train_neural(run: Run, refits: bool = False) -> TrainedNeural:
     """A CommandClassifier (one head per task) trained under a transfer strategy (``train.fit``),
-    its rejection threshold calibrated on the validation clips; not evaluated, not saved."""
+    its rejection threshold calibrated on the validation clips; not evaluated, not saved.
+    ``refits`` keeps its cached features for ``TrainedNeural.held_out_probs``."""
     started = time.perf_counter()
     train, val = run.pools()
     enc = build_encoder(run.encoder, window=run.window, pretrained=run.strategy != "scratch")
@@ -322,8 +328,11 @@ def train_neural(run: Run) -> TrainedNeural:
         for t in speed_tasks:
             task_labels[t] = sorted(task_labels[t] + [
                 speed_label(lab, p) for lab in task_labels[t] for p in run.speaker_speeds])
-    model = CommandClassifier(enc, task_labels, layer=run.layer, pooling=run.pooling,
-                              head_options=run.head_options)
+    def build() -> CommandClassifier:
+        return CommandClassifier(enc, task_labels, layer=run.layer, pooling=run.pooling,
+                                 head_options=run.head_options)
+
+    model = build()
     train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
     val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
     augmenter = make_augmenter(run.augment, train_w, train, enc.sample_rate)
@@ -357,7 +366,31 @@ def train_neural(run: Run) -> TrainedNeural:
         resumed_from_epoch=result.resumed_from, history=result.history,
         parameters=sum(p.numel() for p in model.parameters()))
     model.info = system_info(summary)
-    return TrainedNeural(model, summary, val_w, val)
+    if not refits:
+        return TrainedNeural(model, summary, val_w, val)
+    caches = result.train_cache, result.val_cache
+    if (caches[0] is not None and caches[0].n_frozen == enc.num_layers
+            and all(head.pool is None for head in model.heads.values())):
+        caches = caches[0].mean_pooled(), caches[1].mean_pooled()  # the same fits, faster
+
+    def held_out_probs(left_out: set[str]) -> np.ndarray:
+        keep = [i for i, c in enumerate(fit_clips) if c.speaker not in left_out]
+        keep_val = [i for i, c in enumerate(val) if c.speaker not in left_out]
+        rows = [i for i, c in enumerate(val) if c.speaker in left_out]
+        cache, val_cache = caches
+        if cache is not None:  # the clean clips, then each augmented copy of them all
+            copies = len(cache.items) // len(fit_w)
+            cache = cache.subset([r * len(fit_w) + i for r in range(copies) for i in keep])
+        fold = build()
+        fit(fold, [fit_w[i] for i in keep], [fit_clips[i].labels for i in keep],
+            [val_w[i] for i in keep_val], [val[i].labels for i in keep_val], config,
+            train_cache=cache, augmenter=augmenter,
+            val_cache=None if val_cache is None else val_cache.subset(keep_val))
+        if val_cache is None:
+            return fold.predict_proba([val_w[i] for i in rows])
+        return cached_proba(fold, val_cache.subset(rows))
+
+    return TrainedNeural(model, summary, val_w, val, held_out_probs)
 
 
 def neural_job(run: Run) -> dict:
@@ -464,12 +497,55 @@ def generative_job(run: Run) -> dict:
     return finish_job(system, summary, run.split, run.out)
 
 
+CROSS_FIT_FOLDS = 5  # at most this many groups of speakers held out to choose the prior's weight
+
+
+def speaker_groups(speakers: list[str], folds: int = CROSS_FIT_FOLDS) -> list[set[str]]:
+    """The distinct speakers dealt in sorted order into at most ``folds`` groups (one each
+    when there are that few)."""
+    ordered = sorted(set(speakers))
+    n = min(folds, len(ordered))
+    return [set(ordered[g::n]) for g in range(n)]
+
+
+def held_out_speaker_probs(trained: TrainedNeural,
+                           folds: int = CROSS_FIT_FOLDS) -> np.ndarray | None:
+    """The head's probabilities of its validation clips as on voices it never heard: each
+    group of speakers (``speaker_groups``) is predicted by a head trained like the shipped one
+    without any clip of theirs (``TrainedNeural.held_out_probs``). None with fewer than two named
+    speakers among the clips, when none of them was trained on (validation speakers held out
+    whole: the head's own probabilities are already those of unheard voices), or when a group
+    holds every training speaker.
+
+    Why: the head fits the validation takes of its own training speakers almost perfectly, so
+    a prior weight chosen on them undervalues the prior for the new speakers it is for.
+    """
+    speakers = [c.speaker for c in trained.val]
+    heard = set(trained.summary["train_speakers"])
+    if (trained.held_out_probs is None or None in speakers or len(set(speakers)) < 2
+            or not heard & set(speakers)):
+        return None
+    groups = speaker_groups(speakers, folds)
+    if any(not heard - group for group in groups):  # a fold would have nobody to train on
+        return None
+    probs = np.zeros((len(speakers), len(trained.model.labels)), np.float32)
+    for k, group in enumerate(groups, 1):
+        LOGGER.info("prior weight, fold %d/%d: a head without %s", k, len(groups),
+                    ", ".join(sorted(group)) if len(group) <= 3 else f"{len(group)} speakers")
+        probs[[i for i, s in enumerate(speakers) if s in group]] = trained.held_out_probs(group)
+    return probs
+
+
 def combined_job(run: Run) -> dict:
     """A frozen-encoder head (``train_neural``, with every task the run asks for, kept in
     memory: every torchrun rank has it, rank 0 alone saves), the zero-shot prior, its weight
     chosen on the validation clips of the training speakers (``WEIGHT_GRID``; weight 1 when
     there are none, as with ``per_class_n``), then evaluate and save. ``out`` changes only in
     the final save.
+
+    The weight is chosen on the head's probabilities of those clips from heads that never
+    heard their speakers (``held_out_speaker_probs``: at most ``CROSS_FIT_FOLDS`` more head
+    fits on the cached features), or on the shipped head's own with a single speaker.
 
     With ``_unknown_`` / ``_silence_`` the same validation clips first fit the prior's scores
     for them (``ZeroShotRecognizer.fit_open_set``), then, after the weight, the combined
@@ -478,7 +554,7 @@ def combined_job(run: Run) -> dict:
     started = time.perf_counter()
     # the head's validation clips are the run's (``Run.pools``: none with ``per_class_n``),
     # already read: the weight and the threshold are chosen on the same waves
-    trained = train_neural(replace(run, strategy="frozen", evaluate=False))
+    trained = train_neural(replace(run, strategy="frozen", evaluate=False), refits=True)
     head, head_summary = trained.model, trained.summary
     waves, kept = trained.val_waves, trained.val
     zero = ZeroShotRecognizer(head.labels, encoder=run.encoder, window=head.encoder.window,
@@ -496,8 +572,13 @@ def combined_job(run: Run) -> dict:
         if open_set(zero.labels) and open_set(truth):
             fitted, scores = zero.fit_open_set(scores, truth)
         zero_probs = system.prior_from_scores(scores)
-        weight, nll = choose_weight(head_probs, zero_probs, target)
-        system.weight, choice = weight, {"weight": weight, "nll": nll, "n": len(kept)}
+        held_out = held_out_speaker_probs(trained)
+        weight, nll = choose_weight(head_probs if held_out is None else held_out, zero_probs,
+                                    target)
+        system.weight, choice = weight, {
+            "weight": weight, "nll": nll, "n": len(kept),
+            "head_probabilities": "trained head" if held_out is None else "held out by speaker",
+            "folds": None if held_out is None else len(speaker_groups([c.speaker for c in kept]))}
         rejection = calibrate_rejection(system, waves, truth, run.max_false_accept,
                                         combine_log_linear(head_probs, zero_probs, weight))
     summary = {**head_summary, "strategy": {"strategy": run.strategy, "head": "frozen",

@@ -41,6 +41,7 @@ KINDS: dict[str, str] = {
     "zero-shot": "speechxfer.decoder.scoring:ZeroShotRecognizer",
     "generative": "speechxfer.decoder.generative:GenerativeRecognizer",
     "combined": "speechxfer.decoder.combined:CombinedRecognizer",
+    "ensemble": "speechxfer.ensemble:EnsembleRecognizer",
     "classic-gmm-hmm": "speechxfer.classic.hmm:HMMRecognizer",
     "classic-dtw": "speechxfer.classic.dtw:DTWRecognizer",
     "classic-svm": "speechxfer.classic.svm:SVMRecognizer",

@@ -260,6 +260,14 @@ class FeatureCache:
         part.full = [self.full[i] for i in idx] if self.full is not None else None
         return part
 
+    def mean_pooled(self) -> FeatureCache:
+        """Each clip's states averaged over its frames (one frame left): for a fully frozen
+        encoder under mean-pooled heads the same pooled vectors (the layer mix is linear, so
+        the mean over frames commutes with it), at a fraction of the cost per epoch."""
+        part = self.subset(list(range(len(self.items))))
+        part.items = [x.float().mean(1, keepdim=True).to(torch.float16) for x in self.items]
+        return part
+
     def joined(self, other: FeatureCache) -> FeatureCache:
         """This cache's clips followed by ``other``'s (made by the same frozen encoder part)."""
         part = copy.copy(self)
@@ -348,6 +356,18 @@ def forward_cached(model: CommandClassifier, cache: FeatureCache, idx: list[int]
             top = model.encoder.run_blocks(full, full_mask, cache.n_frozen)
             hidden += [h[:, : mask.shape[1]] for h in top]
     return model.heads_forward(EncoderOutput(hidden, mask))
+
+
+@torch.no_grad()
+def cached_proba(model: CommandClassifier, cache: FeatureCache, batch_size: int = 64) -> np.ndarray:
+    """Primary-task probabilities of every clip in ``cache``: no encoder pass below the cache."""
+    model.eval()
+    device = next(model.heads.parameters()).device
+    n = len(cache.items)
+    out = [torch.softmax(forward_cached(model, cache, list(range(s, min(s + batch_size, n))),
+                                        device)[PRIMARY_TASK].float(), -1).cpu()
+           for s in range(0, n, batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(model.labels)), np.float32)
 
 
 def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -563,6 +583,9 @@ class TrainResult:
     best_epoch: int
     resumed_from: int | None
     train_examples: int = 0  # training examples per epoch: clips plus cached augmented copies
+    # the lower-layer features fit used (cached strategies): later fits on subsets reuse them
+    train_cache: FeatureCache | None = None
+    val_cache: FeatureCache | None = None
 
 
 def evaluate_accuracy(model: CommandClassifier, run_batch, n: int, targets: torch.Tensor,
@@ -610,6 +633,7 @@ def fit(
     train_cache: FeatureCache | None = None,
     identity: dict | None = None,
     augmenter: Augmenter | None = None,
+    val_cache: FeatureCache | None = None,
 ) -> TrainResult:
     """Train under ``config.strategy``; keep the best validation epoch (or the last:
     ``config.keep``); resume if interrupted. Each embedding task's verification EER over the
@@ -621,7 +645,8 @@ def fit(
 
     ``train_cache`` (cached strategies only) reuses lower-layer features already computed for
     ``train_waves`` (followed by their augmented copies, with ``augmenter``) by a model with the
-    same frozen encoder, as a recipe comparing runs does.
+    same frozen encoder, as a recipe comparing runs does; ``val_cache`` the same for
+    ``val_waves``. The result holds both caches.
 
     ``augmenter`` augments the training clips, never the validation ones. Cached strategies
     (frozen, top-k) cache its K seeded copies of every clip beside the clean one, so an epoch
@@ -653,7 +678,9 @@ def fit(
                 or len(train_cache.items) != len(train_waves)):
             train_cache = training_cache(model, train_waves, len(clean_waves), n_frozen, device,
                                          augmenter)
-        val_cache = FeatureCache(model, val_waves, n_frozen, device, desc="caching validation")
+        if (val_cache is None or val_cache.n_frozen != n_frozen
+                or len(val_cache.items) != len(val_waves)):
+            val_cache = FeatureCache(model, val_waves, n_frozen, device, desc="caching validation")
 
         def run_train(idx, epoch):
             return forward_cached(model, train_cache, idx, device)
@@ -795,7 +822,8 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
     model.eval()
-    return TrainResult(history, best_epoch, resumed_from, len(train_waves))
+    return TrainResult(history, best_epoch, resumed_from, len(train_waves),
+                       train_cache if cached else None, val_cache if cached else None)
 
 
 GENERATIVE_CHECKPOINT_STEPS = 10  # optimiser steps between checkpoints of ``fit_generative``

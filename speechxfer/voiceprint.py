@@ -9,7 +9,9 @@ A voiceprint is the L2-normalised mean of a speaker's enrolment embeddings. Scor
 similarities under symmetric score normalisation (S-norm): the raw cosine is z-normalised
 against a cohort from both sides (the voiceprint's and the clip's cosines to the cohort), so
 one threshold fits every speaker. The cohort is the embedding head's class prototypes (the
-training speakers: no audio needed) or, for pooled features, the other enrolled voiceprints.
+training speakers: no audio needed) or, for pooled features, the other enrolled voiceprints;
+or, given a folder of background speakers (``--cohort``), their mean embeddings, stored with
+the voiceprints: real voices' scores resemble trial scores more than prototypes' do.
 The accept threshold is the score ``FALSE_ACCEPT_TARGET`` of impostor trials reach: set by
 ``eval-speakers --calibrate`` on speakers of your choice, else the standard-normal quantile
 (S-normed impostor scores are roughly N(0, 1), though in practice that is too strict);
@@ -116,6 +118,16 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
 
 
+def cohort_vectors(embed: Embedder, data: str | Path) -> np.ndarray:
+    """An S-norm cohort of real voices: one normalised mean embedding per speaker of ``data``
+    (background speakers, never the ones scored), built the way a voiceprint is, so the cohort
+    scores look like trial scores; a head's prototypes are only the targets it was trained on."""
+    clips, waves, _ = speaker_clips(data, embed.sample_rate)
+    x = embed(waves)
+    owner = np.array([str(c.speaker) for c in clips])
+    return unit(np.stack([x[owner == s].mean(0) for s in sorted(set(owner))])).astype(np.float32)
+
+
 def snorm(raw: np.ndarray, model_vecs: np.ndarray, clip_vecs: np.ndarray, cohort: np.ndarray,
           model_owner: Sequence[str] | None = None,
           cohort_owner: Sequence[str] | None = None) -> np.ndarray:
@@ -151,11 +163,16 @@ class Voiceprints:
     source: str
     threshold: float
     calibration: dict | None = None  # where the threshold was set (None: the normal model)
+    cohort: np.ndarray | None = None  # [speakers, dim] S-norm cohort (None: the model's own)
+    cohort_data: str | None = None  # the folder the cohort came from
 
     def to_config(self) -> dict:
+        cohort = None if self.cohort is None else {"data": self.cohort_data,
+                                                   "speakers": len(self.cohort)}
         return {"format": FORMAT, "version": 1, "source": self.source,
                 "dim": int(self.vectors.shape[1]), "threshold": self.threshold,
                 "false_accept_target": FALSE_ACCEPT_TARGET, "calibration": self.calibration,
+                "cohort": cohort,
                 "speakers": [{"name": n, "clips": c} for n, c in zip(self.names, self.clips)]}
 
 
@@ -184,22 +201,30 @@ def read_voiceprints(model_dir: str | Path) -> Voiceprints | None:
         threshold = float(config["threshold"])
         source = str(config["source"])
         dim = int(config.get("dim", 0))
+        cohort = config.get("cohort")
+        n_cohort = None if cohort is None else int(cohort["speakers"])
         if config.get("format") != FORMAT or not np.isfinite(threshold):
             raise ValueError("not a voiceprints file")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{folder / CONFIG}: unreadable voiceprints ({str(err)[:200]})") from None
-    tensors = read_weights(folder / WEIGHTS, "numpy", {"vectors": (len(names), dim)})
+    shapes = {"vectors": (len(names), dim)} | ({} if n_cohort is None else
+                                                {"cohort": (n_cohort, dim)})
+    tensors = read_weights(folder / WEIGHTS, "numpy", shapes)
     vectors = tensors["vectors"].astype(np.float32)
     calibration = config.get("calibration")
     return Voiceprints(names, vectors, clips, source, threshold,
-                       calibration if isinstance(calibration, dict) else None)
+                       calibration if isinstance(calibration, dict) else None,
+                       None if n_cohort is None else tensors["cohort"].astype(np.float32),
+                       None if cohort is None else str(cohort.get("data")))
 
 
 def write_voiceprints(model_dir: str | Path, prints: Voiceprints) -> Path:
     """Replace ``MODEL/voiceprints/`` whole (``store.atomic_folder``): a kill leaves the old set."""
     folder = Path(model_dir) / FOLDER
     with atomic_folder(folder, _is_voiceprint_folder) as tmp:
-        save_file({"vectors": np.ascontiguousarray(prints.vectors, np.float32)},
+        tensors = {"vectors": prints.vectors} | ({} if prints.cohort is None else
+                                                  {"cohort": prints.cohort})
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
                   str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(prints.to_config(), indent=2))
     return folder
@@ -224,9 +249,12 @@ def _check_name(speaker: str) -> str:
 
 
 def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path],
-           device: str = "cpu") -> Voiceprints:
+           device: str = "cpu", cohort: str | Path | None = None) -> Voiceprints:
     """Add (or replace) ``speaker``'s voiceprint in ``model_dir`` from ``clips`` (audio files);
-    every clip is read before anything is written, so a bad file changes nothing."""
+    every clip is read before anything is written, so a bad file changes nothing. ``cohort``, a
+    folder of background speakers, becomes every voiceprint's S-norm cohort
+    (``cohort_vectors``); scores then change, so a calibrated threshold falls back to the
+    default until calibrated again."""
     name = _check_name(speaker)
     if not clips:
         raise VoiceprintError(f"enrolling {name!r}: no clips given")
@@ -240,12 +268,16 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path],
     if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
         raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
                          f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
+    if cohort is not None:
+        prints.cohort, prints.cohort_data = cohort_vectors(embed, cohort), str(cohort)
+        prints.threshold, prints.calibration = default_threshold(), None
     mean = unit(vectors.mean(0, keepdims=True))
     keep = [i for i, n in enumerate(prints.names) if n != name]
     prints = Voiceprints([prints.names[i] for i in keep] + [name],
                          np.concatenate([prints.vectors[keep], mean]).astype(np.float32),
                          [prints.clips[i] for i in keep] + [[Path(c).name for c in clips]],
-                         embed.source, prints.threshold, prints.calibration)
+                         embed.source, prints.threshold, prints.calibration, prints.cohort,
+                         prints.cohort_data)
     write_voiceprints(model_dir, prints)
     return prints
 
@@ -270,8 +302,9 @@ class SpeakerScorer:
             raise ModelError(f"voiceprints of {p.vectors.shape[1]} dims, embeddings of "
                              f"{x.shape[1]}: made by another model; enrol again")
         raw = p.vectors @ x.T
-        if self.embed.cohort is not None:
-            return snorm(raw, p.vectors, x, self.embed.cohort).T
+        cohort = p.cohort if p.cohort is not None else self.embed.cohort
+        if cohort is not None:
+            return snorm(raw, p.vectors, x, cohort).T
         return snorm(raw, p.vectors, x, p.vectors, p.names, p.names).T
 
     def identify(self, wave: torch.Tensor) -> dict:
@@ -386,6 +419,7 @@ class Backend:
     clips' features, and the score matrix [models, clips]."""
 
     description: str
+    normalisation = "none"  # how scores are normalised, as the report says it
     threshold: float | None = None  # a stored accept threshold, reported against when set
 
     def features(self, waves: list[torch.Tensor]) -> list:
@@ -402,6 +436,8 @@ class EmbeddingBackend(Backend):
         self.embed, self.description = embed, embed.source
         self.threshold = default_threshold()
         self.sample_rate = embed.sample_rate
+        self.normalisation = ("S-norm against the other enrolled voiceprints" if embed.cohort is None
+                              else f"S-norm against the head's {len(embed.cohort)} prototypes")
 
     def features(self, waves: list[torch.Tensor]) -> list:
         return list(self.embed(waves))
@@ -428,7 +464,8 @@ def evaluate_speakers(backend: Backend, clips: list[Clip], waves: list[torch.Ten
         raise VoiceprintError(f"no trials: no speaker has more than k={k} clips "
                               "(of one word, for text-dependent trials)")
     feats = backend.features(waves) if feats is None else feats
-    report: dict = {"backend": backend.description, "k": k, "seed": seed,
+    report: dict = {"backend": backend.description, "normalisation": backend.normalisation,
+                    "k": k, "seed": seed,
                     "n_clips": len(clips), "n_speakers": len({c.speaker for c in clips})}
     n_trials = 0
     for trials in (td, ti):
@@ -488,7 +525,8 @@ def speaker_clips(data: str | Path, sample_rate: int) -> tuple[list[Clip], list[
 
 
 def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | Sequence[int] = 0,
-                  device: str = "cpu", calibrate: bool = False) -> dict:
+                  device: str = "cpu", calibrate: bool = False,
+                  cohort: str | Path | None = None) -> dict:
     """``evaluate_speakers`` for a model folder (its embeddings), or for a classic backend
     ``gmm-ubm:BACKGROUND_DIR`` (MFCC GMM-UBM fitted on that folder's clips). Several seeds
     (enrolment draws) share one feature pass; the headline figures are then their means.
@@ -497,15 +535,24 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
     is its calibrated one if any, else the normal model's. ``calibrate`` sets it from these
     trials instead: the score that ``FALSE_ACCEPT_TARGET`` of their impostor trials reach,
     written into ``MODEL/voiceprints/`` (enrolled speakers kept). Calibrate on speakers other
-    than the ones you measure on."""
+    than the ones you measure on.
+
+    ``cohort``, a folder of background speakers (never the scored ones), is the S-norm cohort
+    of either backend: their mean embeddings for a model (stored with the threshold when
+    calibrating), their MAP models and clips for the GMM-UBM. Without it a model uses the
+    cohort stored with its voiceprints, else its own (head prototypes or the other enrolled
+    voiceprints), and the GMM-UBM scores raw LLRs."""
     spec = str(model)
     if calibrate and spec.startswith("gmm-ubm:"):  # refused before the costly UBM fit
         raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
     if spec.startswith("gmm-ubm:"):
-        from .classic.gmmubm import GMMUBMBackend
+        from .classic.gmmubm import GMMUBMBackend, read_folder
 
-        backend: Backend = GMMUBMBackend.fit_folder(spec.partition(":")[2])
-        rate = backend.sample_rate
+        gmm = GMMUBMBackend.fit_folder(spec.partition(":")[2])
+        if cohort is not None:
+            gmm.set_cohort(*read_folder(cohort), name=str(cohort))
+        backend: Backend = gmm
+        rate = gmm.sample_rate
     else:
         system, _ = _open(model, device)
         embed = Embedder(classifier_of(system))
@@ -513,6 +560,13 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
         stored = read_voiceprints(model)
         if stored is not None and stored.source == embed.source:
             backend.threshold = stored.threshold
+            if stored.cohort is not None and cohort is None:
+                embed.cohort = stored.cohort
+                backend.normalisation = (f"S-norm against the {len(stored.cohort)} speakers of "
+                                         f"{stored.cohort_data} (stored with the voiceprints)")
+        if cohort is not None:
+            embed.cohort = cohort_vectors(embed, cohort)
+            backend.normalisation = f"S-norm against the {len(embed.cohort)} speakers of {cohort}"
     clips, waves, skipped = speaker_clips(data, rate)
     seeds = [seed] if isinstance(seed, int) else list(seed)
     feats = backend.features(waves)
@@ -520,7 +574,7 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
     runs = [evaluate_speakers(backend, clips, waves, k, s, feats, impostors) for s in seeds]
     report = runs[0]
     if len(runs) > 1:  # the headline figures become means over the enrolment draws
-        keep = ("backend", "k", "n_clips", "n_speakers", "p_target")
+        keep = ("backend", "normalisation", "k", "n_clips", "n_speakers", "p_target")
         report = {key: runs[0][key] for key in keep} | {
             "seed": seeds, "n_trials": sum(r["n_trials"] for r in runs), "per_seed": runs}
         for key in HEADLINE:
@@ -529,13 +583,15 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
             report[f"{key}_std"] = float(np.std(values)) if values else None
     report["skipped"] = [{"path": p, "problem": why} for p, why in skipped]
     if calibrate:
-        report["calibrated_threshold"] = _calibrate(model, embed, impostors, data, len(clips))
+        report["calibrated_threshold"] = _calibrate(model, embed, impostors, data, len(clips),
+                                                    cohort)
     return report
 
 
 def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data: str | Path,
-               n_clips: int) -> float:
-    """Store the score ``FALSE_ACCEPT_TARGET`` of ``impostors`` reach as the accept threshold."""
+               n_clips: int, cohort: str | Path | None = None) -> float:
+    """Store the score ``FALSE_ACCEPT_TARGET`` of ``impostors`` reach as the accept threshold
+    (and, with ``cohort``, the cohort those scores were normalised against)."""
     if not impostors:
         raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
@@ -549,6 +605,8 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
     prints.threshold = threshold
     prints.calibration = {"data": str(data), "clips": n_clips, "impostor_trials": len(impostors),
                           "false_accept_target": FALSE_ACCEPT_TARGET}
+    if cohort is not None:
+        prints.cohort, prints.cohort_data = embed.cohort, str(cohort)
     write_voiceprints(model, prints)
     return threshold
 

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("recognizer",),  # the contract and load(): imports no system
     ("model", "classic"),
     ("decoder",),  # the combined system holds a CommandClassifier head
+    ("ensemble",),  # systems of any kind, opened through recognizer.load
     ("train",),  # every training loop
     ("multitask",),
     ("jobs",),  # one table of strategies -> jobs

@@ -3,14 +3,26 @@ the generative job runs end to end, extra tasks survive the default (combined) s
 refused, with a clear message, by the strategies that train no head."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from speechxfer import load_model
+from speechxfer import jobs, load_model
+from speechxfer.audio import Clip
 from speechxfer.cli import build_parser, main
 from speechxfer.decoder.combined import CombinedRecognizer
 from speechxfer.decoder.generative import GenerativeRecognizer
-from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, strategy_of, train_job
+from speechxfer.jobs import (
+    DEFAULT_STRATEGY,
+    JOBS,
+    TrainedNeural,
+    held_out_speaker_probs,
+    speaker_groups,
+    strategy_of,
+    train_job,
+)
 
 
 def test_the_cli_offers_every_strategy_of_the_table():
@@ -92,3 +104,54 @@ def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, t
     assert first["resumed_from_step"] is None and second["resumed_from_step"] == 10
     assert first["last_loss"] == second["last_loss"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_speaker_groups_deal_every_speaker_once_into_at_most_the_folds():
+    groups = speaker_groups(["d", "a", "b", "c", "a", "e", "f", "g"], folds=3)
+    assert groups == [{"a", "d", "g"}, {"b", "e"}, {"c", "f"}]
+    assert speaker_groups(["x", "y"], folds=5) == [{"x"}, {"y"}]
+
+
+def test_held_out_speaker_probs_fills_each_speakers_rows_from_the_head_without_them():
+    clips = [Clip(Path(f"{i}.wav"), {"command": "1"}, s) for i, s in enumerate("abab")]
+    asked = []
+
+    def held_out_probs(left_out):
+        asked.append(left_out)
+        return np.full((2, 2), 0.9 if left_out == {"a"} else 0.1)
+
+    def trained(clips, heard=("a", "b")):
+        return TrainedNeural(SimpleNamespace(labels=["1", "2"]), {"train_speakers": list(heard)},
+                             [], clips, held_out_probs)
+
+    probs = held_out_speaker_probs(trained(clips))
+    assert asked == [{"a"}, {"b"}] and probs[:, 0].tolist() == pytest.approx([0.9, 0.1, 0.9, 0.1])
+    assert held_out_speaker_probs(trained(clips[::2])) is None  # one speaker: nobody to hold out
+    assert held_out_speaker_probs(trained(clips, heard=("c",))) is None  # never trained on them
+    assert held_out_speaker_probs(trained(clips, heard=("a",))) is None  # no one left without a
+    assert held_out_speaker_probs(trained([*clips, Clip(Path("x.wav"), {}, None)])) is None
+    assert len(asked) == 2
+
+
+def test_the_prior_weight_is_chosen_on_speakers_the_head_never_heard(make_fsdd, tmp_path,
+                                                                     monkeypatch):
+    """The head fits its own speakers' validation takes better than a new voice's: the weight
+    is chosen on each speaker's takes as a head trained without that speaker scores them."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "7"), 6)
+    seen = {}
+
+    def spy(trained, *args):
+        seen["trained"], seen["probs"] = trained, held_out_speaker_probs(trained, *args)
+        return seen["probs"]
+
+    monkeypatch.setattr(jobs, "held_out_speaker_probs", spy)
+    summary = train_job(data, strategy="combined", test_speakers=["theo"], out=tmp_path / "m",
+                        device="cpu", epochs=5)
+    choice = summary["strategy"]["prior_weight"]
+    assert choice["head_probabilities"] == "held out by speaker" and choice["folds"] == 2
+    trained, held_out = seen["trained"], seen["probs"]
+    truth = [trained.model.labels.index(c.label) for c in trained.val]
+    rows = np.arange(len(truth))
+    own = trained.model.predict_proba(trained.val_waves)[rows, truth]
+    assert held_out.shape == (len(truth), 2) and np.allclose(held_out.sum(1), 1, atol=1e-5)
+    assert held_out[rows, truth].mean() < own.mean()

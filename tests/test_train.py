@@ -6,7 +6,9 @@ from speechxfer.encoders import build_encoder
 from speechxfer.model import CommandClassifier
 from speechxfer.train import (
     Checkpointer,
+    FeatureCache,
     TrainConfig,
+    cached_proba,
     encode_targets,
     fit,
     length_batches,
@@ -108,3 +110,17 @@ def test_scratch_cnn_learns_real_clips(clips):
     probs = m.predict_proba(waves)
     acc = (probs.argmax(1) == [0 if lab["command"] == "1" else 1 for lab in labels]).mean()
     assert acc >= 0.8
+
+
+def test_a_mean_pooled_cache_gives_a_mean_pooled_head_the_same_probabilities(fsdd):
+    """Fits on the frame-averaged cache (``FeatureCache.mean_pooled``) are the fits on the
+    frames: the layer mix is linear, so averaging first changes nothing but the cost."""
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("whisper-tiny.en", window="2s"), {"command": ["a", "b"]})
+    torch.nn.init.normal_(model.heads["command"].mix.weights)  # a mix that is not uniform
+    waves = [load(fsdd / f"{d}_theo_0.wav") for d in "0123"]
+    cache = FeatureCache(model, waves, model.encoder.num_layers, torch.device("cpu"))
+    pooled = cache.mean_pooled()
+    assert {x.shape[1] for x in pooled.items} == {1} and max(x.shape[1] for x in cache.items) > 1
+    assert cached_proba(model, pooled) == pytest.approx(cached_proba(model, cache), abs=2e-3)
+    assert cached_proba(model, pooled) == pytest.approx(model.predict_proba(waves), abs=2e-3)

@@ -186,3 +186,88 @@ def test_bad_input_is_refused_clearly(enrolled, fsdd, tmp_path, capsys):
     assert main(["enroll", str(enrolled), "--speaker", "ann", str(tmp_path / "nope.wav")]) == 2
     assert "nope.wav" in capsys.readouterr().err
     assert main(["eval-speakers", str(enrolled), "--data", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_cohort_folder_normalises_and_is_stored_with_the_voiceprints(tmp_path, fsdd, make_fsdd):
+    """``--cohort DIR``: the S-norm cohort becomes DIR's speakers' mean embeddings, stored with
+    a calibrated threshold and used by verify; a new cohort at enrolment resets the threshold."""
+    from speechxfer.voiceprint import cohort_vectors, snorm, unit
+
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                              {"command": ["a", "b"], "speaker": ["x", "y", "z"]},
+                              head_options={"speaker": {"kind": "embedding", "embedding_dim": 8}})
+    folder = model.save(tmp_path / "m")
+    cohort = make_fsdd(tmp_path / "bg", ("yweweler", "jackson"), ("2", "3"), 2)
+    data = make_fsdd(tmp_path / "d", ("george", "theo"), ("1", "4"), 3)
+    plain = eval_speakers(folder, data, k=2)
+    assert plain["normalisation"] == "S-norm against the head's 3 prototypes"
+    report = eval_speakers(folder, data, k=2, calibrate=True, cohort=cohort)
+    assert report["normalisation"] == f"S-norm against the 2 speakers of {cohort}"
+    embed = Embedder(CommandClassifier.load(folder))
+    vectors = cohort_vectors(embed, cohort)
+    prints = read_voiceprints(folder)
+    assert prints.cohort.shape == (2, 8) and prints.cohort_data == str(cohort)
+    np.testing.assert_allclose(prints.cohort, vectors, atol=1e-5)
+    assert prints.threshold == report["calibrated_threshold"]
+    stored = eval_speakers(folder, data, k=2)  # the stored cohort, as verify will use it
+    assert stored["normalisation"].endswith("(stored with the voiceprints)")
+    assert stored["eer_text_dependent"] == pytest.approx(report["eer_text_dependent"])
+    enroll(folder, "ann", [fsdd / "1_theo_0.wav", fsdd / "2_theo_0.wav"])  # cohort kept
+    score, _ = verify(folder, fsdd / "3_theo_0.wav", "ann")
+    x = embed([load(fsdd / f"{d}_theo_0.wav") for d in "123"])
+    voice = unit(x[:2].mean(0, keepdims=True))
+    assert score == pytest.approx(float(snorm(voice @ x[2:].T, voice, x[2:], vectors)[0, 0]),
+                                  abs=1e-3)
+    again = enroll(folder, "bob", [fsdd / "1_george_0.wav"], cohort=data)  # a new cohort
+    assert again.cohort.shape == (2, 8) and again.cohort_data == str(data)
+    assert again.calibration is None and again.threshold == pytest.approx(2.326, abs=1e-3)
+    with pytest.raises(VoiceprintError, match="two speakers"):
+        enroll(folder, "bob", [fsdd / "1_george_0.wav"], cohort=make_fsdd(
+            tmp_path / "one", ("theo",), ("5",), 2))
+
+
+def test_a_cohort_shape_that_does_not_match_is_refused(tmp_path, fsdd, make_fsdd):
+    from speechxfer.recognizer import ModelError
+
+    torch.manual_seed(0)
+    folder = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                               {"command": ["a", "b"]}).save(tmp_path / "m")
+    cohort = make_fsdd(tmp_path / "bg", ("yweweler", "jackson", "george"), ("2",), 1)
+    enroll(folder, "ann", [fsdd / "1_theo_0.wav"], cohort=cohort)
+    config = tmp_path / "m" / FOLDER / "voiceprints.json"
+    text = json.loads(config.read_text())
+    assert text["cohort"]["speakers"] == 3
+    text["cohort"]["speakers"] = 2
+    config.write_text(json.dumps(text))
+    with pytest.raises(ModelError, match="voiceprints.safetensors"):
+        read_voiceprints(folder)
+
+
+def test_gmm_ubm_s_norm_against_a_cohort_folder(make_fsdd, tmp_path, capsys):
+    """The GMM-UBM takes the same ``--cohort``: LLRs S-normed against the cohort's speaker
+    models and clips (impostor scores centred near 0), still separating voices."""
+    from speechxfer.audio import load as read
+    from speechxfer.classic.gmmubm import GMMUBMBackend, read_folder
+    from speechxfer.data import load_dataset
+
+    background = make_fsdd(tmp_path / "bg", ("jackson", "george", "theo", "yweweler"),
+                           ("2", "3"), 3)
+    cohort = make_fsdd(tmp_path / "co", ("yweweler", "jackson"), ("5", "6"), 3)
+    data = make_fsdd(tmp_path / "d", ("jackson", "george", "theo"), ("1", "4", "7", "9"), 4)
+    assert main(["eval-speakers", f"gmm-ubm:{background}", "--data", str(data), "--enroll", "2",
+                 "--cohort", str(cohort), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["normalisation"] == f"S-norm against the 2 speakers of {cohort}"
+    assert report["eer_text_dependent"] < 0.45 and report["id_accuracy"] > 0.34
+    gmm = GMMUBMBackend.fit_folder(background)
+    clips = load_dataset(data).clips
+    feats = gmm.features([read(c.path) for c in clips])
+    models = [("jackson", [i for i, c in enumerate(clips) if c.speaker == "jackson"][:2])]
+    raw = gmm.scores(models, feats)
+    gmm.set_cohort(*read_folder(cohort))
+    normed = gmm.scores(models, feats)
+    assert gmm.normalisation.startswith("S-norm against the 2 speakers")
+    others = np.array([c.speaker != "jackson" for c in clips])
+    assert abs(normed[0, others].mean()) < abs(raw[0, others].mean()) / raw[0, others].std()
+    assert not np.allclose(raw, normed)

@@ -2,8 +2,10 @@
 prior, p ∝ p_head · p_zero^weight.
 
 Why: the head learns the speakers it saw, the decoder knows the words; the prior helps most
-when the head has few clips (``weight`` chosen on held-out clips of the training speakers,
-``choose_weight``). See recipes/zero_shot_vs_finetune for how it compares with a head alone.
+when the head has few clips or meets a new voice (``weight`` chosen by ``choose_weight`` on
+validation clips of the training speakers, each scored by a head trained without its speaker:
+``jobs.held_out_speaker_probs``). See recipes/zero_shot_vs_finetune for how it compares with a
+head alone.
 
 The fast path: ``speechxfer train`` also writes the system's int8 ONNX graph into the model
 folder's ``fast/`` (``export.write_fast_path``, after a parity check); ``from_folder`` on the CPU

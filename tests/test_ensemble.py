@@ -1,0 +1,103 @@
+"""The ensemble system: the geometric mean of saved systems' probabilities, saved and reopened
+whole, built by ``speechxfer ensemble``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from speechxfer import load_model
+from speechxfer.audio import load
+from speechxfer.cli import main
+from speechxfer.ensemble import EnsembleRecognizer
+from speechxfer.recognizer import ModelError, Recognizer
+
+DIGITS = ("1", "4", "7")
+
+
+class Fixed(Recognizer):
+    """A stand-in system answering every clip with one row of probabilities."""
+
+    sample_rate = 16_000
+
+    def __init__(self, labels: list[str], row: list[float], threshold: float | None = None):
+        self.labels, self.row, self.threshold = labels, np.array(row), threshold
+
+    def predict_proba(self, waves):
+        return np.tile(self.row, (len(waves), 1))
+
+
+def test_a_command_one_member_finds_unlikely_is_rejected():
+    labels = ["_unknown_", "up", "down"]
+    sure = Fixed(labels, [0.05, 0.9, 0.05], threshold=0.5)
+    doubtful = Fixed(["down", "up", "_unknown_"], [0.05, 0.05, 0.9], threshold=0.5)
+    both = EnsembleRecognizer([sure, doubtful])
+    clip = np.full(16_000, 0.1, np.float32)
+    p = both.predict_proba([clip])[0]
+    expected = np.sqrt(np.array([0.05 * 0.9, 0.9 * 0.05, 0.05 * 0.05]))
+    np.testing.assert_allclose(p, expected / expected.sum(), rtol=1e-6)
+    assert sure.predict(clip, 16_000).label == "up"
+    assert both.predict(clip, 16_000).label == "_unknown_"
+
+
+def test_the_threshold_is_the_strictest_members_unless_given():
+    labels = ["_unknown_", "up"]
+    members = [Fixed(labels, [0.5, 0.5], 0.5), Fixed(labels, [0.5, 0.5], 0.6)]
+    assert EnsembleRecognizer(members).threshold == 0.6
+    assert EnsembleRecognizer(members, threshold=0.8).threshold == 0.8
+
+
+def test_members_must_share_labels_and_rate():
+    with pytest.raises(ValueError, match="at least two"):
+        EnsembleRecognizer([Fixed(["a", "b"], [0.5, 0.5])])
+    with pytest.raises(ValueError, match="labels"):
+        EnsembleRecognizer([Fixed(["a", "b"], [0.5, 0.5]), Fixed(["a", "c"], [0.5, 0.5])])
+    other = Fixed(["a", "b"], [0.5, 0.5])
+    other.sample_rate = 8_000
+    with pytest.raises(ValueError, match="Hz"):
+        EnsembleRecognizer([Fixed(["a", "b"], [0.5, 0.5]), other])
+
+
+def test_cli_builds_an_ensemble_that_reopens_alone(make_svm, fsdd, tmp_path, capsys):
+    a = make_svm(tmp_path / "a", DIGITS, range(10, 20), speaker="jackson")
+    b = make_svm(tmp_path / "b", DIGITS, range(10, 20), speaker="george")
+    assert main(["ensemble", str(a), str(b), "--out", str(tmp_path / "ab"),
+                 "--threshold", "0.4"]) == 0
+    assert "threshold 0.400" in capsys.readouterr().out
+    for folder in (a, b):  # copied whole: the ensemble no longer needs them
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    model = load_model(tmp_path / "ab")
+    assert model.model_kind == "ensemble" and model.threshold == 0.4
+    clips = [load(fsdd / f"{d}_{s}_{t}.wav") for d in DIGITS for s in ("jackson", "george")
+             for t in (0, 1, 2)]
+    truth = [d for d in DIGITS for _ in range(6)]
+    p = model.predict_proba(clips)
+    members = [load_model(tmp_path / "ab" / f"member{i}") for i in (0, 1)]
+    logs = [np.log(np.clip(m.predict_proba(clips)[:, [m.labels.index(x) for x in model.labels]],
+                           1e-12, None)) for m in members]
+    expected = np.exp(np.mean(logs, 0))
+    np.testing.assert_allclose(p, expected / expected.sum(1, keepdims=True), rtol=1e-6)
+    accuracy = np.mean([model.labels[i] == t for i, t in zip(p.argmax(1), truth)])
+    assert accuracy > 0.6  # chance is 1/3
+
+
+def test_a_member_folder_outside_the_model_is_refused(make_svm, tmp_path):
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    EnsembleRecognizer.of_folders([a, a]).save(tmp_path / "ab")
+    config = json.loads((tmp_path / "ab" / "config.json").read_text())
+    config["members"] = ["member0", "../a"]
+    (tmp_path / "ab" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="not a folder inside|sub-folder"):
+        load_model(tmp_path / "ab")
+
+
+def test_building_from_mismatched_folders_names_them(make_svm, tmp_path):
+    a = make_svm(tmp_path / "a", ("1", "4"), range(3))
+    b = make_svm(tmp_path / "b", ("1", "7"), range(3))
+    with pytest.raises(ModelError, match="labels") as err:
+        EnsembleRecognizer.of_folders([a, b])
+    assert str(a) in str(err.value)
