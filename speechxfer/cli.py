@@ -366,7 +366,8 @@ def _listen(args: argparse.Namespace) -> int:
         rate = system.sample_rate
         chunks = microphone_chunks(rate)
         print("listening; Ctrl-C stops", file=sys.stderr)
-    detector = Detector(system, args.threshold, rate, filler_margin=args.filler_margin)
+    detector = Detector(system, args.threshold, rate, filler_margin=args.filler_margin,
+                        pad_s=args.pad)
     interrupted = False
     try:
         for event in detect_chunks(detector, chunks):
@@ -399,6 +400,7 @@ def _add_listen_parser(sub, name: str = "listen") -> None:
     n.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
                    help="open-set bar on the command's probability (default: the model's own)")
     _add_filler_argument(n)
+    _add_pad_argument(n)
     n.add_argument("--json", action="store_true", help="one JSON object per event")
     n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
     n.set_defaults(func=_listen)
@@ -411,7 +413,7 @@ def _eval_stream(args: argparse.Namespace) -> None:
     system = load(args.model, _loaded_on(args.device))
     report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
                      threshold=args.threshold, target_fa=args.target_fa,
-                     filler_margin=args.filler_margin)
+                     filler_margin=args.filler_margin, pad_s=args.pad)
     if args.plot:
         plot_det(report, args.plot)
     if args.json:
@@ -438,6 +440,14 @@ def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
                              "more than this (default: off; detect.FILLER_MARGIN is calibrated)")
 
 
+def _add_pad_argument(parser: argparse.ArgumentParser) -> None:
+    from .detect import PAD_S
+
+    parser.add_argument("--pad", type=_bounded(float, 0.0, 1.0), default=PAD_S, metavar="SECONDS",
+                        help="audio before the speech onset the model also hears, where an "
+                             "utterance outgrows the 1-s window (default %(default)s)")
+
+
 def _add_eval_stream_parser(sub) -> None:
     v = sub.add_parser("eval-stream", help="recall and false accepts per hour on a long stream")
     v.add_argument("model", type=Path)
@@ -455,6 +465,7 @@ def _add_eval_stream_parser(sub) -> None:
                    help="also report the lowest threshold with at most this many false accepts "
                         "per hour on this stream (calibrate on your training speakers or room)")
     _add_filler_argument(v)
+    _add_pad_argument(v)
     v.add_argument("--json", action="store_true", help="print one JSON object (with the curve)")
     v.add_argument("--plot", type=Path, metavar="FILE", help="draw the DET curve into FILE (png)")
     v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")

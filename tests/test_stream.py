@@ -2,6 +2,7 @@
 recording of spoken digits yields one event per digit, bad samples and sustained sounds do not
 deafen it, and the command line prints every event and fails clearly."""
 
+import json
 import sys
 import types
 
@@ -154,6 +155,29 @@ def test_cli_stream_and_listen_print_every_event(svm, recording, clean, capsys):
         assert float(probability) == pytest.approx(event.probability, abs=5e-4)
     assert main(["listen", str(folder), str(recording), "--threshold", "0"]) == 0
     assert capsys.readouterr().out.strip().splitlines() == lines
+
+
+def test_cli_listen_and_eval_stream_take_the_pad(svm, recording, spans, tmp_path, monkeypatch,
+                                                 capsys):
+    """``--pad`` reaches the detector of both commands (and eval-stream's report says so)."""
+    from speechxfer import detect
+
+    pads, init = [], detect.Detector.__init__
+
+    def spy(self, *args, **kwargs):
+        pads.append(kwargs.get("pad_s"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(detect.Detector, "__init__", spy)
+    _, folder = svm
+    assert main(["listen", str(folder), str(recording), "--pad", "0.3"]) == 0
+    labels = tmp_path / "session.csv"
+    labels.write_text("".join(f"{a},{b},{d}\n" for (a, b), d in zip(spans, SAID)))
+    capsys.readouterr()
+    main(["eval-stream", str(folder), "--data", str(recording), "--labels", str(labels),
+          "--pad", "0.3", "--json"])
+    assert pads == [0.3, 0.3]
+    assert json.loads(capsys.readouterr().out)["pad_s"] == pytest.approx(0.3)
 
 
 def test_cli_non_finite_samples_are_reported(svm, session, tmp_path, capsys):
