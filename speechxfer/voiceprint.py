@@ -546,11 +546,12 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
     if calibrate and spec.startswith("gmm-ubm:"):  # refused before the costly UBM fit
         raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
     if spec.startswith("gmm-ubm:"):
-        from .classic.gmmubm import GMMUBMBackend, read_folder
+        from .classic.gmmubm import GMMUBMBackend
 
         gmm = GMMUBMBackend.fit_folder(spec.partition(":")[2])
-        if cohort is not None:
-            gmm.set_cohort(*read_folder(cohort), name=str(cohort))
+        if cohort is not None:  # the clips cohort_vectors takes: named speakers' words
+            kept, cohort_waves, _ = speaker_clips(cohort, gmm.sample_rate)
+            gmm.set_cohort(cohort_waves, [str(c.speaker) for c in kept], name=str(cohort))
         backend: Backend = gmm
         rate = gmm.sample_rate
     else:

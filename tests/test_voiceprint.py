@@ -1,6 +1,7 @@
 """Voiceprints on real clips: enrol, verify, identify, eval-speakers, bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -248,8 +249,9 @@ def test_gmm_ubm_s_norm_against_a_cohort_folder(make_fsdd, tmp_path, capsys):
     """The GMM-UBM takes the same ``--cohort``: LLRs S-normed against the cohort's speaker
     models and clips (impostor scores centred near 0), still separating voices."""
     from speechxfer.audio import load as read
-    from speechxfer.classic.gmmubm import GMMUBMBackend, read_folder
+    from speechxfer.classic.gmmubm import GMMUBMBackend
     from speechxfer.data import load_dataset
+    from speechxfer.voiceprint import speaker_clips
 
     background = make_fsdd(tmp_path / "bg", ("jackson", "george", "theo", "yweweler"),
                            ("2", "3"), 3)
@@ -265,9 +267,29 @@ def test_gmm_ubm_s_norm_against_a_cohort_folder(make_fsdd, tmp_path, capsys):
     feats = gmm.features([read(c.path) for c in clips])
     models = [("jackson", [i for i, c in enumerate(clips) if c.speaker == "jackson"][:2])]
     raw = gmm.scores(models, feats)
-    gmm.set_cohort(*read_folder(cohort))
+    kept, cohort_waves, _ = speaker_clips(cohort, gmm.sample_rate)
+    gmm.set_cohort(cohort_waves, [c.speaker for c in kept])
     normed = gmm.scores(models, feats)
     assert gmm.normalisation.startswith("S-norm against the 2 speakers")
     others = np.array([c.speaker != "jackson" for c in clips])
     assert abs(normed[0, others].mean()) < abs(raw[0, others].mean()) / raw[0, others].std()
     assert not np.allclose(raw, normed)
+
+
+def test_gmm_ubm_cohort_takes_the_clips_of_named_speakers_only(make_fsdd, fsdd, tmp_path, capsys):
+    """A clip whose file name names no speaker is left out of the GMM-UBM's cohort, as it is of
+    the embeddings' (``speaker_clips``), not made one more cohort "speaker"."""
+    background = make_fsdd(tmp_path / "bg", ("jackson", "george", "theo", "yweweler"),
+                           ("2", "3"), 3)
+    data = make_fsdd(tmp_path / "d", ("jackson", "george", "theo"), ("1", "4"), 4)
+    words = tmp_path / "co" / "five"  # folders layout: word/<speaker>_nohash_<n>.wav
+    words.mkdir(parents=True)
+    for speaker in ("theo", "yweweler"):
+        for take in range(3):
+            shutil.copy(fsdd / f"5_{speaker}_{take}.wav", words / f"{speaker}_nohash_{take}.wav")
+    shutil.copy(fsdd / "5_jackson_0.wav", words / "unnamed.wav")
+    cohort = words.parent
+    assert main(["eval-speakers", f"gmm-ubm:{background}", "--data", str(data), "--enroll", "2",
+                 "--cohort", str(cohort), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["normalisation"] == f"S-norm against the 2 speakers of {cohort}"

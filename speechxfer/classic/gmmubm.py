@@ -63,8 +63,17 @@ class GMMUBMBackend:
     @classmethod
     def fit_folder(cls, folder: str | Path, seed: int = 0) -> GMMUBMBackend:
         """A UBM on every readable clip of a dataset folder (any layout speechxfer reads)."""
-        waves, speakers = read_folder(folder)
-        return cls.fit(waves, len(set(speakers)), seed)
+        ds = load_dataset(folder)
+        waves, speakers = [], set()
+        for c in ds.clips:
+            try:
+                waves.append(load(c.path, SAMPLE_RATE))
+            except AudioError:
+                continue
+            speakers.add(c.speaker)
+        if not waves:
+            raise ValueError(f"{folder}: no readable clip to fit a background model on")
+        return cls.fit(waves, len(speakers), seed)
 
     def set_cohort(self, waves: list[torch.Tensor], speakers: list[str], seed: int = 0,
                    name: str = "background") -> None:
@@ -119,16 +128,3 @@ class GMMUBMBackend:
         mt, st = t.mean(0, keepdims=True), t.std(0, keepdims=True).clip(min=1e-6)
         return 0.5 * ((raw - mz) / sz + (raw - mt) / st)
 
-
-def read_folder(folder: str | Path) -> tuple[list[torch.Tensor], list[str]]:
-    """Every readable clip of a dataset folder and its speaker (unreadable clips are left out)."""
-    waves, speakers = [], []
-    for c in load_dataset(folder).clips:
-        try:
-            waves.append(load(c.path, SAMPLE_RATE))
-        except AudioError:
-            continue
-        speakers.append(str(c.speaker))
-    if not waves:
-        raise ValueError(f"{folder}: no readable clip to fit a background model on")
-    return waves, speakers
