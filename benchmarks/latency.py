@@ -10,7 +10,8 @@ many clips are featurised in parallel. Run: ``python benchmarks/latency.py [enco
 ``predict`` on a 1-s clip, for the system run by torch, exported to ONNX (fp32 and int8), as
 ``load_model`` opens it (the fast path of a combined system's folder) and, for a combined
 system, its head alone: p50/p99 wall and CPU time, and each path's accuracy on the held-out
-speakers the system was tested on. ``--only-model`` skips the encoder table.
+speakers the system was tested on (``--data DIR``: on those clips instead). ``--only-model``
+skips the encoder table.
 """
 
 from __future__ import annotations
@@ -90,14 +91,21 @@ def percentiles_ms(run: Callable[[], object], repeats: int = SYSTEM_REPEATS) -> 
             "cpu_p50": float(np.percentile(cpu, 50))}
 
 
-def held_out_clips(system) -> tuple[list[torch.Tensor], list[str]]:
-    """The clips of the speakers the system was tested on (its config's data entry)."""
+def held_out_clips(system, folder: Path | None = None) -> tuple[list[torch.Tensor], list[str]]:
+    """Every clip of ``folder``, or else those of the speakers the system was tested on (its
+    config's data entry); a model trained on every speaker needs ``folder``."""
     from speechxfer.data import load_dataset
     from speechxfer.jobs import read_clips
 
-    data = system.info.get("data", {})
-    speakers = set(data.get("test_speakers") or [])
-    clips = [c for c in load_dataset(data["data"]).clips if c.speaker in speakers]
+    if folder is not None:
+        clips = load_dataset(folder).clips
+    else:
+        data = system.info.get("data", {})
+        speakers = set(data.get("test_speakers") or [])
+        if not speakers:
+            raise SystemExit("the model was trained on every speaker of its data: pass --data DIR "
+                             "(clips of speakers it never heard) for the accuracy column")
+        clips = [c for c in load_dataset(data["data"]).clips if c.speaker in speakers]
     waves, kept, _ = read_clips(clips, SAMPLE_RATE, "held-out")
     return waves, [c.label for c in kept]
 
@@ -127,7 +135,7 @@ def system_paths(model_dir: Path, work: Path) -> dict[str, object]:
     return paths
 
 
-def model_report(model_dir: Path) -> None:
+def model_report(model_dir: Path, folder: Path | None = None) -> None:
     """Latency of ``predict`` on a 1-s clip and held-out accuracy of each path of a system."""
     gen = torch.Generator().manual_seed(1)
     samples = (0.1 * torch.randn(int(CLIP_SECONDS * SAMPLE_RATE), generator=gen)).numpy()
@@ -135,7 +143,7 @@ def model_report(model_dir: Path) -> None:
         paths = system_paths(model_dir, Path(work))
         if "load_model: fast path" not in paths:
             print(f"{model_dir} has no fast path (speechxfer export {model_dir} --fast writes it)")
-        waves, truth = held_out_clips(paths["torch eager"])
+        waves, truth = held_out_clips(paths["torch eager"], folder)
         reference = paths["torch eager"].predict_proba(waves)
         print(f"\n{model_dir}: predict() on a {CLIP_SECONDS:.0f}-s clip, 1 thread, "
               f"{SYSTEM_REPEATS} calls; accuracy on {len(truth)} held-out clips")
@@ -160,10 +168,12 @@ def main() -> None:
     parser.add_argument("name", nargs="?", default="whisper-tiny.en")
     parser.add_argument("--model", type=Path, help="a saved system, e.g. runs/default")
     parser.add_argument("--only-model", action="store_true", help="skip the encoder table")
+    parser.add_argument("--data", type=Path,
+                        help="with --model: score these clips (default: its test speakers')")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.model and args.only_model:
-        model_report(args.model)
+        model_report(args.model, args.data)
         return
     gen = torch.Generator().manual_seed(0)
     wave = 0.1 * torch.randn(1, int(CLIP_SECONDS * SAMPLE_RATE), generator=gen)
@@ -195,7 +205,7 @@ def main() -> None:
     print(f"int8 vs fp32 final hidden states: cosine {cosine:.4f}")
     print(f"classifier logits, traced vs eager: max difference {logit_gap:.2e}")
     if args.model:
-        model_report(args.model)
+        model_report(args.model, args.data)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,12 @@ def _train(args: argparse.Namespace) -> None:
               f"macro-F1 {test['macro_f1']:.4f} on {test['n']} clips")
         _print_open_set(test)
         _print_tasks(test.get("tasks", {}))
+    elif summary.get("held_out_by_speaker"):
+        held = summary["held_out_by_speaker"]
+        each = ", ".join(f"{s} {a:.3f}" for s, a in held["per_speaker"].items())
+        print(f"every speaker trained; as new voices (validation takes, each scored by a head "
+              f"trained without its speaker): accuracy {held['accuracy']:.4f} on {held['n']} "
+              f"clips ({each})")
     if summary["skipped"]:
         LOGGER.info("%d bad clip(s) skipped; listed in %s/train_summary.json",
                     len(summary["skipped"]), args.out)
@@ -576,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
     t.add_argument("--out", type=_out_dir, default=Path("runs/default"))
     t.add_argument("--test-speaker", action="append",
-                   help="hold out this speaker for testing (repeatable; default for the "
-                        "bundled data: theo)")
+                   help="hold out this speaker for testing (repeatable; default: the data's "
+                        "own test list, else none: every speaker trains)")
     t.add_argument("--task", action="append",
                    help="task to learn, NAME[:single|multi|embedding] (repeatable; command is "
                         "always learned)")

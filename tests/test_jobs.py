@@ -18,6 +18,7 @@ from speechxfer.jobs import (
     DEFAULT_STRATEGY,
     JOBS,
     TrainedNeural,
+    held_out_accuracy,
     held_out_speaker_probs,
     speaker_groups,
     strategy_of,
@@ -155,3 +156,23 @@ def test_the_prior_weight_is_chosen_on_speakers_the_head_never_heard(make_fsdd, 
     own = trained.model.predict_proba(trained.val_waves)[rows, truth]
     assert held_out.shape == (len(truth), 2) and np.allclose(held_out.sum(1), 1, atol=1e-5)
     assert held_out[rows, truth].mean() < own.mean()
+    held = summary["held_out_by_speaker"]  # those clips' accuracy as new voices, per speaker
+    assert held["n"] == len(truth) and set(held["per_speaker"]) == {"george", "jackson"}
+    assert 0.5 < held["accuracy"] <= 1
+
+
+def test_held_out_accuracy_counts_each_speakers_clips():
+    clips = [Clip(Path(f"{i}.wav"), {"command": lab}, spk)
+             for i, (lab, spk) in enumerate([("1", "a"), ("7", "a"), ("1", "b"), ("7", "b")])]
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    held = held_out_accuracy(probs, ["1", "7"], clips)
+    assert held == {"accuracy": 0.5, "n": 4, "per_speaker": {"a": 1.0, "b": 0.0}}
+
+
+def test_the_default_data_trains_every_speaker(small_fsdd, tmp_path, monkeypatch):
+    """No test speaker is held out of the bundled digits: a shipped model is for new voices,
+    and four training speakers beat three on them (README "Speakers outside FSDD")."""
+    monkeypatch.setattr(jobs, "default_data", lambda: small_fsdd)
+    summary = train_job(strategy="svm", out=tmp_path / "m")
+    assert summary["test_speakers"] == [] and summary["n_test"] == 0
+    assert summary["train_speakers"] == ["george", "jackson", "theo"]
