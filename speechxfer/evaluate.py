@@ -13,6 +13,12 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support, roc_curve
 
 
+def cohort_normalisation(n_speakers: int, source: str) -> str:
+    """What a speaker report's ``normalisation`` says of scores S-normed against a background
+    cohort: every backend says it alike, so two reports compare at a glance."""
+    return f"S-norm against the {n_speakers} speakers of {source}"
+
+
 def score(labels: list[str], truth: list[str], probs: np.ndarray) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix.
 

@@ -37,7 +37,7 @@ from safetensors.numpy import save_file
 
 from .audio import AudioError, Clip, batch_waves, batches_by_length, load
 from .data import load_dataset
-from .evaluate import eer_from_scores
+from .evaluate import cohort_normalisation, eer_from_scores
 from .heads import EmbeddingHead, masked_mean
 from .model import CommandClassifier
 from .recognizer import ModelError, Recognizer, read_weights
@@ -563,11 +563,12 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
             backend.threshold = stored.threshold
             if stored.cohort is not None and cohort is None:
                 embed.cohort = stored.cohort
-                backend.normalisation = (f"S-norm against the {len(stored.cohort)} speakers of "
-                                         f"{stored.cohort_data} (stored with the voiceprints)")
+                backend.normalisation = (cohort_normalisation(len(stored.cohort),
+                                                              str(stored.cohort_data))
+                                         + " (stored with the voiceprints)")
         if cohort is not None:
             embed.cohort = cohort_vectors(embed, cohort)
-            backend.normalisation = f"S-norm against the {len(embed.cohort)} speakers of {cohort}"
+            backend.normalisation = cohort_normalisation(len(embed.cohort), str(cohort))
     clips, waves, skipped = speaker_clips(data, rate)
     seeds = [seed] if isinstance(seed, int) else list(seed)
     feats = backend.features(waves)

@@ -20,6 +20,7 @@ from sklearn.mixture import GaussianMixture
 from speechxfer.audio import SAMPLE_RATE, AudioError, load
 from speechxfer.classic.mfcc import mfcc_features
 from speechxfer.data import load_dataset
+from speechxfer.evaluate import cohort_normalisation
 
 N_COMPONENTS = 64
 RELEVANCE = 16.0  # MAP relevance factor: how many frames a component needs to move halfway
@@ -90,7 +91,7 @@ class GMMUBMBackend:
         self.cohort_means = [self.adapt(np.concatenate(g)) for g in groups]
         self.cohort_clips = [g[i] for g in groups
                              for i in sorted(rng.permutation(len(g))[:COHORT_CLIPS])]
-        self.normalisation = f"S-norm against the {len(groups)} speakers of {name}"
+        self.normalisation = cohort_normalisation(len(groups), name)
 
     def _llr(self, means: list[np.ndarray], feats: list[np.ndarray]) -> np.ndarray:
         """Mean per-frame LLR of each model (its MAP means) over the UBM: [models, clips]."""
