@@ -373,7 +373,7 @@ def _listen(args: argparse.Namespace) -> int:
         chunks = microphone_chunks(rate)
         print("listening; Ctrl-C stops", file=sys.stderr)
     detector = Detector(system, args.threshold, rate, filler_margin=args.filler_margin,
-                        pad_s=args.pad)
+                        filler_below=args.filler_below, pad_s=args.pad)
     interrupted = False
     try:
         for event in detect_chunks(detector, chunks):
@@ -419,7 +419,8 @@ def _eval_stream(args: argparse.Namespace) -> None:
     system = load(args.model, _loaded_on(args.device))
     report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
                      threshold=args.threshold, target_fa=args.target_fa,
-                     filler_margin=args.filler_margin, pad_s=args.pad)
+                     filler_margin=args.filler_margin, filler_below=args.filler_below,
+                     pad_s=args.pad)
     if args.plot:
         plot_det(report, args.plot)
     if args.json:
@@ -441,9 +442,15 @@ def _eval_stream(args: argparse.Namespace) -> None:
 
 
 def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
+    from .detect import FILLER_BELOW
+
     parser.add_argument("--filler-margin", type=_bounded(float, 0.0), metavar="NATS",
                         help="drop an unsure command when Whisper's own first word beats it by "
-                             "more than this (default: off; detect.FILLER_MARGIN is calibrated)")
+                             "more than this (default: off; detect.FILLER_MARGIN is calibrated); "
+                             "an ensemble drops it only when every member's decoder does")
+    parser.add_argument("--filler-below", type=_bounded(float, 0.0, 1.0), default=FILLER_BELOW,
+                        metavar="P", help="with --filler-margin: check commands accepted with "
+                                          "a probability under this (default %(default)s)")
 
 
 def _add_pad_argument(parser: argparse.ArgumentParser) -> None:

@@ -243,7 +243,7 @@ def split_dataset(
     """Speaker-disjoint test split; validation is drawn from the training speakers.
 
     ``test_speakers=None`` uses the data's own split lists when it has them, otherwise puts every
-    clip in training. Validation clips come from the training speakers, so a test speaker never
+    clip in training; a validation list holds with ``test_speakers`` too (less their clips). Validation clips come from the training speakers, so a test speaker never
     steers early stopping or calibration: with a few speakers who each recorded many takes (the
     bundled digits) a fraction of every (label, speaker) group; with many speakers, or groups of
     one to three clips (crowd-sourced Speech Commands, where a fraction of each group rounds to
@@ -259,7 +259,7 @@ def split_dataset(
         test = [c for c in data.clips if data.split.get(c.path) == "test"]
         rest = [c for c in data.clips if data.split.get(c.path) != "test"]
     given_val = [c for c in rest if data.split.get(c.path) == "validation"]
-    if given_val and not test_speakers:
+    if given_val:  # the data's own validation list holds, less any test speaker's clips
         train = [c for c in rest if data.split.get(c.path) != "validation"]
         return Split(train, given_val, test, list(data.skipped))
     groups: dict[tuple, list[Clip]] = defaultdict(list)

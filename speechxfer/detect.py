@@ -30,7 +30,8 @@ import torch
 import torchaudio
 
 from .audio import as_mono, check_rate, effective_rate, resample
-from .decoder.filler import FillerRatio
+from .decoder.filler import EveryDecoder, FillerRatio
+from .ensemble import EnsembleRecognizer
 from .openset import acceptance
 
 if TYPE_CHECKING:
@@ -209,7 +210,8 @@ class Detector:
     512-sample 16-kHz frame, with ``reset()``; default ``SileroVAD``.
     ``filler_margin``: the filler check's margin (``FILLER_MARGIN`` is the calibrated one; None,
     the default: no check), run on models with a Whisper decoder (zero-shot, generative,
-    combined) for utterances whose command probability is under ``filler_below``.
+    combined, or an ensemble of them: ``filler_check``) for utterances whose acceptance score
+    is under ``filler_below``.
     """
 
     def __init__(
@@ -236,11 +238,13 @@ class Detector:
         self.model, self.threshold, self.record = model, float(threshold), record
         if filler_margin is not None and not 0.0 <= filler_margin < math.inf:
             raise ValueError(f"filler_margin must be a non-negative number, got {filler_margin}")
-        self.filler = None if filler_margin is None else FillerRatio.of(model)
+        if not 0.0 < filler_below <= 1.0:
+            raise ValueError(f"filler_below must be in (0, 1], got {filler_below}")
+        self.filler = None if filler_margin is None else filler_check(model)
         if filler_margin is not None and self.filler is None:
             raise ValueError(f"filler_margin: the filler check needs a model with a Whisper "
-                             f"decoder (zero-shot, generative, combined), not "
-                             f"{getattr(model, 'model_kind', type(model).__name__)!r}")
+                             f"decoder (zero-shot, generative, combined, or an ensemble with "
+                             f"one), not {getattr(model, 'model_kind', type(model).__name__)!r}")
         self.filler_margin, self.filler_below = filler_margin, filler_below
         self.filler_checks = 0  # utterances the filler check ran on
         self.filler_dropped = 0  # and dropped
@@ -381,6 +385,15 @@ class Detector:
         spent = time.perf_counter() - began
         self.model_s += spent
         return Segment(label, float(probs[0, i]), score, start, end, now, spent, ratio)
+
+
+def filler_check(model: Recognizer) -> FillerRatio | EveryDecoder | None:
+    """The filler check of a model: its Whisper decoder's; for an ensemble, every member
+    decoder's (``EveryDecoder``: dropped only when all contradict); None where none has one."""
+    if isinstance(model, EnsembleRecognizer):
+        checks = [c for c in map(filler_check, model.members) if c is not None]
+        return EveryDecoder(checks) if checks else None
+    return FillerRatio.of(model)
 
 
 def detect_chunks(detector: Detector, chunks: Iterable[np.ndarray]) -> Iterator[Detection]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, load
-from .detect import PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
+from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
 from .stream import file_chunks
 from .vocab import SILENCE, is_command, load_with_silence
 
@@ -276,6 +276,7 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
         "overlong_utterances": detector.overlong,
         "pad_s": detector.pad / VAD_RATE,
         "filler_margin": detector.filler_margin,
+        "filler_below": detector.filler_below,
         "filler_checks": detector.filler_checks,
         "filler_dropped": detector.filler_dropped,
         "repaired_samples": detector.repaired,
@@ -314,34 +315,39 @@ def plot_det(report: dict, path: str | Path, title: str = "") -> None:
 def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed: int = 0,
             labels: str | Path | None = None, threshold: float | None = None,
             target_fa: float | None = None, filler_margin: float | None = None,
-            pad_s: float = PAD_S) -> dict:
+            filler_below: float = FILLER_BELOW, pad_s: float = PAD_S) -> dict:
     """What ``speechxfer eval-stream`` reports: a stream built from the folder ``data``, or,
     with ``labels`` (a CSV of start,end,label), the recording ``data`` scored against it;
     with ``target_fa``, also ``threshold_for`` that many false accepts per hour;
-    ``filler_margin``: the detector's filler check (None: off); ``pad_s``: the detector's."""
+    ``filler_margin``, ``filler_below``: the detector's filler check (margin None: off);
+    ``pad_s``: the detector's."""
     data = Path(data)
     if labels is not None:
         if not data.is_file():
             raise AudioError(data, "with a label file, --data must be the recording (a file)")
         report = evaluate_stream(model, read_labels(labels), recording=data, threshold=threshold,
-                                 filler_margin=filler_margin, pad_s=pad_s)
+                                 filler_margin=filler_margin, filler_below=filler_below,
+                                 pad_s=pad_s)
         report["stream"] = {"recording": str(data), "labels": str(labels)}
     else:
-        report = _measure_built(model, data, minutes, seed, threshold, filler_margin, pad_s)
+        report = _measure_built(model, data, minutes, seed, threshold, filler_margin,
+                                filler_below, pad_s)
     if target_fa is not None:
         report["threshold_for"] = threshold_for(report["det"], target_fa)
     return report
 
 
 def _measure_built(model: Recognizer, data: Path, minutes: float, seed: int,
-                   threshold: float | None, filler_margin: float | None, pad_s: float) -> dict:
+                   threshold: float | None, filler_margin: float | None, filler_below: float,
+                   pad_s: float) -> dict:
     if not data.is_dir():
         raise AudioError(data, "not a dataset folder (give --labels to score a recording)")
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
     built = build_stream(data, minutes, seed)
     report = evaluate_stream(model, built.spans, audio=built.audio, rate=built.rate,
-                             threshold=threshold, filler_margin=filler_margin, pad_s=pad_s)
+                             threshold=threshold, filler_margin=filler_margin,
+                             filler_below=filler_below, pad_s=pad_s)
     report["stream"] = {"data": str(data), "minutes": minutes, "seed": seed,
                         "skipped": [{"file": f, "problem": p} for f, p in built.skipped]}
     return report

@@ -47,6 +47,26 @@ def test_label_folders_with_split_lists(small_fsdd, tmp_path):
     split = split_dataset(ds)
     assert len(split.test) == 2 and len(split.validation) == 1
     assert split.test[0].speaker == "theo"
+    # test speakers given: the validation list still holds, less their clips
+    (root / "validation_list.txt").write_text("7/george_nohash_1.wav\n7/jackson_nohash_1.wav\n")
+    split = split_dataset(load_dataset(root), ["jackson"])
+    assert [c.path.name for c in split.validation] == ["george_nohash_1.wav"]
+    assert {c.speaker for c in split.test} == {"jackson"} and len(split.train) == 36 - 12 - 1
+
+
+def test_the_bundled_digits_manifest_lists_every_digit_clip():
+    """data/digits.csv (the default training set): FSDD's 2,000 clips, a tenth validating,
+    and the 87 digits of the 38 Speech Commands speakers, all training, labelled 0-9."""
+    root = Path(__file__).resolve().parents[1] / "data"
+    ds = load_dataset(root / "digits.csv")
+    assert all(c.path.is_file() for c in ds.clips)
+    assert ds.labels == [str(d) for d in range(10)] and len(ds.speakers) == 42
+    split = split_dataset(ds)
+    assert len(split.validation) == 200 and not split.test
+    assert {c.speaker for c in split.validation} == {"george", "jackson", "theo", "yweweler"}
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    sc = [c for c in split.train if c.path.parent.parent.name == "speech_commands"]
+    assert len(sc) == 87 and all(words[int(c.label)] == c.path.parent.name for c in sc)
 
 
 def test_manifests(small_fsdd, tmp_path):

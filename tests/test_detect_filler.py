@@ -11,9 +11,17 @@ import torch
 from speechxfer import load_model
 from speechxfer.audio import load
 from speechxfer.cli import main
-from speechxfer.decoder.filler import FillerRatio, is_filler_token
+from speechxfer.decoder.filler import EveryDecoder, FillerRatio, is_filler_token
 from speechxfer.decoder.scoring import ZeroShotRecognizer
-from speechxfer.detect import FILLER_BELOW, FILLER_MARGIN, Detector, SileroVAD, detect_chunks
+from speechxfer.detect import (
+    FILLER_BELOW,
+    FILLER_MARGIN,
+    Detector,
+    SileroVAD,
+    detect_chunks,
+    filler_check,
+)
+from speechxfer.ensemble import EnsembleRecognizer
 
 LABELS = ["_silence_", "_unknown_", "up", "yes"]
 COMMANDS = ["_silence_", "_unknown_", "yes", "no", "up", "down", "left", "right", "on", "off",
@@ -129,3 +137,55 @@ def test_cli_listen_and_eval_stream_take_the_filler_margin(eight, tmp_path, caps
           "--filler-margin", str(FILLER_MARGIN), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert (report["false_accepts"], report["filler_dropped"]) == (0, 1)
+
+
+class _Says:
+    """A stand-in decoder check with fixed ratios."""
+
+    def __init__(self, ratios: list[float]):
+        self.ratios = np.array(ratios)
+
+    def ratio(self, waves, labels) -> np.ndarray:
+        return self.ratios
+
+
+def test_an_ensemble_drops_a_command_only_when_every_decoder_contradicts_it():
+    both = EveryDecoder([_Says([-3.0, -3.0, 0.0]), _Says([-2.0, 0.0, -4.0])])
+    assert both.ratio([torch.zeros(16000)] * 3, ["up"] * 3) == pytest.approx([-2.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="at least one"):
+        EveryDecoder([])
+
+
+def test_an_ensemble_gets_the_check_of_every_member_with_a_decoder(eight, make_svm, tmp_path):
+    system, audio = eight
+    svm = load_model(make_svm(tmp_path / "svm", ("1", "4"), range(3)))
+    check = filler_check(EnsembleRecognizer([system, system]))
+    assert isinstance(check, EveryDecoder) and len(check.checks) == 2
+    with pytest.raises(ValueError, match="needs a model with a Whisper decoder"):
+        Detector(EnsembleRecognizer([svm, svm]), vad=_Quiet(), filler_margin=1.0)
+    events = {}
+    for margin in (None, FILLER_MARGIN):
+        detector = Detector(EnsembleRecognizer([system, system]), vad=SileroVAD(),
+                            filler_margin=margin)
+        events[margin] = [e.label for e in detect_chunks(detector, [audio])]
+    assert events == {None: ["yes"], FILLER_MARGIN: []}
+    assert detector.filler_dropped == 1
+
+
+def test_filler_below_leaves_surer_commands_unchecked(eight, tmp_path, capsys):
+    """"eight" heard as "yes" at 0.5 < p < FILLER_BELOW: a gate under its probability lets it
+    through unchecked."""
+    system, audio = eight
+    with pytest.raises(ValueError, match="filler_below"):
+        Detector(system, vad=_Quiet(), filler_margin=1.0, filler_below=0.0)
+    folder, recording = system.save(tmp_path / "zero"), tmp_path / "eight.wav"
+    sf.write(recording, audio, 16000)
+    assert main(["listen", str(folder), str(recording), "--json", "--filler-margin",
+                 str(FILLER_MARGIN), "--filler-below", "0.5"]) == 0
+    assert [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()] == ["yes"]
+    labels = tmp_path / "eight.csv"
+    labels.write_text("0.8,1.8,eight\n")
+    main(["eval-stream", str(folder), "--data", str(recording), "--labels", str(labels),
+          "--filler-margin", str(FILLER_MARGIN), "--filler-below", "0.5", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert (report["false_accepts"], report["filler_checks"], report["filler_below"]) == (1, 0, 0.5)

@@ -171,7 +171,7 @@ def test_held_out_accuracy_counts_each_speakers_clips():
 
 def test_the_default_data_trains_every_speaker(small_fsdd, tmp_path, monkeypatch):
     """No test speaker is held out of the bundled digits: a shipped model is for new voices,
-    and four training speakers beat three on them (README "Speakers outside FSDD")."""
+    and more training voices help there (README "Speakers outside FSDD")."""
     monkeypatch.setattr(jobs, "default_data", lambda: small_fsdd)
     summary = train_job(strategy="svm", out=tmp_path / "m")
     assert summary["test_speakers"] == [] and summary["n_test"] == 0

@@ -54,7 +54,7 @@ from speechxfer.data import load_dataset, load_waves, per_class
 from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
-from speechxfer.jobs import default_data
+from speechxfer.jobs import bundled
 from speechxfer.model import CommandClassifier
 from speechxfer.openset import DEFAULT_MAX_FALSE_ACCEPT, decide
 from speechxfer.train import FeatureCache, TrainConfig, default_epochs, fit, masked_features
@@ -185,7 +185,7 @@ class Study:
         """Fills ``out``; yields after the shared passes and after each condition, so the two
         tasks take turns and a budget cut drops the least important conditions of both."""
         plan = self.plan
-        ds = load_dataset(default_data())
+        ds = load_dataset(bundled("fsdd"))
         waves, clips, _ = load_waves(ds.clips, 16_000)
         index = {c.path: i for i, c in enumerate(clips)}
         pool = [index[c.path] for c in per_class(clips, plan.digits_per_class, self.seed)]

@@ -42,7 +42,7 @@ from speechxfer.audio import Clip
 from speechxfer.classic import build_classic
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
-from speechxfer.jobs import default_data, evaluate_system, mean_std, read_clips
+from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips
 from speechxfer.model import CommandClassifier
 from speechxfer.recognizer import Recognizer
 from speechxfer.train import FeatureCache, TrainConfig, fit, frozen_blocks, pick_device
@@ -301,7 +301,7 @@ def main() -> None:
     suffix = "_quick" if args.quick else ""
     started = time.perf_counter()
 
-    ds = load_dataset(default_data())
+    ds = load_dataset(bundled("fsdd"))
     speakers = ds.speakers
     todo = blocks(plan, speakers)
     pools = {s: [c for c in ds.clips if c.speaker != s and take(c) in POOL_TAKES]

@@ -3,8 +3,10 @@
     python recipes/speaker_folds/run.py                          # default strategy, all clips
     python recipes/speaker_folds/run.py --per-class 3            # few-shot: 3 clips/digit/speaker
     python recipes/speaker_folds/run.py --strategy frozen --window clip
+    python recipes/speaker_folds/run.py --data data/digits.csv --name digits  # + 38 more voices
 
-Each fold is exactly the main job (`speechxfer train --test-speaker S`): the same split,
+Each fold is the main job on the FSDD digits (`speechxfer train --data data/fsdd --test-speaker
+S`): the same split,
 validation drawn from the training speakers, the same training loop. For strategies that keep
 the lower encoder frozen (frozen, top-k) the frozen part runs once over all clips and every fold
 reuses it, so the four folds cost little more than one. Every test clip of the held-out speaker
@@ -26,7 +28,7 @@ import torch
 from speechxfer.data import load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
-from speechxfer.jobs import DEFAULT_STRATEGY, default_data, mean_std, train_job
+from speechxfer.jobs import DEFAULT_STRATEGY, bundled, mean_std, train_job
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.train import (
     FeatureCache,
@@ -43,7 +45,7 @@ CACHED = ("frozen", "top-k")
 
 def cached_folds(args: argparse.Namespace) -> list[dict]:
     """All folds on one shared feature cache (frozen / top-k strategies)."""
-    ds = load_dataset(default_data())
+    ds = load_dataset(bundled("fsdd"))
     waves, clips, _ = load_waves(ds.clips, 16_000)
     where = {c.path: i for i, c in enumerate(clips)}
     config = TrainConfig(strategy=args.strategy, k=args.k, epochs=args.epochs, seed=args.seed)
@@ -86,9 +88,9 @@ def cached_folds(args: argparse.Namespace) -> list[dict]:
 def job_folds(args: argparse.Namespace) -> list[dict]:
     """All folds through the main job itself (strategies that train the whole encoder)."""
     folds = []
-    for speaker in load_dataset(default_data()).speakers:
+    for speaker in load_dataset(bundled("fsdd")).speakers:
         summary = train_job(
-            encoder=args.encoder, window=args.window, strategy=args.strategy, k=args.k,
+            args.data, encoder=args.encoder, window=args.window, strategy=args.strategy, k=args.k,
             per_class_n=args.per_class, epochs=args.epochs, seed=args.seed,
             out=args.work / speaker, test_speakers=[speaker], pooling=args.pooling,
         )
@@ -109,10 +111,15 @@ def main() -> None:
     parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=bundled("fsdd"),
+                        help="training set holding the FSDD speakers (the folds), e.g. "
+                             "data/digits.csv (strategies through the main job only)")
     parser.add_argument("--name", help="results file name (default: derived from the options)")
     parser.add_argument("--work", type=Path, default=Path("runs/speaker_folds"))
     args = parser.parse_args()
     args.epochs = args.epochs or default_epochs(args.strategy)
+    if args.strategy in CACHED and args.data != bundled("fsdd"):
+        parser.error(f"--data: the {args.strategy} folds run on the FSDD digits' shared cache")
 
     name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
     args.work = args.work / name
@@ -131,7 +138,8 @@ def main() -> None:
         f"# Leave-one-speaker-out: {name}\n\n`python recipes/speaker_folds/run.py "
         f"--strategy {args.strategy} --k {args.k} --epochs {args.epochs}"
         f"{f' --per-class {args.per_class}' if args.per_class else ''}"
-        f"{f' --window {args.window}' if args.window else ''}`\n\n"
+        f"{f' --window {args.window}' if args.window else ''}"
+        f"{f' --data {args.data}' if args.data != bundled('fsdd') else ''}`\n\n"
         f"| test speaker | train clips | test clips | accuracy | macro-F1 | train s |\n"
         f"|---|---|---|---|---|---|\n{rows}\n\n"
         f"**mean accuracy {mean:.4f} ± {std:.4f}** (min {np.min([f['accuracy'] for f in folds]):.4f})\n")

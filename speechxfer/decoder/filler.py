@@ -15,6 +15,11 @@ Why some tokens never count as the alternative (``is_filler_token``): a hesitati
 " oh", " ah") or a lone letter is what Whisper writes for any unclear sound, commands included
 ("off" often comes out as " oh" or " uh"); only another real word contradicts the command.
 
+For an ensemble, every member's decoder answers (``EveryDecoder``) and the command is dropped
+only when all of them hear another real word: decoders mishear commands in different ways
+(tiny.en often writes "off" as " oh", whisper-base mostly as " off"), while a real other word
+is heard by both.
+
 ``detect.Detector`` runs it when asked (``filler_margin``); it is not on by default, as it did
 not beat a plain threshold on held-out speakers (README "Measured (issue 10)").
 """
@@ -108,3 +113,16 @@ class FillerRatio:
         if not waves:
             return np.zeros(0)
         return self.ratio_from_logprobs(self.first_token_logprobs(waves), labels)
+
+
+class EveryDecoder:
+    """The check of several decoders (an ensemble's members): the mildest of their ratios, so a
+    command is dropped only when every decoder's own first word beats it by the margin."""
+
+    def __init__(self, checks: list[FillerRatio]):
+        if not checks:
+            raise ValueError("EveryDecoder needs at least one decoder's check")
+        self.checks = list(checks)
+
+    def ratio(self, waves: list[torch.Tensor], labels: list[str]) -> np.ndarray:
+        return np.max([check.ratio(waves, labels) for check in self.checks], axis=0)
