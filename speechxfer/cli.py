@@ -573,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune an encoder + head, evaluate, save the model")
-    t.add_argument("--data", type=Path, help="dataset folder or manifest (default: bundled FSDD)")
+    t.add_argument("--data", type=Path,
+                   help="dataset folder or manifest (default: the bundled digits, data/digits.csv)")
     t.add_argument("--encoder", default="whisper-tiny.en")
     t.add_argument("--window",
                    help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "

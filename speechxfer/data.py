@@ -47,6 +47,13 @@ class Dataset:
     layout: str
     split: dict[Path, str] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    manifest: Path | None = None  # the manifest file read, when the data is one
+
+    @property
+    def location(self) -> Path:
+        """What ``load_dataset`` reads again to get these clips: the manifest file itself, or
+        the folder (a manifest's ``root`` is its folder, which may hold other manifests)."""
+        return self.manifest or self.root
 
     @property
     def labels(self) -> list[str]:
@@ -187,7 +194,7 @@ def _from_manifest(manifest: Path) -> Dataset:
     if not any(set(row) - set(RESERVED_COLUMNS) for _, row in rows):
         raise DatasetError(f"{manifest}: no row has a label (fields: path, speaker, split "
                            "and a 'label' or a field per task)")
-    return Dataset(clips, manifest.parent, "manifest", split)
+    return Dataset(clips, manifest.parent, "manifest", split, manifest=manifest)
 
 
 def per_class(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:

@@ -287,7 +287,7 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
     decoder_based = run.strategy in DECODER_STRATEGIES
     classic = run.strategy in CLASSIC_KINDS
     return {
-        "data": str(run.ds.root), "layout": run.ds.layout,
+        "data": str(run.ds.location), "layout": run.ds.layout,
         "encoder": None if classic else run.encoder,
         "window": None if classic else (run.decoder_window if decoder_based else run.window),
         "strategy": strategy, "per_class": run.per_class_n, "commands": run.commands,

@@ -203,3 +203,17 @@ def test_training_reports_a_misnamed_file_it_skipped(small_fsdd, tmp_path):
     summary = train_job(small_fsdd, strategy="svm", test_speakers=["theo"], out=tmp_path / "m")
     assert [s["path"] for s in summary["skipped"]] == [str(small_fsdd / "foo.wav")]
     assert summary["n_test"] == 12  # theo's 3 digits x 4 takes; foo.wav is in no split
+
+
+def test_a_model_trained_on_a_manifest_names_the_manifest(small_fsdd, tmp_path):
+    """The summary's data is what reads the clips again (the fast path's parity check does):
+    the manifest file, not its folder, which need hold no dataset of its own."""
+    from speechxfer.jobs import train_job
+
+    manifest = tmp_path / "lists" / "digits.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,label,speaker\n" + "".join(
+        f"{p},{p.stem[0]},{p.stem.split('_')[1]}\n" for p in sorted(small_fsdd.iterdir())))
+    summary = train_job(manifest, strategy="svm", test_speakers=["theo"], out=tmp_path / "m")
+    assert summary["data"] == str(manifest)
+    assert len(load_dataset(summary["data"]).clips) == 36
