@@ -6,7 +6,9 @@ Why this shape:
   torch, so nothing is fetched at run time) opens an utterance on speech, not on loudness: a door,
   a tap or music that an energy rule takes for a word never reaches the classifier.
 - Every utterance is classified whole, in a window of at least ``clip_s`` (the 1-s clips the
-  models were trained on), so the model always sees a complete word as in training.
+  models were trained on), so the model always sees a complete word as in training; the window
+  never reaches back into the previous utterance, whose word would otherwise be heard twice
+  (a breath after "yes" fired "yes" again).
 - An utterance longer than ``max_utterance_s`` is talk, not a command word, and yields no event.
 - The model's own open-set decision applies (``openset.acceptance``: the best command must reach
   the threshold calibrated at training and beat ``_unknown_`` and ``_silence_``); opt-in, a
@@ -265,6 +267,7 @@ class Detector:
         self._pending = 0  # samples of _audio not yet run through the VAD
         self._speech_start: int | None = None
         self._speech_end = 0
+        self._last_end = 0  # where the previous utterance's speech ended: no window reaches it
         self._quiet = 0
         self._overlong = False
         self._reset_every = max(1, round(VAD_RESET_S / frame_s))  # frames
@@ -354,14 +357,16 @@ class Detector:
 
     def _close(self, now: int) -> list[Detection]:
         start, end = self._speech_start, self._speech_end
-        overlong = self._overlong
+        overlong, previous = self._overlong, self._last_end
         self._speech_start, self._quiet, self._overlong = None, 0, False
         if overlong:
             self.overlong += 1
+            self._last_end = end
             return []
         if end - start < self.min_speech:
             return []
-        a = max(self._audio_start, min(start - self.pad, now - self.clip))
+        self._last_end = end
+        a = max(self._audio_start, previous, min(start - self.pad, now - self.clip))
         wave = self._audio[a - self._audio_start: now - self._audio_start]
         segment = self._classify(wave, start / VAD_RATE, end / VAD_RATE, now / VAD_RATE)
         if self.record:

@@ -336,3 +336,32 @@ def test_threshold_for_a_false_accept_target():
     assert threshold_for(curve, 1.0)["threshold"] == pytest.approx(0.55)
     assert threshold_for(curve, 6.0)["threshold"] == 0.0
     assert threshold_for(curve[:2], 1.0) is None
+
+
+class Recorder(Fixed):
+    """``Fixed`` that keeps every wave it was asked about."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.waves = []
+
+    def predict_proba(self, waves):
+        self.waves += list(waves)
+        return super().predict_proba(waves)
+
+
+def test_a_window_never_reaches_back_into_the_previous_utterance(fsdd, vad):
+    """A word, 0.4 s of quiet, a 0.2-s sound: the sound's (at least 1-s) window starts after
+    the word's speech, so a word is never heard twice (once more in a breath after it)."""
+    rng = np.random.default_rng(1)
+    first, word = (sf.read(fsdd / f"{d}_jackson_3.wav")[0] for d in ("5", "2"))
+    middle = len(word) // 2
+    second = word[middle - int(0.1 * RATE): middle + int(0.1 * RATE)]
+    quiet = [0.002 * rng.standard_normal(n) for n in (GAP, int(0.4 * RATE), GAP)]
+    audio = np.concatenate([quiet[0], first, quiet[1], second, quiet[2]])
+    model = Recorder(["_unknown_", "go"], [0.1, 0.9])
+    detector, _ = detect(model, audio, vad=vad, threshold=0.5, record=True)
+    assert len(detector.segments) == 2 and len(model.waves) == 2
+    heard = model.waves[1].numel() / model.sample_rate
+    a, b = detector.segments
+    assert heard <= b.heard_at - a.end + 1e-3
