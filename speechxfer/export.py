@@ -60,7 +60,7 @@ KIND = "onnx"
 GRAPH = "model.onnx"
 OPSET = 17
 MAX_GRAPH_BYTES = 2**31  # ONNX's protobuf limit; a bigger file is no graph of ours
-BATCH_SIZE = 16  # clips per runtime call, grouped by similar length
+BATCH_SIZE = 16  # clips per runtime call of an fp32 graph, grouped by similar length (int8: 1)
 FAST_CHECK_CLIPS = 100  # training-speaker clips for the fast path's shortlist, as many for parity
 FAST_MIN_AGREEMENT = 0.995  # label agreement with torch below which no fast path is written
 
@@ -283,10 +283,14 @@ class OnnxRecognizer(Recognizer):
     model_kind = KIND
 
     def __init__(self, graph: Path, labels: list[str], window: str, sample_rate: int = SAMPLE_RATE,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", int8: bool = False):
         import onnxruntime as ort
 
         self.labels, self.window, self.sample_rate = list(labels), window, sample_rate
+        # dynamic int8 scales a matrix product's input by the whole batch tensor, so a clip
+        # batched with others would get another answer than alone (as predict and the stream
+        # detector score it): an int8 graph runs one clip per call
+        self.batch_size = 1 if int8 else BATCH_SIZE
         self.info: dict = {}
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -299,7 +303,7 @@ class OnnxRecognizer(Recognizer):
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
         out = np.zeros((len(waves), len(self.labels)), np.float32)
-        for idx in batches_by_length(waves, BATCH_SIZE):
+        for idx in batches_by_length(waves, self.batch_size):
             n = padded_length(self.window, max(waves[i].numel() for i in idx))
             batch = np.zeros((len(idx), n), np.float32)
             for j, i in enumerate(idx):
@@ -335,7 +339,7 @@ class OnnxRecognizer(Recognizer):
             raise ModelError(f"{directory}: an exported ONNX model needs ONNX Runtime: pip "
                              "install onnx onnxruntime") from None
         try:
-            system = cls(graph, labels, window, device=device)
+            system = cls(graph, labels, window, device=device, int8=config.get("int8") is True)
         except Exception as err:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)
             raise ModelError(f"{graph}: ONNX Runtime cannot open it ({str(err)[:200]})") from None
         shape = system.session.get_outputs()[0].shape

@@ -17,7 +17,7 @@ from speechxfer import CommandClassifier, ModelError, load_model
 from speechxfer.audio import load
 from speechxfer.cli import main
 from speechxfer.encoders import build_encoder
-from speechxfer.export import OnnxRecognizer, export, padded_length
+from speechxfer.export import OnnxRecognizer, export, padded_length, parity
 from speechxfer.train import TrainConfig, fit
 
 DIGITS = ("1", "4", "7")
@@ -162,7 +162,10 @@ def test_int8_keeps_a_quiet_clip_batched_with_a_loud_one(frozen, fsdd, tmp_path)
     waves, _ = clips(fsdd, ("theo",), range(4))
     loud = waves[0] / waves[0].abs().max()
     quiet = [0.003 * w / w.abs().max() for w in waves[1:]]
-    _, result = export(system, tmp_path / "int8", int8=True, check_waves=[loud, *quiet])
+    out, _ = export(system, tmp_path / "int8", int8=True)
+    graph = OnnxRecognizer(out / "model.onnx", system.labels, system.encoder.window)  # batched
+    assert graph.batch_size > 1
+    result = parity(system, graph, [loud, *quiet])
     assert result.label_agreement == 1.0, result.line()
 
 
@@ -200,6 +203,18 @@ def test_load_model_picks_the_fast_path_and_it_agrees_with_torch(fast_combined, 
     assert (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() < 0.1
     assert np.mean([DIGITS[i] == t for i, t in zip(got.argmax(1), truth)]) > 0.8
     assert fast.predict(waves[0], 16_000).label == torch_system.predict(waves[0], 16_000).label
+
+
+def test_an_int8_graph_answers_a_clip_alone_as_in_a_batch(fast_combined, fsdd):
+    """Dynamic int8 scales a matrix product's input by the whole batch tensor: a clip scored
+    among others (eval) would get another answer than alone (predict, the stream detector);
+    flipped a near tie of the all-four-speaker default on a new speaker."""
+    fast = load_model(fast_combined[0]).fast
+    waves, _ = clips(fsdd, ("theo", "yweweler"), range(4, 6))
+    noise = 0.5 * torch.randn(16_000, generator=torch.Generator().manual_seed(0))
+    alone = np.concatenate([fast.predict_proba([w]) for w in waves])
+    together = fast.predict_proba([*waves, noise])[: len(waves)]
+    assert np.abs(together - alone).max() < 1e-6
 
 
 def test_the_torch_path_runs_without_onnxruntime_or_with_a_broken_fast_folder(
