@@ -259,7 +259,7 @@ def split_dataset(
     if test_speakers:
         unknown = sorted(set(test_speakers) - set(data.speakers))
         if unknown:
-            raise DatasetError(f"{data.root}: unknown test speaker(s) {unknown}; known: {data.speakers}")
+            raise DatasetError(f"{data.location}: unknown test speaker(s) {unknown}; known: {data.speakers}")
         test = [c for c in data.clips if c.speaker in test_speakers]
         rest = [c for c in data.clips if c.speaker not in test_speakers]
     else:

@@ -333,7 +333,7 @@ def train_neural(run: Run, refits: bool = False) -> TrainedNeural:
                    for t in run.tasks}
     empty = [t for t, labs in task_labels.items() if not labs]
     if empty:
-        raise DatasetError(f"{run.ds.root}: no training labels for task(s) {empty}")
+        raise DatasetError(f"{run.ds.location}: no training labels for task(s) {empty}")
     speed_tasks = [t for t in run.tasks if kinds[t] == "embedding"] if run.speaker_speeds else []
     if speed_tasks:
         from .augment import speed_label, speed_speakers
@@ -455,7 +455,7 @@ def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
 def decoder_labels(run: Run, clips: list) -> list[str]:
     labels = sorted({c.label for c in clips if c.label is not None})
     if len(labels) < 2:
-        raise ValueError(f"{run.ds.root}: a classifier needs at least 2 labels in the training "
+        raise ValueError(f"{run.ds.location}: a classifier needs at least 2 labels in the training "
                          f"clips, got {labels}")
     return labels
 
