@@ -146,7 +146,8 @@ def model_report(model_dir: Path, folder: Path | None = None) -> None:
         waves, truth = held_out_clips(paths["torch eager"], folder)
         reference = paths["torch eager"].predict_proba(waves)
         print(f"\n{model_dir}: predict() on a {CLIP_SECONDS:.0f}-s clip, 1 thread, "
-              f"{SYSTEM_REPEATS} calls; accuracy on {len(truth)} held-out clips")
+              f"{SYSTEM_REPEATS} calls; accuracy on {len(truth)} "
+              f"{'held-out clips' if folder is None else f'clips of {folder}'}")
         print(f"{'path':<24}{'p50 ms':>8}{'p99 ms':>8}{'cpu p50':>9}{'accuracy':>10}"
               f"{'agree':>8}{'max dp':>10}")
         for name, system in paths.items():
