@@ -250,16 +250,18 @@ def split_dataset(
     """Speaker-disjoint test split; validation is drawn from the training speakers.
 
     ``test_speakers=None`` uses the data's own split lists when it has them, otherwise puts every
-    clip in training; a validation list holds with ``test_speakers`` too (less their clips). Validation clips come from the training speakers, so a test speaker never
-    steers early stopping or calibration: with a few speakers who each recorded many takes (the
-    bundled digits) a fraction of every (label, speaker) group; with many speakers, or groups of
-    one to three clips (crowd-sourced Speech Commands, where a fraction of each group rounds to
+    clip in training; a validation list holds with ``test_speakers`` too (less their clips).
+    Validation clips come from the training speakers, so a test speaker never steers early
+    stopping or calibration: with a few speakers who each recorded many takes (the bundled
+    digits) a fraction of every (label, speaker) group; with many speakers, or groups of one to
+    three clips (crowd-sourced Speech Commands, where a fraction of each group rounds to
     nothing), ``val_fraction`` of the speakers whole, chosen by ``seed`` (``validation_speakers``).
     """
     if test_speakers:
         unknown = sorted(set(test_speakers) - set(data.speakers))
         if unknown:
-            raise DatasetError(f"{data.location}: unknown test speaker(s) {unknown}; known: {data.speakers}")
+            raise DatasetError(f"{data.location}: unknown test speaker(s) {unknown}; "
+                               f"known: {data.speakers}")
         test = [c for c in data.clips if c.speaker in test_speakers]
         rest = [c for c in data.clips if c.speaker not in test_speakers]
     else:

@@ -436,7 +436,8 @@ class EmbeddingBackend(Backend):
         self.embed, self.description = embed, embed.source
         self.threshold = default_threshold()
         self.sample_rate = embed.sample_rate
-        self.normalisation = ("S-norm against the other enrolled voiceprints" if embed.cohort is None
+        self.normalisation = ("S-norm against the other enrolled voiceprints"
+                              if embed.cohort is None
                               else f"S-norm against the head's {len(embed.cohort)} prototypes")
 
     def features(self, waves: list[torch.Tensor]) -> list:

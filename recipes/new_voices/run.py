@@ -39,15 +39,16 @@ def train(args: list[str], folder: Path) -> Path:
 
 def right(folder: Path, clips: list) -> dict[str, int]:
     """Clips right under each path of the saved system in ``folder``."""
-    fast = load_model(folder)
-    if fast.fast is None:
-        raise SystemExit(f"{folder}: no fast path was written (are onnx and onnxruntime installed?)")
-    torch_system = load_model(folder)
-    torch_system.fast = None
+    system = load_model(folder)
+    if system.fast is None:
+        raise SystemExit(f"{folder}: no fast path was written (its training printed why: ONNX "
+                         "missing, or the parity check refused the graph)")
     waves, kept, _ = load_waves(clips, SAMPLE_RATE)
-    truth = np.array([fast.labels.index(c.label) for c in kept])
-    return {name: int((system.predict_proba(waves).argmax(1) == truth).sum())
-            for name, system in zip(PATHS, (fast, torch_system, load_model(folder / "head")))}
+    truth = np.array([system.labels.index(c.label) for c in kept])
+    fast = system.predict_proba(waves)
+    system.fast = None  # the same system on torch
+    probs = (fast, system.predict_proba(waves), load_model(folder / "head").predict_proba(waves))
+    return {name: int((p.argmax(1) == truth).sum()) for name, p in zip(PATHS, probs)}
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
     speakers = sorted({c.speaker for c in clips})
     halves = [speakers[0::2], speakers[1::2]]
     fsdd_only = train(["--data", str(bundled("fsdd"))], args.work / "fsdd_only")
-    rows = {"default (data/digits.csv)": dict.fromkeys(PATHS, 0), "FSDD alone": dict.fromkeys(PATHS, 0)}
+    rows = {name: dict.fromkeys(PATHS, 0) for name in ("default (data/digits.csv)", "FSDD alone")}
     for k, half in enumerate(halves):
         held = [c for c in clips if c.speaker in half]
         fold = train([a for s in half for a in ("--test-speaker", s)], args.work / f"half{k}")
