@@ -130,7 +130,7 @@ def _train(args: argparse.Namespace) -> None:
         pooling=args.pooling, layer=args.layer, device=args.device, head_options=head_options,
         commands=args.commands, shots=args.shots, max_false_accept=args.max_false_accept,
         augment=args.augment, noise=args.noise, augment_copies=args.augment_copies,
-        keep=args.keep, speaker_speeds=args.speaker_speeds,
+        keep=args.keep, speaker_speeds=args.speaker_speeds, negatives=args.negatives or (),
     )
     test = summary.get("test")
     if test:
@@ -613,6 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--commands", type=_commands, metavar="WORD,WORD,...",
                    help="these words are the classes; every other word becomes _unknown_, the "
                         "clips of _silence_/ become _silence_ (default: every folder a label)")
+    t.add_argument("--negatives", type=Path, action="append", metavar="PATH",
+                   help="with --commands: every clip of this dataset (any layout, repeatable) "
+                        "trains as _unknown_: more 'none of these' than the data's other words")
     t.add_argument("--shots", type=_bounded(int, 1), metavar="N",
                    help="keep N training clips per command in total, from as many speakers as "
                         "possible (unknown and silence clips are kept)")

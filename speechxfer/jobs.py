@@ -59,6 +59,7 @@ from .train import (
     seed_everything,
 )
 from .vocab import RESERVED, SILENCE, apply_commands, is_command, load_with_silence, map_for_model
+from .vocab import negatives as vocab_negatives
 from .vocab import shots as keep_shots
 
 if TYPE_CHECKING:  # speechbrain loads only when a run augments
@@ -257,6 +258,7 @@ class Run:
     augment: dict | None = None  # ``augment_options``: what the run augments with, or None
     keep: str = "best"  # which epoch's weights to keep (``TrainConfig.keep``)
     speaker_speeds: tuple[int, ...] = ()  # ``augment.speed_speakers``: new voices at these speeds
+    negatives: tuple[str, ...] = ()  # datasets whose every clip trained as _unknown_
 
     @property
     def decoder_window(self) -> str:
@@ -293,6 +295,7 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
         "strategy": strategy, "per_class": run.per_class_n, "commands": run.commands,
         "shots": run.shots, "augment": run.augment, "tasks": list(run.tasks),
         "speaker_speeds": list(run.speaker_speeds) or None,
+        "negatives": list(run.negatives) or None,
         "train_speakers": sorted({c.speaker for c in train if c.speaker}),
         "test_speakers": sorted({c.speaker for c in run.split.test if c.speaker}),
         "n_train": len(train) if n_train is None else n_train, "n_validation": n_validation,
@@ -691,6 +694,7 @@ def train_job(
     augment_copies: int | None = None,
     keep: str = "best",
     speaker_speeds: tuple[int, ...] = (),
+    negatives: list[str | Path] = (),
 ) -> dict:
     """Split by speaker, train under ``strategy`` (its job in ``JOBS``), evaluate on the
     held-out speakers, save the model folder; returns the train summary.
@@ -721,6 +725,9 @@ def train_job(
     at each speed whose embedding-task labels are new speakers (``augment.speed_speakers``):
     more voices for a speaker embedding head.
 
+    ``negatives`` (with ``commands``): every clip of these datasets trains as ``_unknown_``
+    (``vocab.negatives``), more "none of these" than the data's own other words; training only.
+
     ``evaluate=False`` skips scoring the held-out speakers (a caller that scores them itself).
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
@@ -743,6 +750,8 @@ def train_job(
         if not any((head_options or {}).get(t, {}).get("kind") == "embedding" for t in tasks):
             raise ValueError("--speaker-speeds makes new speakers for an embedding task; the run "
                              "has none (--task speaker:embedding)")
+    if negatives and not commands:
+        raise ValueError("--negatives trains more _unknown_ clips; it needs --commands")
     job = strategy_of(strategy, tuple(tasks), augment).job
     augment_spec = augment_options(augment, noise, augment_copies, seed)
     # refuses a file or a busy --out now; torchrun's other ranks write nothing of the run's
@@ -753,6 +762,9 @@ def train_job(
         split = split_dataset(ds, test_speakers or None, seed=seed)
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))
+        for path in negatives:
+            held = sorted({c.speaker for c in split.test + split.validation if c.speaker})
+            split = replace(split, train=split.train + vocab_negatives(path, commands, held))
         return job(Run(
             ds=ds, split=split, out=out, work=work, strategy=strategy, encoder=encoder,
             window=window, k=k, per_class_n=per_class_n, epochs=epochs, seed=seed,
@@ -760,7 +772,8 @@ def train_job(
             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
             head_options=head_options, task_weights=task_weights, evaluate=evaluate,
             commands=commands, shots=shots, max_false_accept=max_false_accept,
-            augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds)))
+            augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
+            negatives=tuple(str(Path(p).resolve()) for p in negatives)))
 
 
 def system_info(summary: dict) -> dict:

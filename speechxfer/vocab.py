@@ -118,6 +118,26 @@ def map_for_model(dataset: Dataset, model_labels: list[str]) -> Dataset:
     return _relabel(dataset, {w for w in model_labels if is_command(w)})
 
 
+def negatives(path: str | Path, commands: list[str], exclude_speakers: list[str] = ()) -> list[Clip]:
+    """Every clip of another dataset (any layout) as an ``_unknown_`` training clip.
+
+    Open-set rejection learns "none of these" from other words, and a command set rarely comes
+    with many: any speech corpus can supply them, as wake-word trainers use large negative sets.
+    Only the command label is kept (a speaker task does not learn these voices). A clip
+    labelled with one of ``commands``, or a speaker the run holds out, is refused: either would
+    silently teach a command as "none of these" or leak a test voice into training.
+    """
+    dataset = load_dataset(path)
+    clashing = sorted({c.label for c in dataset.clips if c.label in commands})
+    if clashing:
+        raise DatasetError(f"{dataset.location}: negatives must hold no command word; clips "
+                           f"labelled {clashing} are in it")
+    leaked = sorted({c.speaker for c in dataset.clips if c.speaker in exclude_speakers})
+    if leaked:
+        raise DatasetError(f"{dataset.location}: negatives hold held-out speaker(s) {leaked}")
+    return [replace(c, labels={"command": UNKNOWN}) for c in dataset.clips]
+
+
 def shots(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:
     """Keep ``n`` clips per command in total, from as many speakers as possible.
 

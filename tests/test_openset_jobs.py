@@ -14,11 +14,11 @@ from speechxfer import CommandClassifier, ModelError, load_model
 from speechxfer.audio import load
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.cli import main
-from speechxfer.data import load_dataset, split_dataset
+from speechxfer.data import DatasetError, load_dataset, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import MIN_THRESHOLD, augment_options, eval_job, train_job
 from speechxfer.train import TrainConfig, fit
-from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, load_with_silence
+from speechxfer.vocab import SILENCE, UNKNOWN, apply_commands, load_with_silence, negatives
 
 SPEECH_COMMANDS = Path(__file__).resolve().parents[1] / "data" / "speech_commands"
 WORDS = ["yes", "no", "up"]
@@ -123,6 +123,32 @@ def test_shots_keep_n_clips_per_command(commands_data, tmp_path):
     train = split_dataset(data, TEST, seed=0).train
     rest = sum(1 for c in train if c.label in (UNKNOWN, SILENCE))
     assert summary["n_train"] == len(WORDS) + rest
+
+
+def test_negatives_train_as_unknown_and_only_in_training(commands_data, small_fsdd, tmp_path):
+    clips = negatives(small_fsdd, WORDS)
+    assert len(clips) == 36 and {c.label for c in clips} == {UNKNOWN}
+    assert all(set(c.labels) == {"command"} for c in clips)  # no speaker task learns these voices
+    plain = train_job(commands_data, strategy="svm", out=tmp_path / "plain", commands=WORDS,
+                      test_speakers=TEST, evaluate=False)
+    summary = train_job(commands_data, strategy="svm", out=tmp_path / "neg", commands=WORDS,
+                        test_speakers=TEST, evaluate=False, negatives=[small_fsdd])
+    assert summary["n_train"] == plain["n_train"] + 36
+    assert (summary["n_validation"], summary["test_speakers"]) == (plain["n_validation"], sorted(TEST))
+    assert summary["negatives"] == [str(small_fsdd.resolve())]
+    assert {"george", "jackson", "theo"} <= set(summary["train_speakers"])
+
+
+def test_negatives_that_hold_a_command_or_a_test_voice_are_refused(commands_data, small_fsdd,
+                                                                   tmp_path):
+    with pytest.raises(DatasetError, match=r"no command word.*\['up', 'yes'\]"):
+        negatives(commands_data, ["yes", "up", "a word nobody said"])
+    with pytest.raises(DatasetError, match=r"held-out speaker.*\['theo'\]"):
+        negatives(small_fsdd, WORDS, ["theo", "someone"])
+    with pytest.raises(ValueError, match="needs --commands"):
+        train_job(commands_data, strategy="svm", out=tmp_path / "m", negatives=[small_fsdd])
+    assert main(["train", "--data", str(commands_data), "--strategy", "svm", "--commands", "yes,up",
+                 "--negatives", str(commands_data), "--out", str(tmp_path / "c")]) == 2
 
 
 def test_a_neural_model_keeps_its_threshold_and_refuses_a_bad_one(tmp_path):
