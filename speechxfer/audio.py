@@ -178,7 +178,7 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Read a file as a mono float32 tensor at ``sample_rate``; raise AudioError if unusable."""
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "file not found")
+        raise AudioError(path, "a folder, not an audio file" if path.is_dir() else "file not found")
     try:
         samples, rate = _read_mono(str(path), path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:

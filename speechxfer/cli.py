@@ -421,11 +421,15 @@ def _eval_stream(args: argparse.Namespace) -> None:
                      threshold=args.threshold, target_fa=args.target_fa,
                      filler_margin=args.filler_margin, filler_below=args.filler_below,
                      pad_s=args.pad)
-    if args.plot:
-        plot_det(report, args.plot)
     if args.json:
         print(json.dumps(report))
-        return
+    else:
+        _print_stream_report(report, args.target_fa)
+    if args.plot:  # after the report: a plot that cannot be written loses no measurement
+        plot_det(report, args.plot)
+
+
+def _print_stream_report(report: dict, target_fa: float | None) -> None:
     fa = report["false_accepts_per_hour"]
     print(f"{report['hours'] * 60:.1f} min, {report['n_commands']} commands: recall "
           f"{_figure(report['recall'])}, wrong label {report['wrong_label']}, false accepts "
@@ -434,9 +438,9 @@ def _eval_stream(args: argparse.Namespace) -> None:
         print(f"latency {report['latency_s']:.2f} s (median word end to event), real-time "
               f"factor {report['rtf']:.3f} ({report['rtf_cpu']:.3f} in CPU time) on "
               f"{report['threads']} thread(s)")
-    if args.target_fa is not None:
+    if target_fa is not None:
         found = report["threshold_for"]
-        print(f"threshold for <= {args.target_fa}/h on this stream: " + (
+        print(f"threshold for <= {target_fa}/h on this stream: " + (
             f"{found['threshold']:.4f} (recall {_figure(found['recall'])}); use it with listen "
             f"--threshold" if found else "none (even the highest fires more often)"))
 

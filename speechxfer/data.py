@@ -23,11 +23,17 @@ from pathlib import Path
 import torch
 
 from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
+from .log import LOGGER
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
-FSDD_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<speaker>[^_]+)_(?P<take>\d+)$")
+# not Speech Commands' {speaker}_nohash_{n}: read so, a speaker hash would become the label
+FSDD_NAME = re.compile(r"^(?P<label>[^_]+)_(?P<speaker>(?!nohash_)[^_]+)_(?P<take>\d+)$")
 SPEECH_COMMANDS_SPEAKER = re.compile(r"^(?P<speaker>[^_]+)_nohash_")
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
+SPLITS = ("train", *SPLIT_LISTS)  # the values of a manifest's split column
+# the one "_" folder that holds words ("none of these", as synth writes it); other "_" folders
+# hold noise (``_background_noise_``, ``_silence_``: see ``vocab``)
+UNKNOWN_DIR = "_unknown_"
 RESERVED_COLUMNS = ("path", "speaker", "split")
 
 
@@ -84,16 +90,19 @@ def load_dataset(path: str | Path) -> Dataset:
     flat = _audio_files(flat_root)
     bad = [p for p in flat if not FSDD_NAME.match(p.stem)]
     label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and d != flat_root
-                  and not d.name.startswith(("_", ".")) and _audio_files(d)]
+                  and (d.name == UNKNOWN_DIR or not d.name.startswith(("_", ".")))
+                  and _audio_files(d)]
     if flat and (not bad or (not label_dirs and 2 * len(bad) <= len(flat))):
         return _from_fsdd(flat_root, flat)
     if label_dirs:
         return _from_label_folders(path, label_dirs)
     if flat:
+        hint = ("Speech Commands names ({speaker}_nohash_{n}) carry no label: give the folder "
+                "that holds a folder per word" if SPEECH_COMMANDS_SPEAKER.match(bad[0].name)
+                else "or use a folder per label or a manifest")
         raise DatasetError(
             f"{path}: flat audio files must be named {{label}}_{{speaker}}_{{take}} "
-            f"({len(bad)} of {len(flat)} are not; first offender: {bad[0].name}); "
-            "or use a folder per label or a manifest"
+            f"({len(bad)} of {len(flat)} are not; first offender: {bad[0].name}); {hint}"
         )
     raise DatasetError(f"{path}: no audio files, label folders or manifest found")
 
@@ -178,11 +187,18 @@ def _from_manifest(manifest: Path) -> Dataset:
     rows = _read_manifest_rows(manifest)
     if not rows:
         raise DatasetError(f"{manifest}: manifest has no rows")
-    clips, split = [], {}
+    clips, split, lines = [], {}, {}
     for n, row in rows:
         values = _row_values(manifest, n, row)
         p = Path(values["path"])
         p = p if p.is_absolute() else manifest.parent / p
+        # a clip listed twice could train under one row and validate or test under the other
+        if (same := lines.setdefault(p.resolve(), n)) != n:
+            raise DatasetError(f"{manifest}: line {n}: {values['path']} is already listed on "
+                               f"line {same}")
+        if values.get("split", "train") not in SPLITS:  # a typo would silently train a test clip
+            raise DatasetError(f"{manifest}: line {n}: split {values['split']!r} is not one of "
+                               f"{', '.join(SPLITS)} (or empty)")
         labels = {("command" if k == "label" else k): v
                   for k, v in values.items() if k not in RESERVED_COLUMNS}
         speaker = values.get("speaker")
@@ -251,6 +267,8 @@ def split_dataset(
 
     ``test_speakers=None`` uses the data's own split lists when it has them, otherwise puts every
     clip in training; a validation list holds with ``test_speakers`` too (less their clips).
+    Clips the data marks ``train`` (a manifest's split column) only train: validation is drawn
+    from the others (synthetic voices beside real ones: calibrate on the real).
     Validation clips come from the training speakers, so a test speaker never steers early
     stopping or calibration: with a few speakers who each recorded many takes (the bundled
     digits) a fraction of every (label, speaker) group; with many speakers, or groups of one to
@@ -267,19 +285,28 @@ def split_dataset(
     else:
         test = [c for c in data.clips if data.split.get(c.path) == "test"]
         rest = [c for c in data.clips if data.split.get(c.path) != "test"]
+        # the data's own test list is used as given, but a voice on both sides is no new voice
+        # (``_silence_`` clips carry a pseudo-speaker, not a "speaker" label)
+        both = sorted({c.speaker for c in test if "speaker" in c.labels}
+                      & {c.speaker for c in rest if "speaker" in c.labels})
+        if both:
+            LOGGER.warning("%s: speaker(s) %s have clips in the test split and outside it: the "
+                           "test scores voices that trained", data.location, both[:5])
     given_val = [c for c in rest if data.split.get(c.path) == "validation"]
     if given_val:  # the data's own validation list holds, less any test speaker's clips
         train = [c for c in rest if data.split.get(c.path) != "validation"]
         return Split(train, given_val, test, list(data.skipped))
+    pinned = [c for c in rest if data.split.get(c.path) == "train"]  # the data says: train only
+    rest = [c for c in rest if data.split.get(c.path) != "train"]
     groups: dict[tuple, list[Clip]] = defaultdict(list)
     for c in rest:
         groups[(c.label, c.speaker)].append(c)
     held = validation_speakers(rest, groups, val_fraction, seed)
     if held:
-        return Split([c for c in rest if c.speaker not in held],
+        return Split(pinned + [c for c in rest if c.speaker not in held],
                      [c for c in rest if c.speaker in held], test, list(data.skipped))
     rng = random.Random(seed)
-    train, val = [], []
+    train, val = list(pinned), []
     for key in sorted(groups, key=str):
         group = sorted(groups[key], key=lambda c: str(c.path))
         rng.shuffle(group)

@@ -242,6 +242,8 @@ class Detector:
             raise ValueError(f"filler_margin must be a non-negative number, got {filler_margin}")
         if not 0.0 < filler_below <= 1.0:
             raise ValueError(f"filler_below must be in (0, 1], got {filler_below}")
+        if not 0.0 <= pad_s < math.inf:  # a negative pad would cut the word's onset off
+            raise ValueError(f"pad_s must be a non-negative number of seconds, got {pad_s}")
         self.filler = None if filler_margin is None else filler_check(model)
         if filler_margin is not None and self.filler is None:
             raise ValueError(f"filler_margin: the filler check needs a model with a Whisper "

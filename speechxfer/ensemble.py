@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .heads import check_real
 from .recognizer import (
     ModelError,
     Recognizer,
@@ -29,7 +30,7 @@ from .recognizer import (
     softmax,
     sub_folder,
 )
-from .store import atomic_folder
+from .store import StoreError, atomic_folder
 
 KIND = "ensemble"
 MEMBER_FOLDER = "member{}"  # the i-th member's folder inside the ensemble's
@@ -54,6 +55,8 @@ class EnsembleRecognizer(Recognizer):
                 raise ValueError(f"member {i} runs at {m.sample_rate} Hz, member 0 at "
                                  f"{self.sample_rate} Hz")
         self.orders = [[m.labels.index(lab) for lab in self.labels] for m in members]
+        if threshold is not None:  # else save would write a folder that load refuses
+            threshold = check_real("threshold", threshold, 0.0, 1.0)
         bars = [m.threshold for m in members if m.threshold is not None]
         self.threshold = threshold if threshold is not None else max(bars, default=None)
         self.info: dict = {}
@@ -73,6 +76,10 @@ class EnsembleRecognizer(Recognizer):
         """config.json and each member in member0/, member1/, ... (a member loaded from a
         folder is copied from it whole, so exported fast paths travel along)."""
         directory = Path(directory)
+        for i, source in enumerate(self.sources):  # a copy into its own source never ends
+            if source is not None and directory.resolve().is_relative_to(source.resolve()):
+                raise StoreError(f"{directory}: is or lies inside member {i}'s folder {source}; "
+                                 "save the ensemble outside its members")
         with atomic_folder(directory, is_model_folder) as folder:
             for i, (member, source) in enumerate(zip(self.members, self.sources)):
                 target = folder / MEMBER_FOLDER.format(i)
@@ -87,6 +94,11 @@ class EnsembleRecognizer(Recognizer):
     def of_folders(cls, folders: list[str | Path], threshold: float | None = None,
                    device: str | torch.device = "cpu") -> EnsembleRecognizer:
         """The ensemble of saved systems (their folders are copied whole on ``save``)."""
+        seen = [Path(f).resolve() for f in folders]
+        for i, folder in enumerate(seen):
+            if folder in seen[:i]:  # the product of a system with itself is that system
+                raise ModelError(f"{folders[i]}: given twice (members {seen.index(folder)} and "
+                                 f"{i}); an ensemble needs different systems")
         members = [load(f, device) for f in folders]
         try:
             system = cls(members, threshold)

@@ -45,7 +45,7 @@ from .openset import (
     open_set_rates,
 )
 from .recognizer import Recognizer, is_model_folder, load
-from .store import atomic_folder, training_folder
+from .store import CHECKPOINT, atomic_folder, training_folder
 from .train import (
     KEEP,
     STRATEGIES,
@@ -108,13 +108,22 @@ def skipped_records(pairs) -> list[dict[str, str]]:
     return [{"path": str(path), "problem": problem} for path, problem in pairs]
 
 
-def read_clips(clips, sample_rate: int, what: str):
-    """Load audio, printing each skipped clip; fail clearly if nothing is usable."""
+def read_clips(clips, sample_rate: int, what: str, every_label: bool = False):
+    """Load audio, printing each skipped clip; fail clearly if nothing is usable, or, with
+    ``every_label`` (training clips), if a label has no usable clip left: a model would be
+    saved without that class, or with one it never saw."""
     waves, kept, skipped = load_waves(clips, sample_rate)
     for path, problem in skipped:
         LOGGER.warning("skipped %s: %s", path, problem)
     if clips and not kept:
-        raise DatasetError(f"no usable clips left in the {what} set ({len(skipped)} skipped)")
+        raise DatasetError(f"no usable clips left in the {what} set ({len(skipped)} skipped; "
+                           f"the first, {skipped[0][0]}: {skipped[0][1]})")
+    lost = sorted({c.label for c in clips} - {c.label for c in kept} - {None})
+    if every_label and lost:
+        path, problem = next(s for s in skipped if s[0] in {str(c.path) for c in clips
+                                                             if c.label in lost})
+        raise DatasetError(f"no usable clips left of label(s) {lost} in the {what} set (the "
+                           f"first, {path}: {problem})")
     return waves, kept, skipped
 
 
@@ -259,6 +268,7 @@ class Run:
     keep: str = "best"  # which epoch's weights to keep (``TrainConfig.keep``)
     speaker_speeds: tuple[int, ...] = ()  # ``augment.speed_speakers``: new voices at these speeds
     negatives: tuple[str, ...] = ()  # datasets whose every clip trained as _unknown_
+    negative_clips: tuple = ()  # their clips (also in ``split.train``)
 
     @property
     def decoder_window(self) -> str:
@@ -266,10 +276,12 @@ class Run:
 
     def pools(self) -> tuple[list, list]:
         """Training and validation clips: with ``per_class_n``, that many per label per speaker
-        and no validation split (too few clips to carve one from)."""
+        of the data's own and no validation split (too few clips to carve one from); the
+        negatives stay whole."""
         if self.per_class_n:
-            return per_class(self.split.train + self.split.validation, self.per_class_n,
-                             self.seed), []
+            extra = {id(c) for c in self.negative_clips}
+            own = [c for c in self.split.train + self.split.validation if id(c) not in extra]
+            return per_class(own, self.per_class_n, self.seed) + list(self.negative_clips), []
         return self.split.train, self.split.validation
 
     def fit_pools(self, calibrate: bool) -> tuple[list, list]:
@@ -349,7 +361,7 @@ def train_neural(run: Run, refits: bool = False) -> TrainedNeural:
                                  head_options=run.head_options)
 
     model = build()
-    train_w, train, skipped = read_clips(train, enc.sample_rate, "training")
+    train_w, train, skipped = read_clips(train, enc.sample_rate, "training", every_label=True)
     val_w, val, skipped_val = read_clips(val, enc.sample_rate, "validation")
     augmenter = make_augmenter(run.augment, train_w, train, enc.sample_rate)
     fit_w, fit_clips = train_w, train
@@ -373,7 +385,7 @@ def train_neural(run: Run, refits: bool = False) -> TrainedNeural:
         **({"speaker_speeds": list(run.speaker_speeds)} if run.speaker_speeds else {}),
     }
     result = fit(model, fit_w, [c.labels for c in fit_clips], val_w, [c.labels for c in val],
-                 config, run.work / "checkpoint", identity=identity, augmenter=augmenter)
+                 config, run.work / CHECKPOINT, identity=identity, augmenter=augmenter)
     rejection = calibrate_rejection(model, val_w, [c.label for c in val], run.max_false_accept)
     summary = job_summary(
         run, config.to_dict(), started, train, n_validation=len(val),
@@ -426,7 +438,7 @@ def classic_job(run: Run) -> dict:
     started = time.perf_counter()
     train, held = run.fit_pools(open_set(run.ds.labels))
     system = build_classic(run.strategy, seed=run.seed)
-    train_w, train, skipped = read_clips(train, system.sample_rate, "training")
+    train_w, train, skipped = read_clips(train, system.sample_rate, "training", every_label=True)
     augmenter = make_augmenter(run.augment, train_w, train, system.sample_rate)
     fit_w, fit_clips = augmented(augmenter, train_w, train)
     system.fit(fit_w, [c.label for c in fit_clips])
@@ -494,14 +506,14 @@ def generative_job(run: Run) -> dict:
     train, held = run.fit_pools(open_set([c.label for c in run.split.train]))
     system = GenerativeRecognizer(decoder_labels(run, train), encoder=run.encoder,
                                   window=run.decoder_window)
-    waves, kept, skipped = read_clips(train, system.sample_rate, "training")
+    waves, kept, skipped = read_clips(train, system.sample_rate, "training", every_label=True)
     fit_w, fit_clips = augmented(make_augmenter(run.augment, waves, kept, system.sample_rate),
                                  waves, kept)
     identity = {"data": str(run.ds.root.resolve()), "train": clips_digest(kept),
                 "augment": run.augment, "encoder": run.encoder, "window": run.decoder_window}
     fit_info = fit_generative(system, fit_w, [c.label for c in fit_clips], GENERATIVE_STEPS,
                               GENERATIVE_BATCH, seed=run.seed, device=run.device,
-                              checkpoint_dir=run.work / "checkpoint", identity=identity)
+                              checkpoint_dir=run.work / CHECKPOINT, identity=identity)
     fitted, skipped_held = calibrate_open_set(system, held, run.max_false_accept)
     summary = job_summary(run, {"strategy": run.strategy, **fit_info}, started, kept,
                           n_validation=len(held) - len(skipped_held),
@@ -760,11 +772,29 @@ def train_job(
         seed_everything(seed)
         ds = load_training_data(data or default_data(), commands)
         split = split_dataset(ds, test_speakers or None, seed=seed)
+        pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
+        if not pool:
+            raise DatasetError(f"{ds.location}: every clip is a validation or test clip (test "
+                               f"speakers {sorted({str(c.speaker) for c in split.test})[:5]}); "
+                               "nothing to train on")
+        trained = {c.label for c in pool if c.label is not None}
+        # a label only validation or test clips hold is never learnt, only scored wrong
+        untrained = sorted(({c.label for c in split.test + split.validation} | set(commands or ()))
+                           - trained - {None, *RESERVED})
+        if untrained or len(trained) < 2:
+            raise DatasetError(f"{ds.location}: " + (
+                f"label(s) {untrained} have no training clips (only validation or test ones)"
+                if untrained else f"the training clips hold {len(trained)} label(s) "
+                                  f"{sorted(trained)}; a classifier needs at least 2 labels"))
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))
+        extra: list = []
+        # voices no training clip has (a validation speaker whose other takes train is heard)
+        held = sorted({c.speaker for c in split.test + split.validation if c.speaker}
+                      - {c.speaker for c in pool})
         for path in negatives:
-            held = sorted({c.speaker for c in split.test + split.validation if c.speaker})
-            split = replace(split, train=split.train + vocab_negatives(path, commands, held))
+            extra += vocab_negatives(path, commands, held, [c.path for c in ds.clips])
+        split = replace(split, train=split.train + extra)
         return job(Run(
             ds=ds, split=split, out=out, work=work, strategy=strategy, encoder=encoder,
             window=window, k=k, per_class_n=per_class_n, epochs=epochs, seed=seed,
@@ -773,7 +803,8 @@ def train_job(
             head_options=head_options, task_weights=task_weights, evaluate=evaluate,
             commands=commands, shots=shots, max_false_accept=max_false_accept,
             augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
-            negatives=tuple(str(Path(p).resolve()) for p in negatives)))
+            negatives=tuple(str(Path(p).resolve()) for p in negatives),
+            negative_clips=tuple(extra)))
 
 
 def system_info(summary: dict) -> dict:
@@ -796,14 +827,21 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
             LOGGER.warning("skipped %s: %s", path, problem)
         summary["skipped"] = skipped_records(split.skipped) + summary["skipped"]
     if split is not None and split.test:
-        test_w, test, skipped = read_clips(split.test, system.sample_rate, "test")
-        report = evaluate_system(system, test_w, [c.label for c in test])
-        report["skipped"] = skipped_records(skipped)
-        summary["skipped"] = summary["skipped"] + report["skipped"]
-        summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "seconds_per_clip",
-                                                  "threshold", "open_set") if k in report}
-        if system.task_model() is not None:
-            summary["test"]["tasks"] = task_metrics(system.task_model(), test_w, test)
+        test_w, test, skipped = load_waves(split.test, system.sample_rate)
+        for path, problem in skipped:
+            LOGGER.warning("skipped %s: %s", path, problem)
+        summary["skipped"] = summary["skipped"] + skipped_records(skipped)
+        if test:
+            report = evaluate_system(system, test_w, [c.label for c in test])
+            report["skipped"] = skipped_records(skipped)
+            summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1",
+                                                      "seconds_per_clip", "threshold", "open_set")
+                               if k in report}
+            if system.task_model() is not None:
+                summary["test"]["tasks"] = task_metrics(system.task_model(), test_w, test)
+        else:  # the system is trained: saved unscored rather than lost
+            LOGGER.warning("no usable clips left in the test set (%d skipped): the model is "
+                           "saved without a test report", len(skipped))
     system.info = system_info(summary)
     if not is_main_process():  # a torchrun rank above 0: rank 0 saves the same system
         return summary

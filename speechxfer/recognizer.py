@@ -94,6 +94,8 @@ def read_config(directory: str | Path, kind: str | None = None) -> dict:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ModelError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a model config")
         config = json.loads(path.read_text(encoding="utf-8"))
+    except ModelError:  # a ValueError too: not to be reported as invalid JSON below
+        raise
     except OSError as err:
         raise ModelError(f"{path}: unreadable ({err.strerror or err})") from None
     except (ValueError, RecursionError) as err:  # torn JSON, bad UTF-8, absurd nesting

@@ -17,11 +17,12 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 WORK_SUFFIX = ".partial"  # <out>.partial: lock + checkpoint of a run writing <out>
 LOCK_FILE = "lock"
+CHECKPOINT = "checkpoint"  # the run's checkpoint folder in <out>.partial
 
 _building: set[Path] = set()  # temporary folders being filled by atomic_folder in this process
 
@@ -155,6 +156,13 @@ def training_folder(out: str | Path, owned: Callable[[Path], bool]) -> Iterator[
     check_replaceable(out, owned)
     work = work_folder(out)
     lock = work / LOCK_FILE
+    # a folder of that name not made by a run would be deleted with the run's work at the end
+    stray = sorted(e.name for e in work.iterdir() if e.name not in (LOCK_FILE, CHECKPOINT)
+                   and not e.name.startswith(f".{CHECKPOINT}.")) if work.is_dir() else []
+    if stray:
+        raise StoreError(f"{work}: holds other files ({', '.join(stray[:3])}), not a training "
+                         "run's lock and checkpoint; refusing to use it as this run's work "
+                         "folder: move it or choose another output folder")
     while True:
         try:
             work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +189,8 @@ def training_folder(out: str | Path, owned: Callable[[Path], bool]) -> Iterator[
         yield work
     except BaseException:
         lock.unlink(missing_ok=True)
+        with suppress(OSError):  # nothing to resume (bad data, say): no empty folder left behind
+            work.rmdir()
         raise
     else:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,12 +20,9 @@ class MicrophoneError(RuntimeError):
     """No microphone input: the optional package, PortAudio or an input device is missing."""
 
 
-def file_chunks(path: str | Path, block_s: float = 0.1) -> tuple[int, Iterator[np.ndarray]]:
-    """A recording's sample rate and its blocks, read lazily so any length streams.
-
-    The header is checked first, so a missing, empty or non-audio file is an ``AudioError``
-    naming it before any model runs.
-    """
+def file_length(path: str | Path) -> tuple[int, int]:
+    """A recording's sample rate and length in frames, from its header alone: a missing, empty
+    or non-audio file is an ``AudioError`` naming it."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "not a file" if path.exists() else "file not found")
@@ -36,6 +33,16 @@ def file_chunks(path: str | Path, block_s: float = 0.1) -> tuple[int, Iterator[n
     rate = check_rate(info.samplerate, str(path))
     if info.frames <= 0:
         raise AudioError(path, "empty audio (no samples)")
+    return rate, info.frames
+
+
+def file_chunks(path: str | Path, block_s: float = 0.1) -> tuple[int, Iterator[np.ndarray]]:
+    """A recording's sample rate and its blocks, read lazily so any length streams.
+
+    The header is checked first (``file_length``), so a bad file fails before any model runs.
+    """
+    path = Path(path)
+    rate, _ = file_length(path)
 
     def blocks() -> Iterator[np.ndarray]:
         try:  # [frames, channels] always: a block shorter than its channel count stays right

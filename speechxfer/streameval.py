@@ -24,6 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,8 @@ import torch
 
 from .audio import AudioError, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
-from .stream import file_chunks
+from .log import LOGGER
+from .stream import file_chunks, file_length
 from .vocab import SILENCE, is_command, load_with_silence
 
 if TYPE_CHECKING:
@@ -45,10 +47,16 @@ GAIN_DB = (-6.0, 6.0)  # each clip's level against its recording, uniform
 BED_DB = (-50.0, -40.0)  # the room between clips: noise clips at this RMS (dBFS), uniform
 SPAN_DB = 20.0  # a word's span: its 10-ms frames within this much of its loudest frame
 CHUNK_S = 0.1  # the detector is fed blocks of this length, as a microphone callback would
+BUILD_BYTES = 16  # memory per sample of a stream being built: its float64 bed, the float32
+# stream and the clips placed on it
 
 
 class LabelFileError(ValueError):
     """A label file that cannot be read; the message names the file and the row."""
+
+
+class PlotError(ValueError):
+    """A DET plot that cannot be written; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,14 @@ def _word_span(wave: np.ndarray, rate: int) -> tuple[int, int]:
 
 
 def build_stream(data: str | Path, minutes: float, seed: int = 0) -> BuiltStream:
-    """A ``minutes``-long stream from the clips of ``data`` (see the module docstring)."""
+    """A ``minutes``-long stream from the clips of ``data`` (see the module docstring); one
+    too long to build in the memory available is a ValueError, not a machine out of memory."""
+    total = int(minutes * 60 * RATE)
+    free = _available_memory()
+    if free is not None and total * BUILD_BYTES > free:
+        raise ValueError(f"{data}: a {minutes:g}-min stream needs about "
+                         f"{total * BUILD_BYTES / 2**30:.1f} GiB of memory to build, "
+                         f"{free / 2**30:.1f} GiB is available: build a shorter one")
     dataset = load_with_silence(data)
     rng = np.random.default_rng(seed)
     clips = sorted(dataset.clips, key=lambda c: str(c.path))
@@ -96,11 +111,12 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0) -> BuiltStream
             waves[i] = load(clip.path, RATE).numpy()
         except AudioError as err:  # a bad clip is left out and reported, the stream goes on
             skipped.append((str(clip.path), str(err)))
+    for file, problem in skipped:  # as training does: left out, and said so
+        LOGGER.warning("skipped %s: %s", file, problem)
     usable = [i for i in waves if clips[i].label is not None]
     if not usable:
         raise AudioError(data, "no usable labelled clips to build a stream from")
     noise = [i for i in usable if clips[i].label == SILENCE]
-    total = int(minutes * 60 * RATE)
     pieces: list[tuple[int, np.ndarray]] = []
     spans: list[Span] = []
     at, order = 0, []
@@ -123,6 +139,18 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0) -> BuiltStream
     return BuiltStream(audio.astype(np.float32), RATE, spans, skipped)
 
 
+def _available_memory() -> int | None:
+    """Bytes the system can still give (Linux's MemAvailable); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _bed(noises: list[np.ndarray], total: int, rng: np.random.Generator) -> np.ndarray:
     """The quiet room under the whole stream: noise clips end to end at a low random level (or
     faint white noise when the folder has none), so no stretch is digital silence."""
@@ -140,15 +168,18 @@ def _bed(noises: list[np.ndarray], total: int, rng: np.random.Generator) -> np.n
     return bed
 
 
-def read_labels(path: str | Path) -> list[Span]:
+def read_labels(path: str | Path, seconds: float | None = None) -> list[Span]:
     """The words of a real recording: a CSV of ``start,end,label`` (seconds; a header row
-    ``start,end,label`` is optional). A bad row is a ``LabelFileError`` naming the file and row."""
+    ``start,end,label`` is optional). A bad row is a ``LabelFileError`` naming the file and row:
+    so is a row starting at or after ``seconds`` (the recording's length: labels of another
+    recording, or not in seconds) and a span overlapping another of its label (a row listed
+    twice): either would count a command that was never said as missed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise LabelFileError(f"{path}: cannot read the label file ({err})") from None
-    spans = []
+    spans, rows = [], []
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -167,9 +198,19 @@ def read_labels(path: str | Path) -> list[Span]:
             raise LabelFileError(f"{path}: row {n}: need 0 <= start <= end, got {start}, {end}")
         if not cells[2]:
             raise LabelFileError(f"{path}: row {n}: empty label")
+        if seconds is not None and start >= seconds:
+            raise LabelFileError(f"{path}: row {n}: starts at {start} s, not before the end of "
+                                 f"the recording ({seconds:.3f} s): labels of another recording, "
+                                 "or not in seconds?")
         spans.append(Span(start, end, cells[2]))
+        rows.append(n)
     if not spans:
         raise LabelFileError(f"{path}: no labelled rows")
+    by_label = sorted(zip(spans, rows), key=lambda sr: (sr[0].label, sr[0].start))
+    for (a, m), (b, n) in pairwise(by_label):
+        if a.label == b.label and (b.start < a.end or b.start == a.start):
+            raise LabelFileError(f"{path}: rows {m} and {n}: two {a.label!r} spans overlap "
+                                 f"({a.start}-{a.end} s, {b.start}-{b.end} s): a row listed twice?")
     return sorted(spans, key=lambda s: s.start)
 
 
@@ -255,10 +296,13 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
         rate, chunks = file_chunks(recording, CHUNK_S)
     else:
         chunks = _blocks(audio, rate)
+    commands = {lab for lab in model.labels if is_command(lab)}
+    if not any(s.label in commands for s in spans):  # other names ("seven" for "7"), or none
+        LOGGER.warning("no word of the stream is a command of the model (%s): no recall, and "
+                       "every event is a false accept", ", ".join(sorted(commands)))
     detector = Detector(model, threshold, rate, record=True, **detector_options)
     events = list(detect_chunks(detector, chunks))
     hours = detector.seconds / 3600
-    commands = {lab for lab in model.labels if is_command(lab)}
     report = score_events(events, spans, commands, hours)
     seconds = detector.seconds or 1.0
     kinds = Counter("command" if s.label in commands else "silence" if s.label == SILENCE
@@ -308,8 +352,12 @@ def plot_det(report: dict, path: str | Path, title: str = "") -> None:
     ax.set_title(title or f"DET curve ({report['hours'] * 60:.0f} min stream)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as err:  # no such folder, no permission, an unknown format
+        raise PlotError(f"{path}: cannot write the plot ({err})") from None
+    finally:
+        plt.close(fig)
 
 
 def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed: int = 0,
@@ -325,9 +373,10 @@ def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed:
     if labels is not None:
         if not data.is_file():
             raise AudioError(data, "with a label file, --data must be the recording (a file)")
-        report = evaluate_stream(model, read_labels(labels), recording=data, threshold=threshold,
-                                 filler_margin=filler_margin, filler_below=filler_below,
-                                 pad_s=pad_s)
+        rate, frames = file_length(data)
+        report = evaluate_stream(model, read_labels(labels, frames / rate), recording=data,
+                                 threshold=threshold, filler_margin=filler_margin,
+                                 filler_below=filler_below, pad_s=pad_s)
         report["stream"] = {"recording": str(data), "labels": str(labels)}
     else:
         report = _measure_built(model, data, minutes, seed, threshold, filler_margin,

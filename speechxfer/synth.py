@@ -314,7 +314,9 @@ def synthesise(config: SynthConfig, out: str | Path,
                include: Sequence[str | Path] = ()) -> SynthResult:
     """Write the dataset of ``config`` into ``out``; ``include`` adds real datasets' clips to
     the manifest (their own paths, labels and speakers; ``_silence_/`` clips too), so one
-    ``--data`` trains on synthetic and real clips together.
+    ``--data`` trains on synthetic and real clips together. The synthetic clips are then marked
+    ``split=train``: validation, threshold calibration and any held-out speakers stay real
+    voices, whose accuracy is what the model is for.
 
     Engines are checked before anything is written. ``out`` must be empty or an earlier
     synthesised dataset, which the new one replaces whole at the end (``store.atomic_folder``):
@@ -344,7 +346,8 @@ def synthesise(config: SynthConfig, out: str | Path,
             rel = Path(label) / _file_name(voice, text, take)
             (folder / label).mkdir(exist_ok=True)
             sf.write(folder / rel, wave.numpy(), config.sample_rate, subtype="PCM_16")
-            rows.append({"path": rel.as_posix(), "label": label, "speaker": voice.speaker})
+            rows.append({"path": rel.as_posix(), "label": label, "speaker": voice.speaker}
+                        | ({"split": "train"} if real else {}))
             clips.append({**rows[-1], "text": text, **asdict(voice), **params})
         for dataset in real:
             rows += _real_rows(dataset)
@@ -391,8 +394,9 @@ def _real_rows(dataset: Dataset) -> list[dict]:
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
+    columns = ["path", "label", "speaker"] + (["split"] if any("split" in r for r in rows) else [])
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "speaker"])
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -118,16 +118,24 @@ def map_for_model(dataset: Dataset, model_labels: list[str]) -> Dataset:
     return _relabel(dataset, {w for w in model_labels if is_command(w)})
 
 
-def negatives(path: str | Path, commands: list[str], exclude_speakers: list[str] = ()) -> list[Clip]:
+def negatives(path: str | Path, commands: list[str], exclude_speakers: list[str] = (),
+              taken: list[Path] = ()) -> list[Clip]:
     """Every clip of another dataset (any layout) as an ``_unknown_`` training clip.
 
     Open-set rejection learns "none of these" from other words, and a command set rarely comes
     with many: any speech corpus can supply them, as wake-word trainers use large negative sets.
     Only the command label is kept (a speaker task does not learn these voices). A clip
     labelled with one of ``commands``, or a speaker the run holds out, is refused: either would
-    silently teach a command as "none of these" or leak a test voice into training.
+    silently teach a command as "none of these" or leak a test voice into training. So is a
+    file among ``taken`` (the run's own clips, compared through links): a negatives set without
+    speaker names could otherwise put a test clip into training.
     """
     dataset = load_dataset(path)
+    own = {Path(p).resolve() for p in taken}
+    shared = [c.path for c in dataset.clips if c.path.resolve() in own]
+    if shared:
+        raise DatasetError(f"{dataset.location}: negatives hold {len(shared)} clip(s) of the "
+                           f"training data itself (first: {shared[0]})")
     clashing = sorted({c.label for c in dataset.clips if c.label in commands})
     if clashing:
         raise DatasetError(f"{dataset.location}: negatives must hold no command word; clips "

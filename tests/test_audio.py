@@ -52,6 +52,9 @@ def test_bad_files_name_file_and_problem(tmp_path, make, problem):
 def test_missing_file(tmp_path):
     with pytest.raises(AudioError, match="file not found"):
         load(tmp_path / "nope.wav")
+    (tmp_path / "clips.wav").mkdir()  # predict given a folder: say so, not "not found"
+    with pytest.raises(AudioError, match=r"clips\.wav: a folder, not an audio file"):
+        load(tmp_path / "clips.wav")
 
 
 def test_nan_samples_rejected():

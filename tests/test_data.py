@@ -55,6 +55,23 @@ def test_label_folders_with_split_lists(small_fsdd, tmp_path):
     assert {c.speaker for c in split.test} == {"jackson"} and len(split.train) == 36 - 12 - 1
 
 
+def test_clips_marked_train_never_validate(small_fsdd, tmp_path):
+    """Twelve speakers, six of them marked train only (say synthetic voices): whatever the seed,
+    validation speakers come from the other six, and every marked clip trains."""
+    rows = ["path,label,speaker,split"]
+    for i, p in enumerate(sorted(small_fsdd.iterdir())):
+        speaker = f"s{i % 12}"
+        rows.append(f"{p},{p.stem.split('_')[0]},{speaker},{'train' if i % 12 < 6 else ''}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = load_dataset(tmp_path / "m.csv")
+    pinned = {c.path for c in data.clips if data.split.get(c.path) == "train"}
+    assert len(pinned) == 18
+    for seed in range(8):
+        split = split_dataset(data, seed=seed)
+        assert split.validation and not pinned & {c.path for c in split.validation}
+        assert pinned <= {c.path for c in split.train}
+
+
 def test_the_bundled_digits_manifest_lists_every_digit_clip():
     """data/digits.csv (the default training set): FSDD's 2,000 clips, a tenth validating,
     and the 87 digits of the 38 Speech Commands speakers, all training, labelled 0-9."""
@@ -220,3 +237,59 @@ def test_a_model_trained_on_a_manifest_names_the_manifest(small_fsdd, tmp_path):
     assert len(load_dataset(summary["data"]).clips) == 36
     with pytest.raises(DatasetError, match=f"^{re.escape(str(manifest))}: unknown test speaker"):
         split_dataset(load_dataset(manifest), ["nobody"])
+
+
+@pytest.mark.parametrize("split", ["TEST", "valid", "dev"])
+def test_a_split_a_manifest_misspells_is_refused(small_fsdd, tmp_path, split):
+    """Read as "train", a misspelt test split would silently train on the test clips."""
+    path = tmp_path / "m.csv"
+    path.write_text(f"path,label,split\n{small_fsdd}/1_theo_0.wav,1,\n"
+                    f"{small_fsdd}/4_theo_0.wav,4,{split}\n")
+    with pytest.raises(DatasetError, match=rf"m\.csv: line 3: split '{split}' is not one of"):
+        load_dataset(path)
+
+
+def test_a_clip_listed_twice_in_a_manifest_is_refused(small_fsdd, tmp_path):
+    """Under two speakers one file could train and test: refused, naming both lines."""
+    path = tmp_path / "m.csv"
+    path.write_text(f"path,label,speaker\n{small_fsdd}/1_theo_0.wav,1,theo\n"
+                    f"{small_fsdd}/4_theo_0.wav,4,theo\n{small_fsdd}/../fsdd/1_theo_0.wav,1,ann\n")
+    with pytest.raises(DatasetError, match=r"m\.csv: line 4: .*1_theo_0\.wav is already listed "
+                                           r"on line 2"):
+        load_dataset(path)
+
+
+def test_a_speech_commands_word_folder_is_not_read_as_fsdd(small_fsdd, tmp_path):
+    """``{speaker}_nohash_{n}`` fits the FSDD pattern: read so, the speaker hashes became labels
+    (eval of a "yes" folder scored every clip as an unknown word) and "nohash" the speaker."""
+    yes = tmp_path / "yes"
+    yes.mkdir()
+    for i, p in enumerate(sorted(small_fsdd.iterdir())[:3]):
+        shutil.copy(p, yes / f"{i:08x}_nohash_0.wav")
+    with pytest.raises(DatasetError, match="00000000_nohash_0.wav.*folder per word"):
+        load_dataset(yes)
+
+
+def test_a_test_list_that_shares_a_speaker_with_training_is_reported(small_fsdd, tmp_path, caplog):
+    rows = "".join(f"{p},{p.stem[0]},{p.stem.split('_')[1]},"
+                   f"{'test' if p.stem.startswith('1_theo') else ''}\n"
+                   for p in sorted(small_fsdd.iterdir()))
+    (tmp_path / "m.csv").write_text("path,label,speaker,split\n" + rows)
+    split = split_dataset(load_dataset(tmp_path / "m.csv"))
+    assert {c.speaker for c in split.test} == {"theo"}
+    assert "['theo'] have clips in the test split and outside it" in caplog.text
+
+
+def test_a_folder_of_other_words_is_read_with_the_label_folders(small_fsdd, tmp_path):
+    """``_unknown_/`` (what synth writes for "none of these") was skipped with the noise
+    folders: those words silently never trained."""
+    root = tmp_path / "sc"
+    for p in sorted(small_fsdd.iterdir()):
+        digit, speaker, take = p.stem.split("_")
+        folder = root / (digit if digit != "7" else "_unknown_")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / f"{speaker}_nohash_{take}.wav")
+    (root / "_background_noise_").mkdir()
+    shutil.copy(small_fsdd / "7_theo_0.wav", root / "_background_noise_" / "noise.wav")
+    ds = load_dataset(root)
+    assert ds.labels == ["1", "4", "_unknown_"] and len(ds.clips) == 36

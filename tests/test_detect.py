@@ -19,6 +19,7 @@ from speechxfer.streameval import (
     Span,
     build_stream,
     det_curve,
+    evaluate_stream,
     read_labels,
     score_events,
 )
@@ -156,6 +157,12 @@ def test_utterance_too_long_for_a_command_is_dropped(svm, session, vad):
     assert events == [] and detector.overlong == len(SAID)
 
 
+@pytest.mark.parametrize("pad", [-0.1, float("nan")])
+def test_a_negative_pad_is_refused(svm, vad, pad):
+    with pytest.raises(ValueError, match="pad_s"):
+        Detector(svm[0], sample_rate=RATE, vad=vad, pad_s=pad)
+
+
 def test_vad_loads_from_the_wheel_offline_and_keeps_torch_threads(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network disabled in this test")
@@ -232,6 +239,18 @@ def test_bad_label_row_names_the_file_and_row(tmp_path, row, problem):
     assert str(path) in str(err.value) and problem in str(err.value)
 
 
+def test_label_rows_past_the_recording_or_listed_twice_are_refused(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("0.5,0.9,go\n1.0,1.4,stop\n0.8,1.2,up\n")  # other words may overlap
+    assert len(read_labels(path, seconds=2.0)) == 3
+    path.write_text("0.5,0.9,go\n2500,2900,stop\n")  # in milliseconds
+    with pytest.raises(LabelFileError, match="row 2: starts at 2500.0 s.*end of the recording"):
+        read_labels(path, seconds=3.0)
+    path.write_text("0.5,0.9,go\n1.0,1.4,stop\n0.6,1.0,go\n")
+    with pytest.raises(LabelFileError, match="rows 1 and 3: two 'go' spans overlap"):
+        read_labels(path)
+
+
 # --- streams from a folder, and the CLI -------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -261,6 +280,36 @@ def test_built_stream_is_seeded_and_places_every_clip(folder):
     assert not np.array_equal(a.audio, build_stream(folder, 2.0, seed=5).audio)
 
 
+def test_a_stream_with_no_command_of_the_model_is_said(svm, vad, caplog):
+    model, _ = svm  # its commands are "2", "5", "8"; the labels name them otherwise
+    spans = [Span(0.1, 0.5, "two"), Span(1.0, 1.4, "five")]
+    with caplog.at_level("WARNING", logger="speechxfer"):
+        report = evaluate_stream(model, spans, audio=np.zeros(2 * RATE, np.float32), rate=RATE,
+                                 vad=vad)
+    assert report["recall"] is None and "no word of the stream is a command" in caplog.text
+
+
+def test_a_stream_too_long_for_the_memory_is_refused_before_it_is_built(folder, monkeypatch):
+    import speechxfer.streameval
+
+    monkeypatch.setattr(speechxfer.streameval, "_available_memory", lambda: 2**20)
+    with pytest.raises(ValueError, match="needs about .* GiB of memory"):
+        build_stream(folder, 1.0)
+
+
+def test_a_bad_clip_left_out_of_a_built_stream_is_said(folder, tmp_path, caplog):
+    data = tmp_path / "data"
+    for d in ("2", "_silence_"):
+        (data / d).mkdir(parents=True)
+        for f in (folder / d).iterdir():
+            (data / d / f.name).write_bytes(f.read_bytes())
+    (data / "2" / "broken.wav").write_bytes(b"not audio")
+    with caplog.at_level("WARNING", logger="speechxfer"):
+        built = build_stream(data, 0.2)
+    assert [f for f, _ in built.skipped] == [str(data / "2" / "broken.wav")]
+    assert "broken.wav" in caplog.text
+
+
 def test_cli_eval_stream_json_and_plot(svm, folder, tmp_path, capsys):
     _, model = svm
     plot = tmp_path / "det.png"
@@ -284,6 +333,27 @@ def test_cli_eval_stream_recording_with_bad_labels(svm, session, tmp_path, capsy
     assert main(["eval-stream", str(model), "--data", str(wav), "--labels", str(csv)]) == 2
     err = capsys.readouterr().err
     assert "speechxfer eval-stream: error:" in err and str(csv) in err and "row 2" in err
+
+
+def test_cli_eval_stream_label_past_the_recording_is_an_error(svm, session, tmp_path, capsys):
+    _, model = svm
+    audio, _ = session
+    wav, csv = tmp_path / "room.wav", tmp_path / "room.csv"
+    sf.write(wav, audio, RATE)
+    csv.write_text(f"0.8,1.3,5\n{len(audio) / RATE + 1},{len(audio) / RATE + 2},2\n")
+    assert main(["eval-stream", str(model), "--data", str(wav), "--labels", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert str(csv) in err and "row 2" in err and "end of the recording" in err
+
+
+def test_cli_eval_stream_prints_the_report_when_the_plot_fails(svm, folder, tmp_path, capsys):
+    _, model = svm
+    plot = tmp_path / "no such folder" / "det.png"
+    assert main(["eval-stream", str(model), "--data", str(folder), "--minutes", "0.2", "--json",
+                 "--plot", str(plot)]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_commands"] >= 1  # the measurement is not lost
+    assert "speechxfer eval-stream: error:" in err and str(plot) in err
 
 
 def test_cli_eval_stream_recording(svm, session, tmp_path, capsys):

@@ -87,7 +87,8 @@ def test_cli_builds_an_ensemble_that_reopens_alone(make_svm, fsdd, tmp_path, cap
 
 def test_a_member_folder_outside_the_model_is_refused(make_svm, tmp_path):
     a = make_svm(tmp_path / "a", DIGITS, range(3))
-    EnsembleRecognizer.of_folders([a, a]).save(tmp_path / "ab")
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6))
+    EnsembleRecognizer.of_folders([a, b]).save(tmp_path / "ab")
     config = json.loads((tmp_path / "ab" / "config.json").read_text())
     config["members"] = ["member0", "../a"]
     (tmp_path / "ab" / "config.json").write_text(json.dumps(config))
@@ -101,3 +102,28 @@ def test_building_from_mismatched_folders_names_them(make_svm, tmp_path):
     with pytest.raises(ModelError, match="labels") as err:
         EnsembleRecognizer.of_folders([a, b])
     assert str(a) in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan")])
+def test_a_threshold_outside_0_1_is_refused_before_a_save_load_would_refuse(bad):
+    labels = ["_unknown_", "up"]
+    with pytest.raises(ValueError, match="threshold"):
+        EnsembleRecognizer([Fixed(labels, [0.5, 0.5]), Fixed(labels, [0.5, 0.5])], threshold=bad)
+
+
+def test_an_ensemble_is_not_saved_into_a_member(make_svm, tmp_path, capsys):
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6), speaker="george")
+    before = sorted(p.name for p in a.iterdir())
+    for out in (a / "inner", a):  # inside: a copy into itself; the member itself: replaced
+        assert main(["ensemble", str(a), str(b), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "speechxfer ensemble: error:" in err and "member 0's folder" in err
+    assert sorted(p.name for p in a.iterdir()) == before
+    assert load_model(a).model_kind == "classic-svm"
+
+
+def test_the_same_folder_twice_is_refused(make_svm, tmp_path, capsys):
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    assert main(["ensemble", str(a), str(tmp_path / "." / "a"), "--out", str(tmp_path / "aa")]) == 2
+    assert "given twice" in capsys.readouterr().err and not (tmp_path / "aa").exists()

@@ -323,6 +323,23 @@ def test_a_second_training_into_a_busy_out_is_refused(data, tmp_path):
     assert (out / "model.safetensors").is_file() and not work_folder(out).exists()
 
 
+def test_a_run_that_fails_before_any_checkpoint_leaves_no_work_folder(tmp_path):
+    """A typo in --data left an empty OUT.partial beside every failed run's --out."""
+    with pytest.raises(jobs.DatasetError, match="no such"):
+        train_job(tmp_path / "no data", strategy="svm", out=tmp_path / "m")
+    assert not work_folder(tmp_path / "m").exists() and not (tmp_path / "m").exists()
+
+
+def test_a_folder_named_like_the_work_folder_is_not_taken_and_deleted(data, tmp_path):
+    """OUT.partial is removed when the run ends: one the user made is refused, not emptied."""
+    mine = work_folder(tmp_path / "m")
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match=r"m\.partial: holds other files \(notes\.txt\)"):
+        run(data, tmp_path / "m", "svm")
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
 def test_out_that_is_a_file_fails_before_training(data, tmp_path, monkeypatch):
     monkeypatch.setattr(jobs, "load_dataset", lambda *a: pytest.fail("read data"))
     target = tmp_path / "model"

@@ -12,6 +12,7 @@ import pytest
 from speechxfer import jobs, load_model
 from speechxfer.audio import Clip
 from speechxfer.cli import build_parser, main
+from speechxfer.data import DatasetError
 from speechxfer.decoder.combined import CombinedRecognizer
 from speechxfer.decoder.generative import GenerativeRecognizer
 from speechxfer.jobs import (
@@ -176,3 +177,87 @@ def test_the_default_data_trains_every_speaker(small_fsdd, tmp_path, monkeypatch
     summary = train_job(strategy="svm", out=tmp_path / "m")
     assert summary["test_speakers"] == [] and summary["n_test"] == 0
     assert summary["train_speakers"] == ["george", "jackson", "theo"]
+
+
+def test_a_label_the_training_speakers_lack_is_refused(make_fsdd, tmp_path):
+    """A word only test (or validation) clips hold, a command or not, can never be predicted:
+    trained without it, the model was saved and scored every such clip wrong."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
+    make_fsdd(data, ("theo",), ("9",), 2)
+    for commands in (None, ["1", "9"]):
+        with pytest.raises(DatasetError, match=r"data: label\(s\) \['9'\] have no training "
+                                               r"clips \(only validation or test ones\)"):
+            train_job(data, strategy="svm", test_speakers=["theo"], commands=commands,
+                      out=tmp_path / "m")
+    manifest = tmp_path / "m.csv"  # one only validation clips hold: the same
+    manifest.write_text("path,label,speaker,split\n" + "".join(
+        f"{p},{p.stem[0]},{p.stem.split('_')[1]},{'validation' if p.stem[0] == '9' else ''}\n"
+        for p in sorted(data.iterdir())))
+    with pytest.raises(DatasetError, match=r"m\.csv: label\(s\) \['9'\] have no training"):
+        train_job(manifest, strategy="frozen", test_speakers=["george"], out=tmp_path / "m")
+    with pytest.raises(DatasetError, match=r"data: every clip is a validation or test clip "
+                                           r"\(test speakers \['george', 'jackson', 'theo'\]\)"):
+        train_job(data, strategy="svm", test_speakers=["theo", "george", "jackson"],
+                  out=tmp_path / "m")  # was "expected a non-empty list of 1-D waveforms"
+    one = make_fsdd(tmp_path / "one", ("jackson", "george"), ("1",), 2)
+    with pytest.raises(DatasetError, match=r"one: the training clips hold 1 label\(s\) \['1'\]"):
+        train_job(one, strategy="svm", out=tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_per_class_keeps_every_negative(make_fsdd, tmp_path):
+    """--per-class thins the data's own clips; --negatives adds every clip of its set."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4", "7"), 2)
+    more = make_fsdd(tmp_path / "neg", ("yweweler",), ("9",), 4)
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], commands=["1", "4"],
+                        per_class_n=1, negatives=[more], evaluate=False, out=tmp_path / "m")
+    assert summary["n_train"] == 2 * 3 + 4  # 2 speakers x (1, 4, _unknown_), and all 4 negatives
+
+
+def test_eval_of_only_unreadable_clips_names_one(tmp_path, make_svm, capsys):
+    """"No usable clips" alone left the user to scroll back for which file and why."""
+    model = make_svm(tmp_path / "m", ("1", "4"), range(2))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "1_ann_0.wav").write_bytes(b"junk")
+    assert main(["-q", "eval", str(model), "--data", str(data)]) == 2
+    assert f"the first, {data / '1_ann_0.wav'}: not readable as audio" in capsys.readouterr().err
+
+
+def test_a_test_set_with_no_readable_clip_does_not_lose_the_trained_model(make_fsdd, tmp_path):
+    """The test clips are read after training: an error there threw the trained system away."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
+    for p in data.glob("*_theo_*.wav"):
+        p.write_bytes(b"junk")
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], out=tmp_path / "m")
+    assert "test" not in summary and load_model(tmp_path / "m").labels == ["1", "4"]
+    assert len([s for s in summary["skipped"] if "_theo_" in s["path"]]) == 4
+
+
+def test_negatives_may_share_a_voice_that_trains(make_fsdd, tmp_path):
+    """A tenth of each speaker's takes validate; the speaker still trains, so negatives in that
+    voice leak nothing (were refused as a "held-out speaker"); a test voice is still refused."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4", "7"), 6)
+    george = make_fsdd(tmp_path / "george", ("george",), ("9",), 2)
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], commands=["1", "4"],
+                        negatives=[george], evaluate=False, out=tmp_path / "m")
+    assert summary["n_validation"] == 6 and summary["n_train"] == 2 * 3 * 5 + 2
+    theo = make_fsdd(tmp_path / "theo", ("theo",), ("9",), 2)
+    with pytest.raises(DatasetError, match=r"held-out speaker\(s\) \['theo'\]"):
+        train_job(data, strategy="svm", test_speakers=["theo"], commands=["1", "4"],
+                  negatives=[theo], out=tmp_path / "m")
+
+
+@pytest.mark.parametrize("strategy", ["svm", "frozen"])
+def test_a_label_whose_every_training_clip_is_unreadable_is_refused(strategy, make_fsdd,
+                                                                     tmp_path):
+    """Skipped clip by clip, the label vanished: svm was saved without it, frozen with a class
+    it never saw."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4", "7"), 2)
+    make_fsdd(data, ("jackson",), ("9",), 1)
+    (data / "9_jackson_0.wav").write_bytes(b"junk")
+    (data / "1_jackson_0.wav").write_bytes(b"junk")  # skipped first, but 1 keeps other clips
+    with pytest.raises(DatasetError, match=r"no usable clips left of label\(s\) \['9'\] in the "
+                                           r"training set \(the first, .*9_jackson_0\.wav: not "
+                                           r"readable"):
+        train_job(data, strategy=strategy, test_speakers=["theo"], epochs=1, out=tmp_path / "m")

@@ -70,6 +70,17 @@ def test_each_class_loads_only_its_own_kind(folders):
     assert isinstance(CommandClassifier.load(root / "neural", "cpu"), CommandClassifier)
 
 
+def test_a_missing_or_oversized_config_is_not_called_invalid_json(tmp_path, monkeypatch):
+    with pytest.raises(ModelError) as err:
+        load(tmp_path)
+    assert str(err.value) == f"{tmp_path}: not a model folder (no config.json)"
+    monkeypatch.setattr("speechxfer.recognizer.MAX_CONFIG_BYTES", 1)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError) as err:
+        load(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'config.json'}: larger than 1 bytes; not a model config"
+
+
 def test_unknown_kind_and_missing_config_are_model_errors(folders, tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         load(tmp_path)

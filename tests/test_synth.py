@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from speechxfer.cli import main
-from speechxfer.data import load_dataset, load_waves
+from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.synth import (
     DEFAULT_UNKNOWN_WORDS,
     ENGLISH_VOICES,
@@ -181,6 +181,10 @@ def test_cli_synth_with_real_data_trains_on_both(tmp_path: Path, small_fsdd: Pat
     assert real <= set(data.speakers) and len(set(data.speakers) - real) >= 2
     assert sum(c.speaker in real for c in data.clips) == 36  # 3 speakers x 3 digits x 4 takes
     assert sorted(data.labels) == ["1", "4", "7", UNKNOWN]
+    # synthetic voices only train: validation and calibration are the real speakers
+    synthetic = {c.path for c in data.clips if c.speaker not in real}
+    assert synthetic and all(data.split.get(p) == "train" for p in synthetic)
+    assert not synthetic & {c.path for c in split_dataset(data, seed=0).validation}
     # the same folder can be synthesised into again: an earlier synthesised dataset is replaced
     assert main(["synth", "--words", "1", "--per-word", "1", "--engines", "espeak",
                  "--out", str(out)]) == 0

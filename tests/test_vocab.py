@@ -11,6 +11,7 @@ from speechxfer.vocab import (
     apply_commands,
     load_with_silence,
     map_for_model,
+    negatives,
     parse_commands,
     shots,
     with_silence,
@@ -106,3 +107,17 @@ def test_silence_only_folder(tmp_path):
     assert [c.label for c in data.clips] == [SILENCE] and data.clips[0].speaker is None
     with pytest.raises(DatasetError):
         load_with_silence(tmp_path / "missing")
+
+
+def test_negatives_that_hold_the_runs_own_clips_are_refused(small_fsdd, tmp_path):
+    """Linked under other names (no held-out speaker to catch them), the run's own clips would
+    train as "none of these", a test clip among them: refused, naming the set and a clip."""
+    links = tmp_path / "links"
+    links.mkdir()
+    for i, p in enumerate(sorted(small_fsdd.glob("*_theo_*.wav"))):
+        (links / f"word_anon_{i}.wav").symlink_to(p)
+    own = [c.path for c in load_dataset(small_fsdd).clips]
+    assert len(negatives(links, ["1"], ["theo"])) == 12  # the speaker check cannot see them
+    with pytest.raises(DatasetError, match=r"links: negatives hold 12 clip\(s\) of the training "
+                                           r"data itself \(first: .*word_anon_0\.wav\)"):
+        negatives(links, ["1"], ["theo"], own)
