@@ -420,7 +420,7 @@ def _eval_stream(args: argparse.Namespace) -> None:
     report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
                      threshold=args.threshold, target_fa=args.target_fa,
                      filler_margin=args.filler_margin, filler_below=args.filler_below,
-                     pad_s=args.pad)
+                     pad_s=args.pad, talk=args.talk)
     if args.json:
         print(json.dumps(report))
     else:
@@ -431,9 +431,11 @@ def _eval_stream(args: argparse.Namespace) -> None:
 
 def _print_stream_report(report: dict, target_fa: float | None) -> None:
     fa = report["false_accepts_per_hour"]
+    over = ", ".join(f"{n} on {kind}" for kind, n in sorted(report["false_accepts_over"].items()))
     print(f"{report['hours'] * 60:.1f} min, {report['n_commands']} commands: recall "
           f"{_figure(report['recall'])}, wrong label {report['wrong_label']}, false accepts "
-          f"{report['false_accepts']} ({fa:.2f}/h) at threshold {report['threshold']:.3f}")
+          f"{report['false_accepts']} ({fa:.2f}/h{'; ' + over if over else ''}) at threshold "
+          f"{report['threshold']:.3f}")
     if report["latency_s"] is not None:
         print(f"latency {report['latency_s']:.2f} s (median word end to event), real-time "
               f"factor {report['rtf']:.3f} ({report['rtf_cpu']:.3f} in CPU time) on "
@@ -475,6 +477,10 @@ def _add_eval_stream_parser(sub) -> None:
                    help="the recording's words: start,end,label rows (seconds)")
     v.add_argument("--minutes", type=_bounded(float, 0.01), default=30.0,
                    help="length of the built stream (default %(default)s)")
+    v.add_argument("--talk", type=Path, metavar="DIR",
+                   help="mix these recordings of running speech (any layout, e.g. sentences from "
+                        "speechxfer synth) into the built stream: an event on them is a false "
+                        "accept")
     v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
     v.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the model's own)")

@@ -7,7 +7,8 @@ clip is placed once, in a seeded order (reshuffled and reused only when the stre
 the data), at a random gain, with a random gap before it, over a quiet bed of the folder's own
 noise. So the command words, the other words and the noise clips come in the proportions the
 data holds, each word's span (its voiced part) is known, and the same seed gives the same
-stream. A real recording can be scored instead, with its words listed in a CSV of
+stream. ``talk`` adds recordings of running speech (sentences, e.g. from ``speechxfer synth``)
+to the clips: people talking near the app, where an event is a false accept too. A real recording can be scored instead, with its words listed in a CSV of
 ``start,end,label`` (seconds).
 
 Scoring: an event matches a command whose span, widened by ``TOLERANCE_S`` on both sides,
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .audio import AudioError, load
+from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
 from .log import LOGGER
 from .stream import file_chunks, file_length
@@ -47,6 +48,7 @@ GAIN_DB = (-6.0, 6.0)  # each clip's level against its recording, uniform
 BED_DB = (-50.0, -40.0)  # the room between clips: noise clips at this RMS (dBFS), uniform
 SPAN_DB = 20.0  # a word's span: its 10-ms frames within this much of its loudest frame
 CHUNK_S = 0.1  # the detector is fed blocks of this length, as a microphone callback would
+TALK = "_talk_"  # the label of a talk recording's span: speech that is no command
 BUILD_BYTES = 16  # memory per sample of a stream being built: its float64 bed, the float32
 # stream and the clips placed on it
 
@@ -92,9 +94,23 @@ def _word_span(wave: np.ndarray, rate: int) -> tuple[int, int]:
     return int(loud[0] * hop), int((loud[-1] + 1) * hop)
 
 
-def build_stream(data: str | Path, minutes: float, seed: int = 0) -> BuiltStream:
-    """A ``minutes``-long stream from the clips of ``data`` (see the module docstring); one
-    too long to build in the memory available is a ValueError, not a machine out of memory."""
+def talk_files(folder: str | Path) -> list[Path]:
+    """Every audio file under ``folder``, at any depth: recordings of talk, in any layout."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AudioError(folder, "talk must be a folder of recordings")
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise AudioError(folder, "no audio files under the talk folder")
+    return files
+
+
+def build_stream(data: str | Path, minutes: float, seed: int = 0,
+                 talk: str | Path | None = None) -> BuiltStream:
+    """A ``minutes``-long stream from the clips of ``data`` and the recordings under ``talk``
+    (see the module docstring); one too long to build in the memory available is a ValueError,
+    not a machine out of memory."""
     total = int(minutes * 60 * RATE)
     free = _available_memory()
     if free is not None and total * BUILD_BYTES > free:
@@ -104,6 +120,8 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0) -> BuiltStream
     dataset = load_with_silence(data)
     rng = np.random.default_rng(seed)
     clips = sorted(dataset.clips, key=lambda c: str(c.path))
+    if talk is not None:
+        clips += [Clip(p, {"command": TALK}) for p in talk_files(talk)]
     skipped = list(dataset.skipped)
     waves: dict[int, np.ndarray] = {}
     for i, clip in enumerate(clips):
@@ -214,11 +232,22 @@ def read_labels(path: str | Path, seconds: float | None = None) -> list[Span]:
     return sorted(spans, key=lambda s: s.start)
 
 
+def span_kind(label: str, commands: set[str]) -> str:
+    """What a span holds, for the report: a command, another word, talk or noise (silence)."""
+    return ("command" if label in commands else "silence" if label == SILENCE
+            else "talk" if label == TALK else "other word")
+
+
 def score_events(events: Iterable[Detection | Segment], spans: list[Span], commands: set[str],
                  hours: float, tolerance: float = TOLERANCE_S) -> dict:
     """recall, wrong-label events and false accepts per hour of ``events`` against the command
-    spans among ``spans`` (labels not in ``commands`` are words the model need not catch)."""
+    spans among ``spans`` (labels not in ``commands`` are words the model need not catch);
+    ``false_accepts_over`` says what each false accept fired on: a span's kind, ``repeat`` (a
+    command already caught) or ``nothing`` (the room between clips)."""
     targets = sorted((s for s in spans if s.label in commands), key=lambda s: s.start)
+    others = sorted((s for s in spans if s.label not in commands), key=lambda s: s.start)
+    other_starts = [s.start - tolerance for s in others]
+    over: Counter = Counter()
     starts = [s.start - tolerance for s in targets]
     longest = max((s.end - s.start for s in targets), default=0.0) + 2 * tolerance
     hit: set[int] = set()
@@ -240,6 +269,10 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
             wrong += 1
         else:
             false += 1
+            j = bisect.bisect_right(other_starts, e.end)
+            under = [o for o in others[max(0, j - 3): j] if o.end + tolerance >= e.start]
+            over["repeat" if near else span_kind(under[-1].label, commands) if under
+                 else "nothing"] += 1
     n = len(targets)
     return {
         "recall": hits / n if n else None,
@@ -248,6 +281,7 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
         "wrong_label": wrong,
         "false_accepts": false,
         "false_accepts_per_hour": false / hours if hours > 0 else None,
+        "false_accepts_over": dict(over),
         "latency_s": float(np.median(latencies)) if latencies else None,
         "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
     }
@@ -305,8 +339,7 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
     hours = detector.seconds / 3600
     report = score_events(events, spans, commands, hours)
     seconds = detector.seconds or 1.0
-    kinds = Counter("command" if s.label in commands else "silence" if s.label == SILENCE
-                    else "other word" for s in spans)
+    kinds = Counter(span_kind(s.label, commands) for s in spans)
     report.update({
         "rtf": detector.compute_s / seconds,
         "rtf_cpu": detector.cpu_s / seconds,
@@ -363,14 +396,18 @@ def plot_det(report: dict, path: str | Path, title: str = "") -> None:
 def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed: int = 0,
             labels: str | Path | None = None, threshold: float | None = None,
             target_fa: float | None = None, filler_margin: float | None = None,
-            filler_below: float = FILLER_BELOW, pad_s: float = PAD_S) -> dict:
-    """What ``speechxfer eval-stream`` reports: a stream built from the folder ``data``, or,
+            filler_below: float = FILLER_BELOW, pad_s: float = PAD_S,
+            talk: str | Path | None = None) -> dict:
+    """What ``speechxfer eval-stream`` reports: a stream built from the folder ``data`` (and the
+    recordings under ``talk``), or,
     with ``labels`` (a CSV of start,end,label), the recording ``data`` scored against it;
     with ``target_fa``, also ``threshold_for`` that many false accepts per hour;
     ``filler_margin``, ``filler_below``: the detector's filler check (margin None: off);
     ``pad_s``: the detector's."""
     data = Path(data)
     if labels is not None:
+        if talk is not None:
+            raise ValueError("talk is mixed into a built stream; a recording has its own")
         if not data.is_file():
             raise AudioError(data, "with a label file, --data must be the recording (a file)")
         rate, frames = file_length(data)
@@ -380,7 +417,7 @@ def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed:
         report["stream"] = {"recording": str(data), "labels": str(labels)}
     else:
         report = _measure_built(model, data, minutes, seed, threshold, filler_margin,
-                                filler_below, pad_s)
+                                filler_below, pad_s, talk)
     if target_fa is not None:
         report["threshold_for"] = threshold_for(report["det"], target_fa)
     return report
@@ -388,15 +425,16 @@ def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed:
 
 def _measure_built(model: Recognizer, data: Path, minutes: float, seed: int,
                    threshold: float | None, filler_margin: float | None, filler_below: float,
-                   pad_s: float) -> dict:
+                   pad_s: float, talk: str | Path | None) -> dict:
     if not data.is_dir():
         raise AudioError(data, "not a dataset folder (give --labels to score a recording)")
     if minutes <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
-    built = build_stream(data, minutes, seed)
+    built = build_stream(data, minutes, seed, talk)
     report = evaluate_stream(model, built.spans, audio=built.audio, rate=built.rate,
                              threshold=threshold, filler_margin=filler_margin,
                              filler_below=filler_below, pad_s=pad_s)
     report["stream"] = {"data": str(data), "minutes": minutes, "seed": seed,
+                        "talk": None if talk is None else str(talk),
                         "skipped": [{"file": f, "problem": p} for f, p in built.skipped]}
     return report

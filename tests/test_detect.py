@@ -10,11 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechxfer.audio import load
+from speechxfer.audio import AudioError, load
 from speechxfer.classic import build_classic
 from speechxfer.cli import main
 from speechxfer.detect import Detection, Detector, SileroVAD, StreamResampler, detect_chunks
 from speechxfer.streameval import (
+    TALK,
     LabelFileError,
     Span,
     build_stream,
@@ -192,12 +193,17 @@ def test_scoring_of_a_hand_made_event_list():
         ev("go", 9.95, 10.2, heard=10.0),  # within 0.5 s of the span: hit, latency 0.5
         ev("stop", 12.1, 12.4),  # over a word that is no command: false accept
         ev("stop", 20.0, 20.3),  # over nothing: false accept
+        ev("up", 15.1, 15.4),  # over a noise clip: false accept
+        ev("go", 25.2, 26.0),  # over a sentence: false accept
     ]
-    r = score_events(events, spans, {"go", "stop"}, hours=0.5)
+    spans.append(Span(24.0, 27.0, "_talk_"))
+    r = score_events(events, spans, {"go", "stop", "up"}, hours=0.5)
     assert r["n_commands"] == 3 and r["hits"] == 2
     assert r["recall"] == pytest.approx(2 / 3)
     assert r["wrong_label"] == 1
-    assert r["false_accepts"] == 3 and r["false_accepts_per_hour"] == pytest.approx(6.0)
+    assert r["false_accepts"] == 5 and r["false_accepts_per_hour"] == pytest.approx(10.0)
+    assert r["false_accepts_over"] == {"repeat": 1, "other word": 1, "nothing": 1, "silence": 1,
+                                       "talk": 1}
     assert r["latency_s"] == pytest.approx(0.45)
 
 
@@ -278,6 +284,23 @@ def test_built_stream_is_seeded_and_places_every_clip(folder):
         "2": 3, "5": 3, "8": 3, "1": 3, "_silence_": 3}  # each of the 15 clips once, then again
     assert all(0 <= s.start < s.end <= 120 for s in a.spans)
     assert not np.array_equal(a.audio, build_stream(folder, 2.0, seed=5).audio)
+
+
+def test_talk_joins_the_stream_as_speech_that_is_no_command(folder, fsdd, tmp_path):
+    talk = tmp_path / "talk" / "nested"
+    talk.mkdir(parents=True)
+    for take in range(2):  # two "sentences": a 3 and a 9 said one after the other
+        wave = np.concatenate([sf.read(fsdd / f"{d}_theo_{take}.wav")[0] for d in "39"])
+        sf.write(talk / f"s{take}.wav", wave, 8000)
+    built = build_stream(folder, 2.0, seed=4, talk=tmp_path / "talk")
+    labels = [s.label for s in built.spans]
+    assert labels[:17].count(TALK) == 2 and labels.count(TALK) >= 3  # each once, then again
+    assert [s.label for s in build_stream(folder, 2.0, seed=4).spans].count(TALK) == 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AudioError, match="no audio files under the talk folder"):
+        build_stream(folder, 1.0, talk=tmp_path / "empty")
+    with pytest.raises(AudioError, match="talk must be a folder"):
+        build_stream(folder, 1.0, talk=tmp_path / "missing")
 
 
 def test_a_stream_with_no_command_of_the_model_is_said(svm, vad, caplog):
