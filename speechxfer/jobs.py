@@ -677,6 +677,35 @@ def rank_folder() -> Iterator[Path]:
         yield Path(work)
 
 
+def check_trainable(ds: Dataset, split: Split, pool: list, commands: list[str] | None) -> None:
+    """Refuse a split that trains nothing, one label, or not every label it is scored on: a
+    label only validation or test clips hold is never learnt, only scored wrong."""
+    if not pool:
+        raise DatasetError(f"{ds.location}: every clip is a validation or test clip (test "
+                           f"speakers {sorted({str(c.speaker) for c in split.test})[:5]}); "
+                           "nothing to train on")
+    trained = {c.label for c in pool if c.label is not None}
+    untrained = sorted(({c.label for c in split.test + split.validation} | set(commands or ()))
+                       - trained - {None, *RESERVED})
+    if untrained:
+        raise DatasetError(f"{ds.location}: label(s) {untrained} have no training clips (only "
+                           "validation or test ones)")
+    if len(trained) < 2:
+        raise DatasetError(f"{ds.location}: the training clips hold {len(trained)} label(s) "
+                           f"{sorted(trained)}; a classifier needs at least 2 labels")
+
+
+def negative_clips(paths, ds: Dataset, split: Split, pool: list,
+                   commands: list[str] | None) -> list:
+    """The ``_unknown_`` clips of every ``--negatives`` dataset (``vocab.negatives``), checked
+    against the voices no training clip has (a validation speaker whose other takes train is
+    heard anyway) and against the run's own files."""
+    held = sorted({c.speaker for c in split.test + split.validation if c.speaker}
+                  - {c.speaker for c in pool})
+    own = [c.path for c in ds.clips]
+    return [c for path in paths for c in vocab_negatives(path, commands, held, own)]
+
+
 def train_job(
     data: str | Path | None = None,
     encoder: str = DEFAULT_ENCODER,
@@ -773,27 +802,10 @@ def train_job(
         ds = load_training_data(data or default_data(), commands)
         split = split_dataset(ds, test_speakers or None, seed=seed)
         pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
-        if not pool:
-            raise DatasetError(f"{ds.location}: every clip is a validation or test clip (test "
-                               f"speakers {sorted({str(c.speaker) for c in split.test})[:5]}); "
-                               "nothing to train on")
-        trained = {c.label for c in pool if c.label is not None}
-        # a label only validation or test clips hold is never learnt, only scored wrong
-        untrained = sorted(({c.label for c in split.test + split.validation} | set(commands or ()))
-                           - trained - {None, *RESERVED})
-        if untrained or len(trained) < 2:
-            raise DatasetError(f"{ds.location}: " + (
-                f"label(s) {untrained} have no training clips (only validation or test ones)"
-                if untrained else f"the training clips hold {len(trained)} label(s) "
-                                  f"{sorted(trained)}; a classifier needs at least 2 labels"))
+        check_trainable(ds, split, pool, commands)
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))
-        extra: list = []
-        # voices no training clip has (a validation speaker whose other takes train is heard)
-        held = sorted({c.speaker for c in split.test + split.validation if c.speaker}
-                      - {c.speaker for c in pool})
-        for path in negatives:
-            extra += vocab_negatives(path, commands, held, [c.path for c in ds.clips])
+        extra = negative_clips(negatives, ds, split, pool, commands)
         split = replace(split, train=split.train + extra)
         return job(Run(
             ds=ds, split=split, out=out, work=work, strategy=strategy, encoder=encoder,
