@@ -105,6 +105,11 @@ def read_config(directory: str | Path, kind: str | None = None) -> dict:
                          f"{type(config).__name__}, not an object)")
     if config.get("format") != FORMAT or not isinstance(config.get("kind"), str):
         raise ModelError(f"{path}: not a speechxfer model config (format/kind missing)")
+    version = config.get("version", FORMAT_VERSION)
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
+        # a newer layout may mean what this release would read otherwise: refuse, not guess
+        raise ModelError(f"{path}: model format version {version!r:.20}; this speechxfer reads "
+                         f"versions 1 to {FORMAT_VERSION} (saved by a newer release? upgrade)")
     if kind is not None:
         check_kind(directory, config, kind)
     return config

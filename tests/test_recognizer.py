@@ -3,6 +3,7 @@ unknown kind or a folder without a config is a ModelError; each class's own ``lo
 its kind; the combined system's one-encoder-pass fast path equals scoring head and prior apart."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,6 +89,16 @@ def test_unknown_kind_and_missing_config_are_model_errors(folders, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "kind": "classic-knn"}))
     with pytest.raises(ModelError, match=r"unknown model kind 'classic-knn'; known: neural, "):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", 1.5, None])
+def test_a_model_format_version_this_release_cannot_read_is_refused(folders, tmp_path, version):
+    config = json.loads((folders["root"] / "svm" / "config.json").read_text())
+    assert config["version"] == 1 and load(folders["root"] / "svm").labels == LABELS
+    shutil.copytree(folders["root"] / "svm", tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "version": version}))
+    with pytest.raises(ModelError, match="model format version .*reads versions 1 to 1"):
+        load(tmp_path / "m")
 
 
 def test_scoring_options_travel_in_config_json(folders, tmp_path):
