@@ -120,8 +120,8 @@ def read_clips(clips, sample_rate: int, what: str, every_label: bool = False):
                            f"the first, {skipped[0][0]}: {skipped[0][1]})")
     lost = sorted({c.label for c in clips} - {c.label for c in kept} - {None})
     if every_label and lost:
-        path, problem = next(s for s in skipped if s[0] in {str(c.path) for c in clips
-                                                             if c.label in lost})
+        lost_paths = {str(c.path) for c in clips if c.label in lost}
+        path, problem = next(s for s in skipped if s[0] in lost_paths)
         raise DatasetError(f"no usable clips left of label(s) {lost} in the {what} set (the "
                            f"first, {path}: {problem})")
     return waves, kept, skipped
@@ -467,12 +467,10 @@ def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
     return {"scores": fitted, "rejection": rejection}, skipped
 
 
-def decoder_labels(run: Run, clips: list) -> list[str]:
-    labels = sorted({c.label for c in clips if c.label is not None})
-    if len(labels) < 2:
-        raise ValueError(f"{run.ds.location}: a classifier needs at least 2 labels in the training "
-                         f"clips, got {labels}")
-    return labels
+def decoder_labels(clips: list) -> list[str]:
+    """The labels a decoder system scores: those of its training clips (``check_trainable``
+    has made sure there are at least two)."""
+    return sorted({c.label for c in clips if c.label is not None})
 
 
 def zero_shot_job(run: Run) -> dict:
@@ -482,7 +480,7 @@ def zero_shot_job(run: Run) -> dict:
     validation clips (``calibrate_open_set``)."""
     started = time.perf_counter()
     train = run.split.train + run.split.validation
-    system = ZeroShotRecognizer(decoder_labels(run, train), encoder=run.encoder,
+    system = ZeroShotRecognizer(decoder_labels(train), encoder=run.encoder,
                                 window=run.decoder_window, device=pick_device(run.device))
     fitted, skipped = calibrate_open_set(system, run.split.validation, run.max_false_accept)
     summary = job_summary(run, {"strategy": run.strategy}, started, train, n_train=0,
@@ -504,7 +502,7 @@ def generative_job(run: Run) -> dict:
     """
     started = time.perf_counter()
     train, held = run.fit_pools(open_set([c.label for c in run.split.train]))
-    system = GenerativeRecognizer(decoder_labels(run, train), encoder=run.encoder,
+    system = GenerativeRecognizer(decoder_labels(train), encoder=run.encoder,
                                   window=run.decoder_window)
     waves, kept, skipped = read_clips(train, system.sample_rate, "training", every_label=True)
     fit_w, fit_clips = augmented(make_augmenter(run.augment, waves, kept, system.sample_rate),

@@ -8,8 +8,9 @@ the data), at a random gain, with a random gap before it, over a quiet bed of th
 noise. So the command words, the other words and the noise clips come in the proportions the
 data holds, each word's span (its voiced part) is known, and the same seed gives the same
 stream. ``talk`` adds recordings of running speech (sentences, e.g. from ``speechxfer synth``)
-to the clips: people talking near the app, where an event is a false accept too. A real recording can be scored instead, with its words listed in a CSV of
-``start,end,label`` (seconds).
+to the clips: people talking near the app, where an event is a false accept too. A real
+recording can be scored instead, with its words listed in a CSV of ``start,end,label``
+(seconds).
 
 Scoring: an event matches a command whose span, widened by ``TOLERANCE_S`` on both sides,
 overlaps it. The first event with the command's label is a hit; an event whose label is wrong
@@ -271,8 +272,10 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
             false += 1
             j = bisect.bisect_right(other_starts, e.end)
             under = [o for o in others[max(0, j - 3): j] if o.end + tolerance >= e.start]
-            over["repeat" if near else span_kind(under[-1].label, commands) if under
-                 else "nothing"] += 1
+            if near:  # every command under it was caught already
+                over["repeat"] += 1
+            else:
+                over[span_kind(under[-1].label, commands) if under else "nothing"] += 1
     n = len(targets)
     return {
         "recall": hits / n if n else None,
@@ -399,8 +402,8 @@ def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed:
             filler_below: float = FILLER_BELOW, pad_s: float = PAD_S,
             talk: str | Path | None = None) -> dict:
     """What ``speechxfer eval-stream`` reports: a stream built from the folder ``data`` (and the
-    recordings under ``talk``), or,
-    with ``labels`` (a CSV of start,end,label), the recording ``data`` scored against it;
+    recordings under ``talk``), or, with ``labels`` (a CSV of start,end,label), the recording
+    ``data`` scored against it;
     with ``target_fa``, also ``threshold_for`` that many false accepts per hour;
     ``filler_margin``, ``filler_below``: the detector's filler check (margin None: off);
     ``pad_s``: the detector's."""

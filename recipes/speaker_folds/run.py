@@ -6,8 +6,7 @@
     python recipes/speaker_folds/run.py --data data/digits.csv --name digits  # + 38 more voices
 
 Each fold is the main job on the FSDD digits (`speechxfer train --data data/fsdd --test-speaker
-S`): the same split,
-validation drawn from the training speakers, the same training loop. For strategies that keep
+S`): the same split, validation drawn from the training speakers, the same training loop. For strategies that keep
 the lower encoder frozen (frozen, top-k) the frozen part runs once over all clips and every fold
 reuses it, so the four folds cost little more than one. Every test clip of the held-out speaker
 (500 per fold) is scored.
@@ -111,14 +110,16 @@ def main() -> None:
     parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, default=bundled("fsdd"),
+    fsdd = bundled("fsdd")
+    parser.add_argument("--data", type=Path, default=fsdd,
                         help="training set holding the FSDD speakers (the folds), e.g. "
                              "data/digits.csv (strategies through the main job only)")
     parser.add_argument("--name", help="results file name (default: derived from the options)")
     parser.add_argument("--work", type=Path, default=Path("runs/speaker_folds"))
     args = parser.parse_args()
     args.epochs = args.epochs or default_epochs(args.strategy)
-    if args.strategy in CACHED and args.data != bundled("fsdd"):
+    on_fsdd = args.data.resolve() == fsdd.resolve()  # however the path is spelt
+    if args.strategy in CACHED and not on_fsdd:
         parser.error(f"--data: the {args.strategy} folds run on the FSDD digits' shared cache")
 
     name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
@@ -139,7 +140,7 @@ def main() -> None:
         f"--strategy {args.strategy} --k {args.k} --epochs {args.epochs}"
         f"{f' --per-class {args.per_class}' if args.per_class else ''}"
         f"{f' --window {args.window}' if args.window else ''}"
-        f"{f' --data {args.data}' if args.data != bundled('fsdd') else ''}`\n\n"
+        f"{'' if on_fsdd else f' --data {args.data}'}`\n\n"
         f"| test speaker | train clips | test clips | accuracy | macro-F1 | train s |\n"
         f"|---|---|---|---|---|---|\n{rows}\n\n"
         f"**mean accuracy {mean:.4f} ± {std:.4f}** (min {np.min([f['accuracy'] for f in folds]):.4f})\n")
