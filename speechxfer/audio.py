@@ -55,11 +55,13 @@ class AudioError(ValueError):
 
 @dataclass
 class Clip:
-    """One recording with whatever labels are known for it (task name -> value)."""
+    """One recording with whatever labels are known for it (task name -> value); ``word``:
+    what was said when the command label no longer names it (another word as ``_unknown_``)."""
 
     path: Path
     labels: dict[str, str] = field(default_factory=dict)
     speaker: str | None = None
+    word: str | None = None
 
     @property
     def label(self) -> str | None:

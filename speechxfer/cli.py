@@ -131,6 +131,7 @@ def _train(args: argparse.Namespace) -> None:
         commands=args.commands, shots=args.shots, max_false_accept=args.max_false_accept,
         augment=args.augment, noise=args.noise, augment_copies=args.augment_copies,
         keep=args.keep, speaker_speeds=args.speaker_speeds, negatives=args.negatives or (),
+        spell_others=args.spell_others,
     )
     test = summary.get("test")
     if test:
@@ -626,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negatives", type=Path, action="append", metavar="PATH",
                    help="with --commands: every clip of this dataset (any layout, repeatable) "
                         "trains as _unknown_: more 'none of these' than the data's other words")
+    t.add_argument("--spell-others", action="store_true",
+                   help="with --commands, zero-shot and combined: Whisper's decoder also spells "
+                        "the other words the training speakers said; one scoring above every "
+                        "command is _unknown_")
     t.add_argument("--shots", type=_bounded(int, 1), metavar="N",
                    help="keep N training clips per command in total, from as many speakers as "
                         "possible (unknown and silence clips are kept)")

@@ -180,7 +180,8 @@ class _CombinedGraph(nn.Module):
         """``ZeroShotRecognizer.labels_from_candidates`` on [B, candidates] -> [B, labels]."""
         spelled = cand[:, None, :] + self.spelling_mask
         scores = spelled.amax(-1) if self.combine == "max" else spelled.logsumexp(-1)
-        scores = torch.where(self.fixed, torch.full_like(scores, self.unknown_score), scores)
+        # _unknown_: the level, or its best spelling where higher (none: a -1e30 mask row)
+        scores = torch.where(self.fixed, scores.clamp(min=self.unknown_score), scores)
         return scores + self.offset
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,13 @@ from .classic import CLASSIC_KINDS, build_classic
 from .data import Dataset, DatasetError, Split, load_dataset, load_waves, per_class, split_dataset
 from .decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
 from .decoder.generative import GenerativeRecognizer
-from .decoder.scoring import ZeroShotRecognizer
+from .decoder.scoring import (
+    MAX_OTHER_TOKENS,
+    MAX_UNKNOWN_SPELLINGS,
+    UNKNOWN_SCORE,
+    ZeroShotRecognizer,
+    other_spellings,
+)
 from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
@@ -58,7 +64,16 @@ from .train import (
     pick_device,
     seed_everything,
 )
-from .vocab import RESERVED, SILENCE, apply_commands, is_command, load_with_silence, map_for_model
+from .vocab import (
+    RESERVED,
+    SILENCE,
+    UNKNOWN,
+    apply_commands,
+    is_command,
+    load_with_silence,
+    map_for_model,
+    other_words,
+)
 from .vocab import negatives as vocab_negatives
 from .vocab import shots as keep_shots
 
@@ -269,6 +284,25 @@ class Run:
     speaker_speeds: tuple[int, ...] = ()  # ``augment.speed_speakers``: new voices at these speeds
     negatives: tuple[str, ...] = ()  # datasets whose every clip trained as _unknown_
     negative_clips: tuple = ()  # their clips (also in ``split.train``)
+    spell_others: bool = False  # a decoder also spells the training data's other words
+
+    def decoder_aliases(self, labels: list[str]) -> dict[str, list[str]] | None:
+        """With ``spell_others`` and ``_unknown_`` among ``labels``: the other words of the
+        training speakers' clips (``vocab.other_words``) as its spellings
+        (``scoring.other_spellings``), else None; a word left unspelt, or none, is warned about."""
+        if not self.spell_others:
+            return None
+        words = other_words(self.split.train + self.split.validation) if UNKNOWN in labels else []
+        spelt, unspelt = other_spellings(words, [w for w in labels if is_command(w)],
+                                         self.encoder)
+        if unspelt:
+            LOGGER.warning("--spell-others: %d other word(s) not spelt (a blank, a hesitation, a "
+                           "command's spelling, over %d tokens or past %d spellings): %s",
+                           len(unspelt), MAX_OTHER_TOKENS, MAX_UNKNOWN_SPELLINGS, unspelt[:10])
+        if not spelt:
+            LOGGER.warning("--spell-others: the training speakers said no other word to spell; "
+                           "_unknown_ is scored by its level alone")
+        return {UNKNOWN: spelt} if spelt else None
 
     @property
     def decoder_window(self) -> str:
@@ -308,6 +342,7 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
         "shots": run.shots, "augment": run.augment, "tasks": list(run.tasks),
         "speaker_speeds": list(run.speaker_speeds) or None,
         "negatives": list(run.negatives) or None,
+        "spell_others": run.spell_others or None,
         "train_speakers": sorted({c.speaker for c in train if c.speaker}),
         "test_speakers": sorted({c.speaker for c in run.split.test if c.speaker}),
         "n_train": len(train) if n_train is None else n_train, "n_validation": n_validation,
@@ -467,6 +502,14 @@ def calibrate_open_set(system: ZeroShotRecognizer, clips: list,
     return {"scores": fitted, "rejection": rejection}, skipped
 
 
+def default_level(system: ZeroShotRecognizer) -> None:
+    """For a system no clip fitted (``fit_open_set``): a spelt ``_unknown_`` gets the default
+    level ``UNKNOWN_SCORE``, as one without spellings has, not the ``LEVEL_FLOOR`` a fit starts
+    from, under which only a spelling, never an unheard word, would be "none of these"."""
+    if UNKNOWN in system.aliases:
+        system.options = replace(system.options, unknown_score=UNKNOWN_SCORE)
+
+
 def decoder_labels(clips: list) -> list[str]:
     """The labels a decoder system scores: those of its training clips (``check_trainable``
     has made sure there are at least two)."""
@@ -480,9 +523,12 @@ def zero_shot_job(run: Run) -> dict:
     validation clips (``calibrate_open_set``)."""
     started = time.perf_counter()
     train = run.split.train + run.split.validation
-    system = ZeroShotRecognizer(decoder_labels(train), encoder=run.encoder,
+    labels = decoder_labels(train)
+    system = ZeroShotRecognizer(labels, aliases=run.decoder_aliases(labels), encoder=run.encoder,
                                 window=run.decoder_window, device=pick_device(run.device))
     fitted, skipped = calibrate_open_set(system, run.split.validation, run.max_false_accept)
+    if fitted is None:
+        default_level(system)
     summary = job_summary(run, {"strategy": run.strategy}, started, train, n_train=0,
                           n_validation=len(run.split.validation) - len(skipped) if fitted else 0,
                           skipped=skipped, parameters=0, open_set_fit=fitted and fitted["scores"],
@@ -597,8 +643,11 @@ def combined_job(run: Run) -> dict:
     trained = train_neural(replace(run, strategy="frozen", evaluate=False), refits=True)
     head, head_summary = trained.model, trained.summary
     waves, kept = trained.val_waves, trained.val
-    zero = ZeroShotRecognizer(head.labels, encoder=run.encoder, window=head.encoder.window,
+    zero = ZeroShotRecognizer(head.labels, aliases=run.decoder_aliases(head.labels),
+                              encoder=run.encoder, window=head.encoder.window,
                               device=pick_device(run.device))
+    if not (kept and open_set([c.label for c in kept])):  # nothing will fit its open set
+        default_level(zero)
     system = CombinedRecognizer(head, zero)
     choice = {"weight": 1.0, "nll": None}
     fitted = rejection = cross_fit = None
@@ -638,22 +687,24 @@ class Strategy:
     job: Callable[[Run], dict]
     trains_head: bool  # extra tasks (--task speaker) need a classifier head to hang them on
     trains: bool = True  # something to train, so something to augment
+    spells_others: bool = False  # its decoder can spell other words as _unknown_ (--spell-others)
 
 
 DECODER_STRATEGIES = ("zero-shot", "generative", "combined")
 JOBS: dict[str, Strategy] = {
     **{name: Strategy(neural_job, trains_head=True) for name in STRATEGIES},
-    "zero-shot": Strategy(zero_shot_job, trains_head=False, trains=False),
+    "zero-shot": Strategy(zero_shot_job, trains_head=False, trains=False, spells_others=True),
     "generative": Strategy(generative_job, trains_head=False),
-    "combined": Strategy(combined_job, trains_head=True),
+    "combined": Strategy(combined_job, trains_head=True, spells_others=True),
     **{name: Strategy(classic_job, trains_head=False) for name in CLASSIC_KINDS},
 }
 
 
 def strategy_of(name: str, tasks: tuple[str, ...] = (PRIMARY_TASK,),
-                augment: bool = False) -> Strategy:
+                augment: bool = False, spell_others: bool = False) -> Strategy:
     """The table's entry for ``name``; a ValueError when it is unknown or cannot do what the
-    run asks (extra tasks without a head, augmentation with nothing to train)."""
+    run asks (extra tasks without a head, augmentation with nothing to train, other words
+    with no decoder scoring to spell them in)."""
     if name not in JOBS:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(JOBS)}")
     strategy = JOBS[name]
@@ -664,6 +715,10 @@ def strategy_of(name: str, tasks: tuple[str, ...] = (PRIMARY_TASK,),
                          f"learn it with; use one that does ({heads})")
     if augment and not strategy.trains:
         raise ValueError(f"--augment: the {name} strategy trains nothing to augment")
+    if spell_others and not strategy.spells_others:
+        spelling = ", ".join(n for n, s in JOBS.items() if s.spells_others)
+        raise ValueError(f"--spell-others: the {name} strategy spells no other words; use one "
+                         f"that does ({spelling})")
     return strategy
 
 
@@ -734,6 +789,7 @@ def train_job(
     keep: str = "best",
     speaker_speeds: tuple[int, ...] = (),
     negatives: list[str | Path] = (),
+    spell_others: bool = False,
 ) -> dict:
     """Split by speaker, train under ``strategy`` (its job in ``JOBS``), evaluate on the
     held-out speakers, save the model folder; returns the train summary.
@@ -767,6 +823,10 @@ def train_job(
     ``negatives`` (with ``commands``): every clip of these datasets trains as ``_unknown_``
     (``vocab.negatives``), more "none of these" than the data's own other words; training only.
 
+    ``spell_others`` (zero-shot and combined, with ``commands``): the decoder also spells the
+    other words the training speakers said, and one scoring above every command is taken as
+    ``_unknown_`` (``ZeroShotRecognizer`` aliases of ``_unknown_``).
+
     ``evaluate=False`` skips scoring the held-out speakers (a caller that scores them itself).
 
     With ``per_class_n`` the training pool keeps that many clips per label per speaker and no
@@ -791,7 +851,10 @@ def train_job(
                              "has none (--task speaker:embedding)")
     if negatives and not commands:
         raise ValueError("--negatives trains more _unknown_ clips; it needs --commands")
-    job = strategy_of(strategy, tuple(tasks), augment).job
+    if spell_others and not commands:
+        raise ValueError("--spell-others spells the words that are not among --commands; it "
+                         "needs --commands")
+    job = strategy_of(strategy, tuple(tasks), augment, spell_others).job
     augment_spec = augment_options(augment, noise, augment_copies, seed)
     # refuses a file or a busy --out now; torchrun's other ranks write nothing of the run's
     lock = training_folder(out, is_model_folder) if is_main_process() else rank_folder()
@@ -814,7 +877,7 @@ def train_job(
             commands=commands, shots=shots, max_false_accept=max_false_accept,
             augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
             negatives=tuple(str(Path(p).resolve()) for p in negatives),
-            negative_clips=tuple(extra)))
+            negative_clips=tuple(extra), spell_others=spell_others))
 
 
 def system_info(summary: dict) -> dict:

@@ -12,7 +12,7 @@ carry no ``speaker`` label, so a speaker-identification task never learns noise 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,10 +87,25 @@ def map_label(label: str | None, commands: list[str] | set[str]) -> str | None:
     return UNKNOWN
 
 
+def as_unknown(clip: Clip) -> Clip:
+    """The clip labelled ``_unknown_``, the word it holds kept as ``clip.word``."""
+    return replace(clip, labels=clip.labels | {"command": UNKNOWN}, word=clip.word or clip.label)
+
+
 def _relabel(dataset: Dataset, commands: list[str] | set[str]) -> Dataset:
-    clips = [replace(c, labels=c.labels | {"command": map_label(c.label, commands)})
-             if c.label is not None else c for c in dataset.clips]
+    clips = [as_unknown(c) if map_label(c.label, commands) == UNKNOWN and c.label != UNKNOWN
+             else c for c in dataset.clips]
     return replace(dataset, clips=clips)
+
+
+MAX_OTHER_WORDS = 64  # other words a decoder spells at most (each one costs decoder tokens)
+
+
+def other_words(clips: list[Clip], limit: int = MAX_OTHER_WORDS) -> list[str]:
+    """The words said in ``clips`` labelled ``_unknown_``, the ``limit`` most frequent: what
+    a decoder can spell for "none of these" (``ZeroShotRecognizer`` aliases of ``_unknown_``)."""
+    counts = Counter(c.word for c in clips if c.label == UNKNOWN and is_command(c.word))
+    return sorted(sorted(counts, key=lambda w: (-counts[w], w))[:limit])
 
 
 def apply_commands(dataset: Dataset, commands: list[str]) -> Dataset:
@@ -143,7 +158,7 @@ def negatives(path: str | Path, commands: list[str], exclude_speakers: list[str]
     leaked = sorted({c.speaker for c in dataset.clips if c.speaker in exclude_speakers})
     if leaked:
         raise DatasetError(f"{dataset.location}: negatives hold held-out speaker(s) {leaked}")
-    return [replace(c, labels={"command": UNKNOWN}) for c in dataset.clips]
+    return [replace(as_unknown(c), labels={"command": UNKNOWN}) for c in dataset.clips]
 
 
 def shots(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:

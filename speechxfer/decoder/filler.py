@@ -31,11 +31,10 @@ import torch
 
 from ..audio import batch_waves, batches_by_length
 from ..encoders.registry import decoding_rules
+from ..vocab import is_command
 from .combined import CombinedRecognizer
-from .scoring import ZeroShotRecognizer, surface_forms
+from .scoring import HESITATIONS, ZeroShotRecognizer, surface_forms
 
-HESITATIONS = frozenset({"uh", "um", "uhh", "umm", "ah", "oh", "eh", "er", "hm", "hmm", "mm",
-                         "huh", "ha", "oo", "ooh"})
 TOP_WORDS = 8  # the free side is the best word among Whisper's this many likeliest first tokens
 
 
@@ -59,7 +58,7 @@ class FillerRatio:
                                              rules.eot}), dtype=torch.long)
         self.first = {lab: sorted({system.encode_text(form)[0] for alias in aliases
                                    for form in surface_forms(alias, True)})
-                      for lab, aliases in system.aliases.items()}
+                      for lab, aliases in system.aliases.items() if is_command(lab)}
         self._filler: dict[int, bool] = {}
         self._decode = tokenizer.decode
 

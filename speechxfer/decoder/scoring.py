@@ -48,7 +48,7 @@ from ..recognizer import (
     to_wave,
 )
 from ..store import atomic_folder
-from ..vocab import SILENCE, UNKNOWN, is_command
+from ..vocab import MAX_OTHER_WORDS, SILENCE, UNKNOWN, is_command
 
 KIND = "zero-shot"
 NONE_LABEL = "none"
@@ -59,6 +59,7 @@ MAX_LAYOUT_TOKENS = 2048  # decoder inputs of prompt + every spelling; attention
 REJECT_BY = ("probability", "margin", "score")
 NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # the name differs between tokenizer files
 UNKNOWN_SCORE = -3.0  # garbage level: a command's spelling usually scores above it, other words below
+LEVEL_FLOOR = -8.0  # lowest garbage level fitted; where other words are spelt, the level starts there
 SILENCE_OFFSET = -1.0  # added to log P(no speech) to bring it to the spellings' scale
 SHORTLIST_PER_ROW = 10  # tokens kept per scored position by ``shortlist``
 # default spellings; " oh" is how many people say 0 in phone numbers
@@ -67,6 +68,39 @@ DIGIT_ALIASES: dict[str, list[str]] = {
     "4": ["four", "4"], "5": ["five", "5"], "6": ["six", "6"], "7": ["seven", "7"],
     "8": ["eight", "8"], "9": ["nine", "9"],
 }
+# what Whisper writes for an unclear sound, commands included ("off" often as " oh"): never a
+# spelling of another word, which would then take those commands
+HESITATIONS = frozenset({"uh", "um", "uhh", "umm", "ah", "oh", "eh", "er", "hm", "hmm", "mm",
+                         "huh", "ha", "oo", "ooh"})
+MAX_OTHER_TOKENS = 8  # an other word spelt in more tokens is a transcript, not a word said
+MAX_UNKNOWN_SPELLINGS = 2 * MAX_OTHER_WORDS  # a word and its digit ("eight", "8") each
+
+
+def other_spellings(words: list[str], commands: list[str],
+                    encoder: str) -> tuple[list[str], list[str]]:
+    """``_unknown_``'s spellings for the other ``words`` said beside ``commands``, and the
+    words left unspelt.
+
+    A word is spelt as a command would be (``DIGIT_ALIASES``: "8" is also "eight"), less blanks,
+    hesitations, any longer than ``MAX_OTHER_TOKENS`` tokens and any past
+    ``MAX_UNKNOWN_SPELLINGS``, so the words of any data fit the decoder layout and config.json.
+    A word with a spelling of a command is not spelt at all: "Yes" beside the command "yes",
+    or "1" beside "one", is that command, not another word.
+    """
+    tokenizer = load_tokenizer(encoder)
+    taken = {a.strip().lower() for c in commands for a in DIGIT_ALIASES.get(c, [c])}
+    spellings: list[str] = []
+    unspelt = []
+    for word in words:
+        aliases = [a.strip() for a in DIGIT_ALIASES.get(word, [word])]
+        kept = [] if taken & {a.lower() for a in aliases} else [
+            a for a in aliases if a and a.lower() not in HESITATIONS
+            and len(tokenizer.encode(" " + a, add_special_tokens=False).ids) <= MAX_OTHER_TOKENS]
+        new = [a for a in dict.fromkeys(kept) if a not in spellings]
+        spellings += new[:MAX_UNKNOWN_SPELLINGS - len(spellings)]
+        if not set(kept) & set(spellings):
+            unspelt.append(word)
+    return spellings, unspelt
 
 
 @dataclass(frozen=True)
@@ -81,7 +115,9 @@ class ScoringOptions:
     - ``combine``: a label's score from its spellings' ("max" or "logsumexp").
     - ``capitalise``: also score " Four" for " four".
     - ``reject_by`` / ``reject_below``: ``predict``'s "none of these" rule (see the module doc).
-    - ``unknown_score`` / ``silence_offset``: the ``_unknown_`` and ``_silence_`` columns.
+    - ``unknown_score`` / ``silence_offset``: the ``_unknown_`` and ``_silence_`` columns
+      (``unknown_score`` None: ``UNKNOWN_SCORE``, or ``LEVEL_FLOOR`` when ``_unknown_`` has
+      spellings, see ``ZeroShotRecognizer``).
     - ``batch_size``: clips per encoder and decoder pass.
     """
 
@@ -92,7 +128,7 @@ class ScoringOptions:
     capitalise: bool = True
     reject_by: str | None = None
     reject_below: float | None = None
-    unknown_score: float = UNKNOWN_SCORE
+    unknown_score: float | None = None
     silence_offset: float = SILENCE_OFFSET
     batch_size: int = 8
 
@@ -101,7 +137,8 @@ class ScoringOptions:
             raise ValueError(f"ending must be in {sorted(ENDINGS)}, combine in {COMBINES}")
         if self.reject_by is not None and self.reject_by not in REJECT_BY:
             raise ValueError(f"reject_by must be one of {REJECT_BY}, got {self.reject_by!r}")
-        object.__setattr__(self, "unknown_score", float(self.unknown_score))
+        if self.unknown_score is not None:
+            object.__setattr__(self, "unknown_score", float(self.unknown_score))
         object.__setattr__(self, "silence_offset", float(self.silence_offset))
 
     def config(self) -> dict:
@@ -134,7 +171,8 @@ class ZeroShotRecognizer(Recognizer):
     The default window is the padded "2s" (the README's zero-shot table compares windows).
     ``options`` (``ScoringOptions``) holds the scoring rule; keyword arguments named like its
     fields override single fields (``ZeroShotRecognizer(labels, temperature=0.5)``).
-    ``device`` is where Whisper runs.
+    ``aliases`` maps a label to its spellings; a label it does not name keeps the default
+    (``DIGIT_ALIASES``, else the label itself). ``device`` is where Whisper runs.
 
     ``_unknown_`` and ``_silence_`` have no spelling, so they are scored otherwise and the
     system still gives one column per label (a combined system's prior covers them too):
@@ -145,7 +183,10 @@ class ZeroShotRecognizer(Recognizer):
       the offset puts that one-token log-probability on the scale of the spellings' averages.
     - ``_unknown_``: a constant garbage level ``unknown_score`` on the spellings' scale. A word
       that is no command still gets a best spelling, but a poor one: when even the best
-      command spelling scores below the level, "some other word" wins.
+      command spelling scores below the level, "some other word" wins. ``_unknown_`` may also
+      have spellings (``aliases[UNKNOWN]``: other words the training data holds, such as
+      ``vocab.other_words``); its score is then the higher of the level and its best spelling,
+      so "dog" spelt as "dog" outscores "down" instead of only falling under a level.
 
     Both are fitted with the temperature on validation clips of the training speakers
     (``fit_open_set``); the defaults are only a reasonable start.
@@ -175,10 +216,23 @@ class ZeroShotRecognizer(Recognizer):
         if not any(is_command(lab) for lab in labels):
             raise ValueError(f"labels {list(labels)} hold no word to spell")
         self.labels = list(labels)
-        table = DIGIT_ALIASES if aliases is None else aliases
+        table = {**DIGIT_ALIASES, **(aliases or {})}  # a label it does not name: the default
         self.aliases = {lab: list(table.get(lab, [lab])) for lab in self.labels if is_command(lab)}
+        if (aliases or {}).get(UNKNOWN):
+            if UNKNOWN not in self.labels:
+                raise ValueError(f"aliases of {UNKNOWN!r} (other words) need it among the labels")
+            spelt = {a.strip().lower() for al in self.aliases.values() for a in al}
+            clash = sorted({a for a in aliases[UNKNOWN] if a.strip().lower() in spelt})
+            if clash:
+                raise ValueError(f"aliases of {UNKNOWN!r}: other words {clash} are also "
+                                 "spellings of a command")
+            self.aliases[UNKNOWN] = list(aliases[UNKNOWN])
         if options.prompt == DEFAULT_PROMPT:
-            options = replace(options, prompt=" ".join(a[0] for a in self.aliases.values()))
+            options = replace(options, prompt=" ".join(
+                a[0] for lab, a in self.aliases.items() if is_command(lab)))
+        if options.unknown_score is None:
+            options = replace(options, unknown_score=(
+                LEVEL_FLOOR if UNKNOWN in self.aliases else UNKNOWN_SCORE))
         self.options = options
         self.encoder_name, self.window = encoder, window
         self.sample_rate = SAMPLE_RATE
@@ -356,16 +410,20 @@ class ZeroShotRecognizer(Recognizer):
     def labels_from_candidates(self, cand: torch.Tensor) -> torch.Tensor:
         """Each label's score: max (or logsumexp) over its spellings: [B, labels].
 
-        ``_unknown_`` is the constant ``unknown_score``; ``_silence_`` is the no-speech
-        log-probability plus ``silence_offset`` (see the class docstring).
+        ``_unknown_`` is the constant ``unknown_score``, or its best spelling where that is
+        higher; ``_silence_`` is the no-speech log-probability plus ``silence_offset`` (see the
+        class docstring).
         """
         columns = []
         for i, lab in enumerate(self.labels):
-            if lab == UNKNOWN:
-                columns.append(cand.new_full(cand.shape[:1], self.options.unknown_score))
+            level = cand.new_full(cand.shape[:1], self.options.unknown_score)
+            if lab == UNKNOWN and lab not in self.aliases:
+                columns.append(level)
                 continue
             part = cand[:, self._cand_label == i]
             columns.append(part.amax(1) if self.options.combine == "max" else part.logsumexp(1))
+            if lab == UNKNOWN:
+                columns[-1] = torch.maximum(columns[-1], level)
             if lab == SILENCE:
                 columns[-1] = columns[-1] + self.options.silence_offset
         return torch.stack(columns, 1)
@@ -418,6 +476,9 @@ class ZeroShotRecognizer(Recognizer):
 
         Why NLL over all three: they set how the two scored-otherwise columns weigh against
         the spellings, so one criterion fits them together; a grid keeps it exact and cheap.
+        Where ``_unknown_`` has spellings, ``scores`` hold the higher of the level and the best
+        of them, so only levels from the current one up are tried (such a system starts at
+        ``LEVEL_FLOOR``, the grid's lowest).
         """
         opts = self.options
         target = np.array([self.labels.index(t) for t in truth])
@@ -426,7 +487,9 @@ class ZeroShotRecognizer(Recognizer):
         if silence is not None:
             base[:, silence] -= opts.silence_offset
         unknown = self.labels.index(UNKNOWN) if UNKNOWN in self.labels else None
-        levels = np.arange(-8.0, 0.01, 0.25) if unknown is not None else [opts.unknown_score]
+        spelt = UNKNOWN in self.aliases
+        levels = np.arange(LEVEL_FLOOR, 0.01, 0.25) if unknown is not None else []
+        levels = [x for x in levels if not spelt or x >= opts.unknown_score] or [opts.unknown_score]
         offsets = np.arange(-6.0, 4.01, 0.25) if silence is not None else [opts.silence_offset]
         temps = np.geomspace(0.05, 10.0, 41)
         best = (np.inf, opts.unknown_score, opts.silence_offset, opts.temperature)
@@ -434,7 +497,7 @@ class ZeroShotRecognizer(Recognizer):
             for offset in offsets:
                 z = base.copy()
                 if unknown is not None:
-                    z[:, unknown] = level
+                    z[:, unknown] = np.maximum(base[:, unknown], level) if spelt else level
                 if silence is not None:
                     z[:, silence] += offset
                 nll = temperature_nll(z, target, temps)
@@ -444,7 +507,8 @@ class ZeroShotRecognizer(Recognizer):
         self.options = replace(opts, unknown_score=best[1], silence_offset=best[2],
                                temperature=best[3])
         if unknown is not None:
-            base[:, unknown] = self.options.unknown_score
+            level = self.options.unknown_score
+            base[:, unknown] = np.maximum(base[:, unknown], level) if spelt else level
         if silence is not None:
             base[:, silence] += self.options.silence_offset
         fitted = {"unknown_score": self.options.unknown_score,
@@ -522,8 +586,8 @@ def scoring_args(config: dict, directory: Path) -> dict:
         raise ModelError(f"{directory}: config.json lacks {missing}")
     c = config
 
-    def words(v: object) -> bool:
-        return isinstance(v, list) and 0 < len(v) <= 64 and all(
+    def words(v: object, most: int = 64) -> bool:
+        return isinstance(v, list) and 0 < len(v) <= most and all(
             isinstance(x, str) and x.strip() for x in v)
 
     def choice(v: object, options) -> bool:
@@ -537,7 +601,9 @@ def scoring_args(config: dict, directory: Path) -> dict:
         return True
 
     wrong = {
-        "aliases": not (isinstance(c["aliases"], dict) and all(map(words, c["aliases"].values()))),
+        "aliases": not (isinstance(c["aliases"], dict) and all(
+            words(v, MAX_UNKNOWN_SPELLINGS if k == UNKNOWN else 64)
+            for k, v in c["aliases"].items())),
         "encoder": not (isinstance(c["encoder"], dict) and isinstance(c["encoder"].get("name"), str)
                         and isinstance(c["encoder"].get("window"), str)),
         "prompt": not (c["prompt"] is None or isinstance(c["prompt"], str)),
