@@ -17,6 +17,7 @@ from .openset import DEFAULT_MAX_FALSE_ACCEPT
 from .recognizer import ModelError
 from .stream import MicrophoneError
 
+FA_LISTED = 20  # false accepts the eval-stream report prints one by one (the JSON has all)
 COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFoundError,
                   MissingWeightsError, MicrophoneError)
 
@@ -437,6 +438,9 @@ def _print_stream_report(report: dict, target_fa: float | None) -> None:
           f"{_figure(report['recall'])}, wrong label {report['wrong_label']}, false accepts "
           f"{report['false_accepts']} ({fa:.2f}/h{'; ' + over if over else ''}) at threshold "
           f"{report['threshold']:.3f}")
+    for fa in report.get("false_accept_events", [])[:FA_LISTED]:
+        print(f"  false accept at {fa['start']:.1f}-{fa['end']:.1f} s: {fa['label']!r} "
+              f"{fa['probability']:.2f}, over {fa['over']!r}")
     if report["latency_s"] is not None:
         print(f"latency {report['latency_s']:.2f} s (median word end to event), real-time "
               f"factor {report['rtf']:.3f} ({report['rtf_cpu']:.3f} in CPU time) on "

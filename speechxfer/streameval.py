@@ -244,11 +244,14 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
     """recall, wrong-label events and false accepts per hour of ``events`` against the command
     spans among ``spans`` (labels not in ``commands`` are words the model need not catch);
     ``false_accepts_over`` says what each false accept fired on: a span's kind, ``repeat`` (a
-    command already caught) or ``nothing`` (the room between clips)."""
+    command already caught) or ``nothing`` (the room between clips); ``false_accept_events``
+    lists each (its times, label and probability, and ``over``: the word, ``_silence_`` or
+    ``_talk_`` under it, ``repeat`` or ``nothing``), so a report says what to fix."""
     targets = sorted((s for s in spans if s.label in commands), key=lambda s: s.start)
     others = sorted((s for s in spans if s.label not in commands), key=lambda s: s.start)
     other_starts = [s.start - tolerance for s in others]
     over: Counter = Counter()
+    listed: list[dict] = []
     starts = [s.start - tolerance for s in targets]
     longest = max((s.end - s.start for s in targets), default=0.0) + 2 * tolerance
     hit: set[int] = set()
@@ -273,9 +276,13 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
             j = bisect.bisect_right(other_starts, e.end)
             under = [o for o in others[max(0, j - 3): j] if o.end + tolerance >= e.start]
             if near:  # every command under it was caught already
+                what = "repeat"
                 over["repeat"] += 1
             else:
-                over[span_kind(under[-1].label, commands) if under else "nothing"] += 1
+                what = under[-1].label if under else "nothing"
+                over[span_kind(what, commands) if under else "nothing"] += 1
+            listed.append({"start": round(e.start, 3), "end": round(e.end, 3), "label": e.label,
+                           "probability": round(float(e.probability), 4), "over": what})
     n = len(targets)
     return {
         "recall": hits / n if n else None,
@@ -285,6 +292,7 @@ def score_events(events: Iterable[Detection | Segment], spans: list[Span], comma
         "false_accepts": false,
         "false_accepts_per_hour": false / hours if hours > 0 else None,
         "false_accepts_over": dict(over),
+        "false_accept_events": listed,
         "latency_s": float(np.median(latencies)) if latencies else None,
         "latency_p90_s": float(np.percentile(latencies, 90)) if latencies else None,
     }

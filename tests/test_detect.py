@@ -204,6 +204,10 @@ def test_scoring_of_a_hand_made_event_list():
     assert r["false_accepts"] == 5 and r["false_accepts_per_hour"] == pytest.approx(10.0)
     assert r["false_accepts_over"] == {"repeat": 1, "other word": 1, "nothing": 1, "silence": 1,
                                        "talk": 1}
+    assert [(f["label"], f["start"], f["over"]) for f in r["false_accept_events"]] == [
+        ("go", 1.2, "repeat"), ("stop", 12.1, "bed"), ("up", 15.1, "_silence_"),
+        ("stop", 20.0, "nothing"), ("go", 25.2, "_talk_")]
+    assert all(f["probability"] == 0.9 for f in r["false_accept_events"])
     assert r["latency_s"] == pytest.approx(0.45)
 
 

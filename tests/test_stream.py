@@ -180,6 +180,24 @@ def test_cli_listen_and_eval_stream_take_the_pad(svm, recording, spans, tmp_path
     assert json.loads(capsys.readouterr().out)["pad_s"] == pytest.approx(0.3)
 
 
+def test_cli_eval_stream_names_each_false_accept(svm, recording, spans, tmp_path, capsys):
+    """A word left out of the label file is fired on over nothing: the report lists it with its
+    time and label, as the JSON does."""
+    _, folder = svm
+    labels = tmp_path / "session.csv"
+    labels.write_text("".join(f"{a},{b},{d}\n" for (a, b), d in list(zip(spans, SAID))[1:]))
+    args = ["eval-stream", str(folder), "--data", str(recording), "--labels", str(labels),
+            "--threshold", "0"]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["false_accept_events"]
+    first = next(f for f in listed if f["start"] <= spans[0][1] + 0.5)
+    assert first["over"] == "nothing" and first["label"] == SAID[0]
+    assert main(args) == 0
+    assert f"false accept at {first['start']:.1f}-{first['end']:.1f} s: {SAID[0]!r}" in (
+        capsys.readouterr().out)
+
+
 def test_cli_non_finite_samples_are_reported(svm, session, tmp_path, capsys):
     _, folder = svm
     session[len(session) // 2] = np.nan
