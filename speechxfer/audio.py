@@ -30,6 +30,9 @@ SAMPLE_RATE = 16_000  # Hz, the rate Whisper, wav2vec2 and HuBERT were trained a
 MAX_SECONDS = 30.0  # longest clip accepted: Whisper's whole context window
 MIN_SECONDS = 0.05  # shorter clips hold no word
 SILENCE_PEAK = 1e-4  # peak amplitude (full scale = 1) under which a clip counts as silent
+# peak amplitude over which float samples are integer PCM that was never scaled (int16 speech
+# cast to float peaks in the thousands); float audio, even loudness-normalised, stays far under
+MAX_PEAK = 100.0
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 MAX_SAMPLE_RATE = 768_000  # Hz, the highest rate audio hardware records at
 # An exact sinc resampler's kernel is (rate / gcd) x (target / gcd): an odd rate such as 44101 Hz
@@ -172,8 +175,19 @@ def check_wave(wave: torch.Tensor, sample_rate: int, source: str) -> None:
         raise AudioError(source, f"too short ({seconds:.3f} s < {MIN_SECONDS} s)")
     if seconds > MAX_SECONDS:
         raise AudioError(source, _too_long(seconds))
-    if float(wave.abs().max()) < SILENCE_PEAK:
+    peak = float(wave.abs().max())
+    if peak < SILENCE_PEAK:
         raise AudioError(source, "silent (peak amplitude below 1e-4)")
+    check_peak(peak, source)
+
+
+def check_peak(peak: float, source: str) -> None:
+    """Refuse float samples far beyond full scale: the features of int16 PCM cast to float
+    without scaling are shifted, and the answer would be confidently wrong, not an error."""
+    if peak > MAX_PEAK:
+        raise AudioError(source, f"peak amplitude {peak:.6g} is far beyond full scale (1.0): "
+                                 "integer PCM cast to float? scale it to [-1, 1] (int16: divide "
+                                 "by 32768) or pass the integer array itself")
 
 
 def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:

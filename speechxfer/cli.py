@@ -249,7 +249,7 @@ def _enroll(args: argparse.Namespace) -> None:
 
     prints = enroll(args.model, args.speaker, args.clips, device=_loaded_on(args.device),
                     cohort=args.cohort)
-    print(f"enrolled {args.speaker!r} from {len(args.clips)} clip(s) in {args.model}/voiceprints "
+    print(f"enrolled {prints.names[-1]!r} from {len(args.clips)} clip(s) in {args.model}/voiceprints "
           f"({len(prints.names)} speaker(s); embeddings: {prints.source})")
 
 
@@ -388,6 +388,8 @@ def _listen(args: argparse.Namespace) -> int:
                       f"{event.probability:.3f}", flush=True)
     except KeyboardInterrupt:  # how a microphone session ends; a file is left unfinished
         interrupted = bool(args.file)
+    except AudioError as err:  # the events heard before it are printed: name the recording
+        raise AudioError(args.file or "microphone input", err.problem) from None
     source = args.file or "microphone input"
     if detector.repaired:
         LOGGER.warning("%d non-finite sample(s) in %s set to 0", detector.repaired, source)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from .audio import as_mono, check_rate, effective_rate, resample
+from .audio import as_mono, check_peak, check_rate, effective_rate, resample
 from .decoder.filler import EveryDecoder, FillerRatio
 from .ensemble import EnsembleRecognizer
 from .openset import acceptance
@@ -299,6 +299,7 @@ class Detector:
         if bad.any():  # before resampling, which would smear a NaN over its neighbours
             self.repaired += int(bad.sum())
             chunk = chunk.masked_fill(bad, 0.0)
+        check_peak(float(chunk.abs().max()), "<stream>")  # unscaled integer PCM: refuse, not guess
         self.samples_in += chunk.numel()
         with one_thread():
             events = self._push(self._resampler.feed(chunk))

@@ -271,8 +271,12 @@ def create_app(
                 if len(data) % np.dtype(dtype).itemsize:
                     await fail(f"chunk of {len(data)} bytes is not whole {fmt} samples")
                     return
-                events = await run_in_threadpool(locked, det.feed,
-                                                 np.frombuffer(data, dtype).copy())
+                try:  # float32 chunks of unscaled integer PCM, say
+                    events = await run_in_threadpool(locked, det.feed,
+                                                     np.frombuffer(data, dtype).copy())
+                except AudioError as err:
+                    await fail(str(err))
+                    return
             elif text is not None and _is_end(text):
                 events = await run_in_threadpool(locked, det.flush)
             else:

@@ -24,9 +24,14 @@ them, as it should: they belong to that model's embedding space.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -39,8 +44,9 @@ from .audio import AudioError, Clip, batch_waves, batches_by_length, load
 from .data import load_dataset
 from .evaluate import cohort_normalisation, eer_from_scores
 from .heads import EmbeddingHead, masked_mean
+from .log import LOGGER
 from .model import CommandClassifier
-from .recognizer import ModelError, Recognizer, read_weights
+from .recognizer import ModelError, Recognizer, read_weights, to_wave
 from .recognizer import load as load_system
 from .store import atomic_folder
 from .vocab import SILENCE
@@ -118,14 +124,46 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True).clip(min=1e-12)
 
 
-def cohort_vectors(embed: Embedder, data: str | Path) -> np.ndarray:
+def cohort_vectors(embed: Embedder, data: str | Path, scored: Collection[str] = (),
+                   files: Sequence[str | Path] = ()) -> np.ndarray:
     """An S-norm cohort of real voices: one normalised mean embedding per speaker of ``data``
     (background speakers, never the ones scored), built the way a voiceprint is, so the cohort
-    scores look like trial scores; a head's prototypes are only the targets it was trained on."""
+    scores look like trial scores; a head's prototypes are only the targets it was trained on.
+    A cohort holding a ``scored`` speaker or one of ``files`` (enrolment clips) is refused: that
+    voice would normalise its own scores down."""
+    check_apart(data, "--cohort", scored)
     clips, waves, _ = speaker_clips(data, embed.sample_rate)
+    enrolled = {d: str(f) for f in files if (d := _digest(f))}
+    shared = sorted(enrolled[d] for c in clips if (d := _digest(c.path)) in enrolled)
+    if shared:
+        raise VoiceprintError(f"{data}: the cohort holds {len(shared)} of the enrolment clips "
+                              f"(e.g. {shared[0]}); a cohort is other voices: choose a folder "
+                              "without this speaker")
     x = embed(waves)
     owner = np.array([str(c.speaker) for c in clips])
     return unit(np.stack([x[owner == s].mean(0) for s in sorted(set(owner))])).astype(np.float32)
+
+
+def _digest(path: object) -> str | None:
+    """A file's content digest, so a copy is known as the same clip (None: raw samples)."""
+    if not isinstance(path, (str, Path)):
+        return None
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def check_apart(folder: str | Path, role: str, scored: Collection[str]) -> None:
+    """Refuse a background folder (``role``: the cohort, the GMM-UBM's data) that holds speakers
+    being scored: their own voice in it makes their scores look better or worse than they are."""
+    if not scored:
+        return
+    shared = sorted({str(c.speaker) for c in load_dataset(folder).clips if c.speaker} & set(scored))
+    if shared:
+        raise VoiceprintError(f"{folder}: {role} holds {len(shared)} of the speakers scored "
+                              f"({', '.join(shared[:5])}); use background speakers apart from "
+                              "the scored ones")
 
 
 def snorm(raw: np.ndarray, model_vecs: np.ndarray, clip_vecs: np.ndarray, cohort: np.ndarray,
@@ -236,50 +274,105 @@ def _open(model: str | Path | Recognizer, device: str = "cpu") -> tuple[Recogniz
     return load_system(model, device), Path(model)
 
 
-def _waves(clips: Sequence, sample_rate: int) -> list[torch.Tensor]:
-    return [c if isinstance(c, torch.Tensor) else load(c, sample_rate) for c in clips]
+def _embedder(model: str | Path, device: str) -> Embedder:
+    system, _ = _open(model, device)
+    try:
+        return Embedder(classifier_of(system))
+    except ModelError as err:
+        raise ModelError(f"{model}: {err}") from None
+
+
+def _waves(clips: Sequence, sample_rate: int, given_rate: int | None = None) -> list[torch.Tensor]:
+    """Files read, or raw samples at ``given_rate`` checked, both at ``sample_rate``: raw
+    samples are never assumed to be at the model's rate (``AudioError`` says so)."""
+    return [to_wave(c, given_rate, sample_rate) for c in clips]
 
 
 def _check_name(speaker: str) -> str:
     name = speaker.strip() if isinstance(speaker, str) else ""
-    if not name or len(name) > MAX_NAME or any(ord(ch) < 32 for ch in name):
+    if not name or len(name) > MAX_NAME or not name.isprintable():
         raise VoiceprintError(f"speaker name must be 1-{MAX_NAME} printable characters, "
                               f"got {speaker!r:.60}")
     return name
 
 
-def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path],
-           device: str = "cpu", cohort: str | Path | None = None) -> Voiceprints:
-    """Add (or replace) ``speaker``'s voiceprint in ``model_dir`` from ``clips`` (audio files);
-    every clip is read before anything is written, so a bad file changes nothing. ``cohort``, a
-    folder of background speakers, becomes every voiceprint's S-norm cohort
-    (``cohort_vectors``); scores then change, so a calibrated threshold falls back to the
-    default until calibrated again."""
+@contextmanager
+def _locked(model_dir: str | Path) -> Iterator[None]:
+    """One read-modify-write of ``MODEL/voiceprints`` at a time (an ``flock`` on the model
+    folder): two enrolments at once would each write the set without the other's speaker."""
+    fd = os.open(model_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | torch.Tensor],
+           device: str = "cpu", cohort: str | Path | None = None,
+           sample_rate: int | None = None) -> Voiceprints:
+    """Add ``speaker``'s voiceprint to ``model_dir`` from ``clips`` (audio files, or raw samples
+    at ``sample_rate``); every clip is read before anything is written, so a bad file changes
+    nothing, and a file given twice is refused (it would weigh double). A name enrolled again is
+    replaced, not pooled with its earlier clips (a warning says so). ``cohort``, a folder of
+    background speakers (not this one), becomes every voiceprint's S-norm cohort
+    (``cohort_vectors``); a different cohort changes the scores, so a calibrated threshold then
+    falls back to the default until calibrated again (a warning says so)."""
     name = _check_name(speaker)
     if not clips:
         raise VoiceprintError(f"enrolling {name!r}: no clips given")
-    system, _ = _open(model_dir, device)
-    embed = Embedder(classifier_of(system))
-    vectors = embed(_waves(clips, embed.sample_rate))  # AudioError names a bad file
-    prints = read_voiceprints(model_dir)
-    if prints is None or (not prints.names and prints.source != embed.source):
-        prints = Voiceprints([], np.zeros((0, vectors.shape[1]), np.float32), [], embed.source,
-                             default_threshold())
-    if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
-        raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
-                         f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
-    if cohort is not None:
-        prints.cohort, prints.cohort_data = cohort_vectors(embed, cohort), str(cohort)
-        prints.threshold, prints.calibration = default_threshold(), None
-    mean = unit(vectors.mean(0, keepdims=True))
-    keep = [i for i, n in enumerate(prints.names) if n != name]
-    prints = Voiceprints([prints.names[i] for i in keep] + [name],
-                         np.concatenate([prints.vectors[keep], mean]).astype(np.float32),
-                         [prints.clips[i] for i in keep] + [[Path(c).name for c in clips]],
-                         embed.source, prints.threshold, prints.calibration, prints.cohort,
-                         prints.cohort_data)
-    write_voiceprints(model_dir, prints)
+    files = [str(Path(c).resolve()) for c in clips if isinstance(c, (str, Path))]
+    if len(set(files)) < len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise VoiceprintError(f"enrolling {name!r}: {twice} is given twice")
+    embed = _embedder(model_dir, device)
+    vectors = embed(_waves(clips, embed.sample_rate, sample_rate))  # AudioError names the file
+    new_cohort = None if cohort is None else cohort_vectors(embed, cohort, files=files)
+    with _locked(model_dir):
+        prints = read_voiceprints(model_dir)
+        if prints is None or (not prints.names and prints.source != embed.source):
+            prints = Voiceprints([], np.zeros((0, vectors.shape[1]), np.float32), [],
+                                 embed.source, default_threshold())
+        if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
+            raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
+                             f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
+        if new_cohort is not None:
+            same = (prints.cohort is not None and prints.cohort.shape == new_cohort.shape
+                    and np.allclose(prints.cohort, new_cohort, atol=1e-5))
+            if not same and prints.calibration is not None:
+                LOGGER.warning("%s: a new cohort changes the scores: the calibrated threshold "
+                               "%.3f falls back to the default %.3f (eval-speakers --calibrate "
+                               "sets it again)", model_dir, prints.threshold, default_threshold())
+            if not same:
+                prints.threshold, prints.calibration = default_threshold(), None
+            prints.cohort, prints.cohort_data = new_cohort, str(cohort)
+        if name in prints.names:
+            LOGGER.warning("%s: %r was enrolled already (from %d clip(s)); that voiceprint is "
+                           "replaced by this one", model_dir, name,
+                           len(prints.clips[prints.names.index(name)]))
+        mean = unit(vectors.mean(0, keepdims=True))
+        keep = [i for i, n in enumerate(prints.names) if n != name]
+        prints = Voiceprints([prints.names[i] for i in keep] + [name],
+                             np.concatenate([prints.vectors[keep], mean]).astype(np.float32),
+                             [prints.clips[i] for i in keep]
+                             + [[Path(c).name if isinstance(c, (str, Path)) else "<samples>"
+                                 for c in clips]],
+                             embed.source, prints.threshold, prints.calibration, prints.cohort,
+                             prints.cohort_data)
+        write_voiceprints(model_dir, prints)
+    if (why := unscorable(prints, embed)) is not None:
+        LOGGER.warning("%s: %s", model_dir, why)
     return prints
+
+
+def unscorable(prints: Voiceprints, embed: Embedder) -> str | None:
+    """Why ``prints`` cannot be scored yet (None: they can): pooled-feature voiceprints without
+    a stored cohort are normalised against the other enrolled speakers, so need enough of them."""
+    if prints.cohort is not None or embed.cohort is not None or len(prints.names) > MIN_COHORT:
+        return None
+    return (f"{len(prints.names)} speaker(s) enrolled: voiceprints of pooled features are "
+            f"scored against the other enrolled speakers, so scores need {MIN_COHORT + 1} or "
+            "more enrolled (or enroll --cohort DIR, a folder of background speakers)")
 
 
 class SpeakerScorer:
@@ -297,6 +390,8 @@ class SpeakerScorer:
         p = self.prints
         if not p.names:
             raise VoiceprintError("no speaker is enrolled in this model")
+        if (why := unscorable(p, self.embed)) is not None:
+            raise VoiceprintError(why)
         x = self.embed(waves)
         if x.shape[1] != p.vectors.shape[1]:
             raise ModelError(f"voiceprints of {p.vectors.shape[1]} dims, embeddings of "
@@ -319,38 +414,47 @@ def _scorer(model: str | Path | SpeakerScorer, device: str) -> SpeakerScorer:
     if isinstance(model, SpeakerScorer):
         return model
     system, _ = _open(model, device)
-    scorer = scorer_for(model, system)
-    if scorer is None:
+    prints = read_voiceprints(model)
+    if prints is None or not prints.names:
         raise VoiceprintError(f"{model}: no speaker is enrolled "
                               "(speechxfer enroll MODEL --speaker NAME CLIP...)")
-    return scorer
+    return SpeakerScorer(system, prints)
 
 
 def verify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor, speaker: str,
-           device: str = "cpu") -> tuple[float, bool]:
-    """Is ``clip`` spoken by the enrolled ``speaker``? The S-norm score and the decision at
-    the stored threshold. ``model``: a model folder, or a ``SpeakerScorer`` already loaded."""
+           device: str = "cpu", sample_rate: int | None = None) -> tuple[float, bool]:
+    """Is ``clip`` (a file, or raw samples at ``sample_rate``) spoken by the enrolled
+    ``speaker``? The S-norm score and the decision at the stored threshold. ``model``: a model
+    folder, or a ``SpeakerScorer`` already loaded."""
     scorer = _scorer(model, device)
-    if speaker not in scorer.prints.names:
+    name = speaker.strip() if isinstance(speaker, str) else speaker  # as enroll stored it
+    if name not in scorer.prints.names:
         raise VoiceprintError(f"{speaker!r:.60} is not enrolled; enrolled: "
                               f"{', '.join(scorer.prints.names)}")
-    wave = _waves([clip], scorer.embed.sample_rate)
-    score = float(scorer.scores(wave)[0, scorer.prints.names.index(speaker)])
+    wave = _waves([clip], scorer.embed.sample_rate, sample_rate)
+    score = float(scorer.scores(wave)[0, scorer.prints.names.index(name)])
     return score, score >= scorer.prints.threshold
 
 
-def identify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor, device: str = "cpu") -> dict:
-    """The enrolled speaker whose voiceprint best matches ``clip``: name, score, accepted."""
+def identify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor,
+             device: str = "cpu", sample_rate: int | None = None) -> dict:
+    """The enrolled speaker whose voiceprint best matches ``clip`` (a file, or raw samples at
+    ``sample_rate``): name, score, accepted."""
     scorer = _scorer(model, device)
-    return scorer.identify(_waves([clip], scorer.embed.sample_rate)[0])
+    return scorer.identify(_waves([clip], scorer.embed.sample_rate, sample_rate)[0])
 
 
 def scorer_for(model_dir: str | Path, system: Recognizer) -> SpeakerScorer | None:
-    """A scorer when ``model_dir`` has enrolled voiceprints (for predict), else None."""
+    """A scorer when ``model_dir`` has voiceprints that can be scored (for predict), else None:
+    with too few pooled-feature voiceprints a warning says why, and the words are still told."""
     prints = read_voiceprints(model_dir)
     if prints is None or not prints.names:
         return None
-    return SpeakerScorer(system, prints)
+    scorer = SpeakerScorer(system, prints)
+    if (why := unscorable(prints, scorer.embed)) is not None:
+        LOGGER.warning("%s: speakers not scored: %s", model_dir, why)
+        return None
+    return scorer
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -462,8 +566,10 @@ def evaluate_speakers(backend: Backend, clips: list[Clip], waves: list[torch.Ten
     every non-target score)."""
     td, ti = build_trials(clips, k, seed)
     if not td.pairs and not ti.pairs:
-        raise VoiceprintError(f"no trials: no speaker has more than k={k} clips "
-                              "(of one word, for text-dependent trials)")
+        most = max(Counter(str(c.speaker) for c in clips).values(), default=0)
+        raise VoiceprintError(f"no trials: no speaker has more than k={k} (--enroll) clips, "
+                              "which leaves none to score (of one word, for text-dependent "
+                              f"trials); the most any speaker has is {most}")
     feats = backend.features(waves) if feats is None else feats
     report: dict = {"backend": backend.description, "normalisation": backend.normalisation,
                     "k": k, "seed": seed,
@@ -544,11 +650,19 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
     cohort stored with its voiceprints, else its own (head prototypes or the other enrolled
     voiceprints), and the GMM-UBM scores raw LLRs."""
     spec = str(model)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if len(set(seeds)) < len(seeds):  # the same draw twice would shrink the spread reported
+        raise VoiceprintError(f"seed {next(s for s in seeds if seeds.count(s) > 1)} is given "
+                              "twice; each --seed is one enrolment draw")
     if calibrate and spec.startswith("gmm-ubm:"):  # refused before the costly UBM fit
         raise VoiceprintError("--calibrate sets a model folder's threshold; a GMM-UBM has none")
+    scored = {str(c.speaker) for c in load_dataset(data).clips if c.speaker}
+    if cohort is not None:
+        check_apart(cohort, "--cohort", scored)
     if spec.startswith("gmm-ubm:"):
         from .classic.gmmubm import GMMUBMBackend
 
+        check_apart(spec.partition(":")[2], "the GMM-UBM's background", scored)
         gmm = GMMUBMBackend.fit_folder(spec.partition(":")[2])
         if cohort is not None:  # the clips cohort_vectors takes: named speakers' words
             kept, cohort_waves, _ = speaker_clips(cohort, gmm.sample_rate)
@@ -556,8 +670,7 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
         backend: Backend = gmm
         rate = gmm.sample_rate
     else:
-        system, _ = _open(model, device)
-        embed = Embedder(classifier_of(system))
+        embed = _embedder(model, device)
         backend, rate = EmbeddingBackend(embed), embed.sample_rate
         stored = read_voiceprints(model)
         if stored is not None and stored.source == embed.source:
@@ -571,10 +684,12 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
             embed.cohort = cohort_vectors(embed, cohort)
             backend.normalisation = cohort_normalisation(len(embed.cohort), str(cohort))
     clips, waves, skipped = speaker_clips(data, rate)
-    seeds = [seed] if isinstance(seed, int) else list(seed)
     feats = backend.features(waves)
     impostors: list[float] = []
-    runs = [evaluate_speakers(backend, clips, waves, k, s, feats, impostors) for s in seeds]
+    try:
+        runs = [evaluate_speakers(backend, clips, waves, k, s, feats, impostors) for s in seeds]
+    except VoiceprintError as err:
+        raise VoiceprintError(f"{data}: {err}") from None
     report = runs[0]
     if len(runs) > 1:  # the headline figures become means over the enrolment draws
         keep = ("backend", "normalisation", "k", "n_clips", "n_speakers", "p_target")
@@ -598,19 +713,21 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
     if not impostors:
         raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
-    prints = read_voiceprints(model)
-    if prints is None or prints.source != embed.source:
-        if prints is not None and prints.names:
-            raise ModelError(f"{model}: its voiceprints were made by {prints.source}, not "
-                             f"{embed.source}")
-        dim = embed([torch.zeros(embed.sample_rate)]).shape[1]
-        prints = Voiceprints([], np.zeros((0, dim), np.float32), [], embed.source, threshold)
-    prints.threshold = threshold
-    prints.calibration = {"data": str(data), "clips": n_clips, "impostor_trials": len(impostors),
-                          "false_accept_target": FALSE_ACCEPT_TARGET}
-    if cohort is not None:
-        prints.cohort, prints.cohort_data = embed.cohort, str(cohort)
-    write_voiceprints(model, prints)
+    dim = embed([torch.zeros(embed.sample_rate)]).shape[1]
+    with _locked(model):
+        prints = read_voiceprints(model)
+        if prints is None or prints.source != embed.source:
+            if prints is not None and prints.names:
+                raise ModelError(f"{model}: its voiceprints were made by {prints.source}, not "
+                                 f"{embed.source}")
+            prints = Voiceprints([], np.zeros((0, dim), np.float32), [], embed.source, threshold)
+        prints.threshold = threshold
+        prints.calibration = {"data": str(data), "clips": n_clips,
+                              "impostor_trials": len(impostors),
+                              "false_accept_target": FALSE_ACCEPT_TARGET}
+        if cohort is not None:
+            prints.cohort, prints.cohort_data = embed.cohort, str(cohort)
+        write_voiceprints(model, prints)
     return threshold
 
 

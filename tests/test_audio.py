@@ -62,6 +62,19 @@ def test_nan_samples_rejected():
         to_mono_resampled(np.full(8000, np.nan), 16_000)
 
 
+def test_integer_pcm_cast_to_float_is_refused_not_mislabelled(fsdd, tmp_path):
+    """int16 samples cast to float (peak in the thousands) shift Whisper's features: a confident
+    wrong label with exit 0. Refused, as samples or as a float WAV, naming the source."""
+    as_int16, rate = sf.read(fsdd / "7_jackson_32.wav", dtype="int16")
+    with pytest.raises(AudioError, match="far beyond full scale.*divide by 32768"):
+        to_mono_resampled(as_int16.astype(np.float32), rate)
+    sf.write(tmp_path / "unscaled.wav", as_int16.astype(np.float32), rate, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"unscaled\.wav: peak amplitude 9673 is far beyond"):
+        load(tmp_path / "unscaled.wav")
+    loud = as_int16 / 32768 * 50  # float audio well over full scale is still audio
+    assert to_mono_resampled(loud, rate).abs().max() > 1
+
+
 def test_crop_pad_and_batch():
     w = torch.arange(10.0)
     assert crop_or_pad(w, 4).tolist() == [3, 4, 5, 6]

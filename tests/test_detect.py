@@ -406,6 +406,17 @@ def test_cli_listen_file_json(svm, session, tmp_path, capsys):
     assert {"label", "probability", "start", "end"} <= json.loads(lines[0]).keys()
 
 
+def test_cli_listen_refuses_unscaled_integer_pcm_naming_the_file(svm, session, tmp_path, capsys):
+    """A float WAV of int16 values gave wrong labels (or none) with exit 0: now an error."""
+    _, model = svm
+    audio, _ = session
+    wav = tmp_path / "unscaled.wav"
+    sf.write(wav, (audio * 32767).astype(np.float32), RATE, subtype="FLOAT")
+    assert main(["listen", str(model), str(wav), "--threshold", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{wav}: peak amplitude" in err and "far beyond full scale" in err
+
+
 def test_cli_listen_needs_a_source(svm, capsys):
     _, model = svm
     with pytest.raises(SystemExit) as exit_:

@@ -175,6 +175,22 @@ def test_listen_refuses_a_bad_start_and_odd_bytes(client):
         assert "over the 1048576-byte cap" in ws.receive_json()["error"]
 
 
+def test_unscaled_integer_pcm_sent_as_float32_is_an_error_not_a_label(client, fsdd):
+    """int16 values sent as float32 (a client that forgot to divide by 32768): /predict says so
+    with 400, and /listen sends an error message instead of crashing the connection."""
+    audio = spoken(fsdd, HELD_OUT) * 32767
+    answer = client.post(f"/predict?rate={RATE}&format=float32",
+                         content=audio.astype("<f4").tobytes(),
+                         headers={"content-type": "application/octet-stream"})
+    assert answer.status_code == 400 and "far beyond full scale" in answer.json()["error"]
+    with client.websocket_connect("/listen") as ws:
+        ws.send_text(json.dumps({"sample_rate": RATE, "format": "float32"}))
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_bytes(audio[:4000].astype("<f4").tobytes())
+        error = ws.receive_json()
+        assert error["type"] == "error" and "far beyond full scale" in error["error"]
+
+
 def test_cross_origin_websocket_is_refused(client):
     from starlette.websockets import WebSocketDisconnect
 
