@@ -18,8 +18,9 @@ The accept threshold is the score ``FALSE_ACCEPT_TARGET`` of impostor trials rea
 ``eval-speakers`` reports the false accepts and rejects it gives on the speakers it scores.
 
 Voiceprints live in ``MODEL/voiceprints/`` (``voiceprints.safetensors`` + ``voiceprints.json``,
-replaced whole on every enrolment, never pickled). Saving a new model over the folder drops
-them, as it should: they belong to that model's embedding space.
+replaced whole on every enrolment, never pickled, one writer at a time). Saving a new model
+over the folder drops them, as it should: they belong to that model's embedding space; they keep
+its ``model_mark``, so copied beside another model they are refused, not scored.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .model import CommandClassifier
 from .recognizer import ModelError, Recognizer, read_weights, to_wave
 from .recognizer import load as load_system
 from .store import atomic_folder
-from .vocab import SILENCE
+from .vocab import SILENCE, UNKNOWN
 
 FOLDER = "voiceprints"
 WEIGHTS, CONFIG = "voiceprints.safetensors", "voiceprints.json"
@@ -61,6 +62,7 @@ P_TARGET = 0.01  # prior of a target trial in the detection cost (NIST SRE's usu
 POOLED_STATE = 0  # the convolutional front end: speaker identity fades in the blocks above it
 MIN_COHORT = 2  # S-norm needs a spread: at least this many cohort vectors
 MAX_NAME = 100  # characters of a speaker name
+MIN_MARK_COSINE = 0.98  # the same model on another device or precision stays far above this
 
 
 class VoiceprintError(ValueError):
@@ -178,8 +180,9 @@ def snorm(raw: np.ndarray, model_vecs: np.ndarray, clip_vecs: np.ndarray, cohort
         keep = np.array(model_owner)[:, None] != np.array(cohort_owner)[None, :]
     if (keep.sum(1) < MIN_COHORT).any():
         raise VoiceprintError(f"score normalisation needs at least {MIN_COHORT} other speakers "
-                              "in the cohort: enrol more speakers (pooled-feature voiceprints "
-                              "use the other enrolled speakers as cohort)")
+                              "in the cohort: pooled-feature voiceprints are normalised against "
+                              "the other speakers' (enrolled, or in eval-speakers the other "
+                              "voiceprints of the trials); use more speakers, or --cohort DIR")
     k = keep.astype(np.float64)
     n = k.sum(1, keepdims=True)
     mu_m = (mc * k).sum(1, keepdims=True) / n
@@ -203,6 +206,7 @@ class Voiceprints:
     calibration: dict | None = None  # where the threshold was set (None: the normal model)
     cohort: np.ndarray | None = None  # [speakers, dim] S-norm cohort (None: the model's own)
     cohort_data: str | None = None  # the folder the cohort came from
+    mark: np.ndarray | None = None  # [dim] the making model's ``model_mark`` (None: not kept)
 
     def to_config(self) -> dict:
         cohort = None if self.cohort is None else {"data": self.cohort_data,
@@ -210,8 +214,26 @@ class Voiceprints:
         return {"format": FORMAT, "version": 1, "source": self.source,
                 "dim": int(self.vectors.shape[1]), "threshold": self.threshold,
                 "false_accept_target": FALSE_ACCEPT_TARGET, "calibration": self.calibration,
-                "cohort": cohort,
+                "cohort": cohort, "mark": None if self.mark is None else self.mark.tolist(),
                 "speakers": [{"name": n, "clips": c} for n, c in zip(self.names, self.clips)]}
+
+
+def model_mark(embed: Embedder) -> np.ndarray:
+    """The embedding of a fixed noise clip: what voiceprints keep of the model that made them,
+    so voiceprints copied beside another model (a retrained head, same size) are known."""
+    noise = 0.1 * torch.randn(embed.sample_rate, generator=torch.Generator().manual_seed(0))
+    return embed([noise])[0].astype(np.float32)
+
+
+def check_mark(prints: Voiceprints, embed: Embedder, where: str | Path | None) -> None:
+    """Refuse voiceprints another model made: scored with this one, they mean nothing."""
+    if prints.mark is None:
+        return
+    now = model_mark(embed)
+    if now.shape != prints.mark.shape or float(now @ prints.mark) < MIN_MARK_COSINE:
+        folder = Path(where) / FOLDER if where is not None else FOLDER
+        raise ModelError(f"{folder}: made by another model (its {embed.source} is not this "
+                         "model's): remove that folder and enrol the speakers again")
 
 
 def default_threshold(false_accept: float = FALSE_ACCEPT_TARGET) -> float:
@@ -241,19 +263,28 @@ def read_voiceprints(model_dir: str | Path) -> Voiceprints | None:
         dim = int(config.get("dim", 0))
         cohort = config.get("cohort")
         n_cohort = None if cohort is None else int(cohort["speakers"])
+        mark = None if config.get("mark") is None else np.asarray(config["mark"], np.float32)
         if config.get("format") != FORMAT or not np.isfinite(threshold):
             raise ValueError("not a voiceprints file")
+        if mark is not None and (mark.shape != (dim,) or not np.isfinite(mark).all()):
+            raise ValueError(f"its model mark is not {dim} finite numbers")
+        if len(set(names)) < len(names):  # verify would score the first, enroll drop both
+            raise ValueError(f"speaker {next(n for n in names if names.count(n) > 1)!r:.60} "
+                             "is listed twice")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelError(f"{folder / CONFIG}: unreadable voiceprints ({str(err)[:200]})") from None
     shapes = {"vectors": (len(names), dim)} | ({} if n_cohort is None else
                                                 {"cohort": (n_cohort, dim)})
-    tensors = read_weights(folder / WEIGHTS, "numpy", shapes)
+    try:
+        tensors = read_weights(folder / WEIGHTS, "numpy", shapes)
+    except ModelError as err:  # read_weights calls a model's config config.json
+        raise ModelError(str(err).replace("config.json", CONFIG)) from None
     vectors = tensors["vectors"].astype(np.float32)
     calibration = config.get("calibration")
     return Voiceprints(names, vectors, clips, source, threshold,
                        calibration if isinstance(calibration, dict) else None,
                        None if n_cohort is None else tensors["cohort"].astype(np.float32),
-                       None if cohort is None else str(cohort.get("data")))
+                       None if cohort is None else str(cohort.get("data")), mark)
 
 
 def write_voiceprints(model_dir: str | Path, prints: Voiceprints) -> Path:
@@ -336,6 +367,7 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
         if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
             raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
                              f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
+        check_mark(prints, embed, model_dir)
         if new_cohort is not None:
             same = (prints.cohort is not None and prints.cohort.shape == new_cohort.shape
                     and np.allclose(prints.cohort, new_cohort, atol=1e-5))
@@ -358,7 +390,7 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
                              + [[Path(c).name if isinstance(c, (str, Path)) else "<samples>"
                                  for c in clips]],
                              embed.source, prints.threshold, prints.calibration, prints.cohort,
-                             prints.cohort_data)
+                             prints.cohort_data, model_mark(embed))
         write_voiceprints(model_dir, prints)
     if (why := unscorable(prints, embed)) is not None:
         LOGGER.warning("%s: %s", model_dir, why)
@@ -378,11 +410,12 @@ def unscorable(prints: Voiceprints, embed: Embedder) -> str | None:
 class SpeakerScorer:
     """Scores clips against a model folder's voiceprints (loaded once, for predict)."""
 
-    def __init__(self, system: Recognizer, prints: Voiceprints):
+    def __init__(self, system: Recognizer, prints: Voiceprints, where: str | Path | None = None):
         self.embed = Embedder(classifier_of(system))
         if prints.source != self.embed.source:
             raise ModelError(f"voiceprints made by {prints.source}, not this model's "
                              f"{self.embed.source}; enrol again")
+        check_mark(prints, self.embed, where)
         self.prints = prints
 
     def scores(self, waves: Sequence[torch.Tensor]) -> np.ndarray:
@@ -418,7 +451,7 @@ def _scorer(model: str | Path | SpeakerScorer, device: str) -> SpeakerScorer:
     if prints is None or not prints.names:
         raise VoiceprintError(f"{model}: no speaker is enrolled "
                               "(speechxfer enroll MODEL --speaker NAME CLIP...)")
-    return SpeakerScorer(system, prints)
+    return SpeakerScorer(system, prints, model)
 
 
 def verify(model: str | Path | SpeakerScorer, clip: str | Path | torch.Tensor, speaker: str,
@@ -450,7 +483,7 @@ def scorer_for(model_dir: str | Path, system: Recognizer) -> SpeakerScorer | Non
     prints = read_voiceprints(model_dir)
     if prints is None or not prints.names:
         return None
-    scorer = SpeakerScorer(system, prints)
+    scorer = SpeakerScorer(system, prints, model_dir)
     if (why := unscorable(prints, scorer.embed)) is not None:
         LOGGER.warning("%s: speakers not scored: %s", model_dir, why)
         return None
@@ -474,14 +507,17 @@ def build_trials(clips: list[Clip], k: int, seed: int) -> tuple[Trials, Trials]:
     them; targets are the rest, non-targets every other speaker's clips of that word.
     Text-independent: a model per speaker with at least k+1 clips, enrolled from k of them
     drawn across words; trials are clips of words the enrolment did not say, from that speaker
-    (targets) or any other (non-targets). Enrolment clips are never trial clips.
+    (targets) or any other (non-targets). Enrolment clips are never trial clips. ``_unknown_``
+    clips (an ``_unknown_/`` folder: words unnamed) make no text-dependent model or trial: they
+    need not say the same word.
     """
     rng = random.Random(seed)
     by_speaker: dict[str, list[int]] = {}
     by_word: dict[str, list[int]] = {}
     for i, c in enumerate(clips):
         by_speaker.setdefault(str(c.speaker), []).append(i)
-        by_word.setdefault(str(c.label), []).append(i)
+        if (c.word or c.label) != UNKNOWN:
+            by_word.setdefault(str(c.word or c.label), []).append(i)
     td = Trials("text_dependent", [], [])
     for word in sorted(by_word):
         for spk in sorted(by_speaker):
@@ -567,9 +603,11 @@ def evaluate_speakers(backend: Backend, clips: list[Clip], waves: list[torch.Ten
     td, ti = build_trials(clips, k, seed)
     if not td.pairs and not ti.pairs:
         most = max(Counter(str(c.speaker) for c in clips).values(), default=0)
-        raise VoiceprintError(f"no trials: no speaker has more than k={k} (--enroll) clips, "
-                              "which leaves none to score (of one word, for text-dependent "
-                              f"trials); the most any speaker has is {most}")
+        word = max(Counter((str(c.speaker), c.label) for c in clips).values(), default=0)
+        raise VoiceprintError(f"no trials with k={k} (--enroll) enrolment clips: text-dependent "
+                              f"trials need a speaker with more than k clips of one word (the "
+                              f"most is {word}), text-independent ones more than k clips and a "
+                              f"word the enrolment leaves out (the most clips is {most})")
     feats = backend.features(waves) if feats is None else feats
     report: dict = {"backend": backend.description, "normalisation": backend.normalisation,
                     "k": k, "seed": seed,
@@ -674,6 +712,7 @@ def eval_speakers(model: str | Path, data: str | Path, k: int = 3, seed: int | S
         backend, rate = EmbeddingBackend(embed), embed.sample_rate
         stored = read_voiceprints(model)
         if stored is not None and stored.source == embed.source:
+            check_mark(stored, embed, model)
             backend.threshold = stored.threshold
             if stored.cohort is not None and cohort is None:
                 embed.cohort = stored.cohort
@@ -713,15 +752,17 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
     if not impostors:
         raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
-    dim = embed([torch.zeros(embed.sample_rate)]).shape[1]
+    mark = model_mark(embed)
     with _locked(model):
         prints = read_voiceprints(model)
         if prints is None or prints.source != embed.source:
             if prints is not None and prints.names:
                 raise ModelError(f"{model}: its voiceprints were made by {prints.source}, not "
                                  f"{embed.source}")
-            prints = Voiceprints([], np.zeros((0, dim), np.float32), [], embed.source, threshold)
-        prints.threshold = threshold
+            prints = Voiceprints([], np.zeros((0, len(mark)), np.float32), [], embed.source,
+                                 threshold)
+        check_mark(prints, embed, model)
+        prints.threshold, prints.mark = threshold, mark
         prints.calibration = {"data": str(data), "clips": n_clips,
                               "impostor_trials": len(impostors),
                               "false_accept_target": FALSE_ACCEPT_TARGET}
