@@ -83,6 +83,9 @@ def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> to
     if wave.ndim == 2:
         # soundfile gives [time, channels]; treat the shorter axis as channels
         wave = wave.mean(dim=1) if wave.shape[1] <= wave.shape[0] else wave.mean(dim=0)
+    if wave.ndim == 0:  # predict_batch(samples) iterates one clip's samples
+        raise AudioError(source, "a single number, not a clip: predict_batch takes a list of "
+                                 "clips; predict(samples, sample_rate) takes one")
     if wave.ndim != 1:
         raise AudioError(source, f"expected 1-D or 2-D samples, got shape {tuple(wave.shape)}")
     return wave
@@ -97,6 +100,8 @@ def _as_float32(samples: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
         array = np.asarray(samples)
     except (ValueError, TypeError, RuntimeError) as err:
         raise AudioError(source, f"samples are not a numeric array ({err})") from None
+    if array.dtype.kind in "iu" and not array.dtype.isnative:  # big-endian PCM (AIFF, network)
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "f":
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_wave rejects
             return array.astype(np.float32, copy=False)
@@ -163,7 +168,8 @@ def to_mono_resampled(
 
 
 def _too_long(seconds: float) -> str:
-    return f"too long ({seconds:.1f} s > {MAX_SECONDS:.0f} s window); split it first"
+    return (f"too long ({seconds:.1f} s > {MAX_SECONDS:.0f} s window): a clip holds one command; "
+            "split it first (speechxfer listen finds the commands in a long recording)")
 
 
 def check_wave(wave: torch.Tensor, sample_rate: int, source: str) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import SAMPLE_RATE, batches_by_length
-from .decoder.combined import FAST_FOLDER, CombinedRecognizer
+from .decoder.combined import FAST_FOLDER, CombinedRecognizer, source_fingerprint
 from .decoder.scoring import ZeroShotRecognizer
 from .encoders.whisper import (
     DYNAMIC_RANGE,
@@ -52,6 +52,7 @@ from .recognizer import (
     check_labels,
     info_from,
     is_model_folder,
+    read_config,
 )
 from .store import atomic_folder
 from .vocab import SILENCE, UNKNOWN
@@ -385,17 +386,21 @@ def parity(system: Recognizer, exported: Recognizer, waves: list[torch.Tensor]) 
 def export(system: Recognizer, out: str | Path, int8: bool = False,
            check_waves: list[torch.Tensor] | None = None,
            shortlist: torch.Tensor | None = None,
-           min_agreement: float | None = None) -> tuple[Path, Parity | None]:
+           min_agreement: float | None = None,
+           fingerprint: str | None = None) -> tuple[Path, Parity | None]:
     """Export ``system`` to the folder ``out`` (model.onnx + config.json), written whole or not
     at all; with ``check_waves`` the parity against the torch system is measured on them before
     the folder is swapped in, and stored in its config; below ``min_agreement`` label
-    agreement it is an ExportError and ``out`` is left as it was."""
+    agreement it is an ExportError and ``out`` is left as it was. ``fingerprint``: the source
+    folder's ``source_fingerprint``, stored for a fast path to be found stale by."""
     out = Path(out)
     with atomic_folder(out, is_model_folder) as folder:
         window = export_graph(system, folder / GRAPH, int8, shortlist)
         source = {"kind": system.model_kind}
         encoder = system.head.encoder if isinstance(system, CombinedRecognizer) else system.encoder
         source["encoder"] = encoder.name
+        if fingerprint is not None:
+            source["fingerprint"] = fingerprint
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
                   "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
                   "normaliser_tokens": None if shortlist is None else shortlist.tolist(),
@@ -481,4 +486,5 @@ def write_fast_path(model_dir: str | Path, data: str | Path | None = None,
     shortlist = system.zero.shortlist([waves[i] for i in order[:half]])
     return export(system, model_dir / FAST_FOLDER, int8=True,
                   check_waves=[waves[i] for i in order[half:]], shortlist=shortlist,
-                  min_agreement=FAST_MIN_AGREEMENT)[1]
+                  min_agreement=FAST_MIN_AGREEMENT,
+                  fingerprint=source_fingerprint(model_dir, read_config(model_dir)))[1]

@@ -51,7 +51,7 @@ from .openset import (
     open_set_rates,
 )
 from .recognizer import Recognizer, is_model_folder, load
-from .store import CHECKPOINT, atomic_folder, training_folder
+from .store import CHECKPOINT, StoreError, atomic_folder, training_folder
 from .train import (
     KEEP,
     STRATEGIES,
@@ -936,12 +936,20 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     (``vocab.map_for_model``); the report then scores what ``predict`` returns (after
     rejection) and adds the ``open_set`` figures.
     """
+    if report_dir:  # before the clips are scored, not after: a bad folder loses no work
+        try:
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{report_dir}: cannot write the report there "
+                             f"({err.strerror or err})") from None
     system = load(model_dir, pick_device(device))
     if open_set(system.labels):
         ds = load_with_silence(data) if SILENCE in system.labels else load_dataset(data)
         ds = map_for_model(ds, system.labels)
+        _warn_unmatched_commands(ds, system.labels, data)
     else:
         ds = load_dataset(data)
+    _warn_trained_speakers(ds, trained_speakers(system, model_dir), data)
     unknown = sorted(set(ds.labels) - set(system.labels))
     if unknown:
         raise DatasetError(
@@ -962,6 +970,49 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     if report_dir:
         write_report(report, Path(report_dir), "eval_report", f"Evaluation on {data}")
     return report
+
+
+def trained_speakers(system: Recognizer, model_dir: str | Path) -> set[str]:
+    """The speakers a saved model trained on: config.json's ``data``, or for the systems that
+    keep no run there (the classic ones) the train_summary.json beside it; empty if neither."""
+    info = getattr(system, "info", None)
+    run = info.get("data") if isinstance(info, dict) else None
+    trained = run.get("train_speakers") if isinstance(run, dict) else None
+    if trained is None:
+        try:
+            summary = json.loads((Path(model_dir) / "train_summary.json").read_text("utf-8"))
+            trained = summary.get("train_speakers")
+        except (OSError, ValueError, AttributeError):
+            return set()
+    return {s for s in trained if isinstance(s, str)} if isinstance(trained, list) else set()
+
+
+def _warn_trained_speakers(ds: Dataset, heard: set[str], data: str | Path) -> None:
+    """Say when the data holds voices the model trained on: eval scores every clip, and the
+    training data itself (a folder with its own test list, a run without ``--test-speaker``)
+    would read as accuracy on new voices."""
+    clips = [c for c in ds.clips if c.speaker is not None and c.speaker in heard]
+    if clips:
+        names = sorted({c.speaker for c in clips})
+        LOGGER.warning("%s: %d of %d clips are by %d speaker(s) the model trained on (%s): its "
+                       "figures overstate how it does on new voices", data, len(clips),
+                       len(ds.clips), len(names), ", ".join(names[:5]))
+
+
+def _warn_unmatched_commands(ds: Dataset, labels: list[str], data: str | Path) -> None:
+    """Say when the data's words reach none of an open-set model's commands, or differ from one
+    only in case: each is scored as ``_unknown_``, and a report of rejections (accuracy 1.0 on
+    another model's words) would otherwise pass for a good one."""
+    commands = [lab for lab in labels if is_command(lab)]
+    mapped = sorted({c.word for c in ds.clips if c.label == UNKNOWN and is_command(c.word)})
+    folded = {lab.casefold() for lab in commands}
+    near = [w for w in mapped if w.casefold() in folded]
+    if near:
+        LOGGER.warning("%s: labels %s differ from the model's commands only in case; they are "
+                       "scored as %s", data, near[:10], UNKNOWN)
+    elif mapped and not any(c.label in commands for c in ds.clips):
+        LOGGER.warning("%s: no clip is one of the model's commands %s; every word (%s) is "
+                       "scored as %s", data, commands[:12], ", ".join(mapped[:10]), UNKNOWN)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -23,7 +23,7 @@ from .recognizer import (
     info_from,
     is_model_folder,
     read_weights,
-    to_wave,
+    to_waves,
 )
 from .recognizer import load as load_model
 from .store import atomic_folder
@@ -125,7 +125,7 @@ class CommandClassifier(nn.Module, Recognizer):
         return self.predict_all(waves)[PRIMARY_TASK]
 
     def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
-        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        waves = to_waves(items, sample_rate, self.sample_rate)
         all_probs = self.predict_all(waves, embeddings=True)
         vectors = {t: v for t, v in all_probs.items() if self.kinds[t] == "embedding"}
         with torch.no_grad():

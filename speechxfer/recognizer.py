@@ -207,13 +207,30 @@ def auto(device: str | torch.device) -> str | torch.device:
     return device
 
 
-def to_wave(item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None, target: int):
-    """A file path or raw samples (with their rate) as a mono tensor at ``target`` Hz."""
+def to_wave(item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None, target: int,
+            source: str = "<samples>"):
+    """A file path or raw samples (with their rate, named ``source`` in errors) as a mono
+    tensor at ``target`` Hz."""
     if isinstance(item, (str, Path)):
         return load_audio(item, target)
     if sample_rate is None:
-        raise AudioError("<samples>", "raw samples need their sample_rate")
-    return to_mono_resampled(item, sample_rate, target)
+        raise AudioError(source, "raw samples need their sample_rate")
+    return to_mono_resampled(item, sample_rate, target, source)
+
+
+def to_waves(items: list, sample_rate: int | None, target: int) -> list[torch.Tensor]:
+    """``to_wave`` of every clip of a batch; raw samples are named by their place in it
+    (``<samples #3>``), so an error says which one. One clip instead of a list (a path, or a
+    1-D array whose samples would each be taken for a clip) is refused, saying so."""
+    one = "one clip, not a list of them: predict_batch takes a list of clips; predict takes one"
+    if isinstance(items, (str, Path)):
+        raise AudioError(items, one)
+    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim < 2:
+        raise AudioError("<samples>", one)
+    items = list(items)  # rows of a 2-D array, or any iterable
+    many = len(items) > 1
+    return [to_wave(x, sample_rate, target, f"<samples #{i}>" if many else "<samples>")
+            for i, x in enumerate(items)]
 
 
 class Recognizer:
@@ -316,7 +333,7 @@ class Recognizer:
     def predict_batch(
         self, items: list, sample_rate: int | None = None
     ) -> list[Prediction]:
-        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        waves = to_waves(items, sample_rate, self.sample_rate)
         return self.predictions(self.predict_proba(waves))
 
 

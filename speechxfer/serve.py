@@ -72,6 +72,9 @@ MAX_CHUNK_BYTES = 2**20  # one WebSocket message: over a second of 192-kHz float
 MAX_NAME_CHARS = 200  # of a client's file name, echoed in answers
 PCM_FORMATS = {"int16": "<i2", "float32": "<f4"}
 BODY = "<request body>"  # the source named in messages about a body that is not a named file
+# how audio files begin (WAV, RF64, FLAC, Ogg, AIFF, MP3 with a tag): a body sent as raw PCM
+# that starts so is a file whose header would be read as samples
+FILE_SIGNATURES = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3")
 
 
 def _error(status: int, message: str, **fields) -> JSONResponse:
@@ -123,6 +126,9 @@ async def _multipart_file(request: Request, body: bytes, limit: int) -> tuple[st
 
 def _pcm(body: bytes, query: dict[str, str]) -> tuple[np.ndarray, int]:
     """Raw little-endian PCM and its rate, from the ``rate``/``format``/``channels`` query."""
+    if body.startswith(FILE_SIGNATURES):
+        raise AudioError(BODY, f"an audio file (it starts with {body[:4]!r}), not raw PCM: send "
+                               "it as audio/wav (audio/flac, ...) or a multipart upload")
     fmt = query.get("format", "int16")
     if fmt not in PCM_FORMATS:
         raise AudioError(BODY, f"unknown PCM format {fmt!r}: use one of {', '.join(PCM_FORMATS)}")

@@ -38,7 +38,8 @@ def test_stereo_is_downmixed_and_odd_rate_resampled(tmp_path):
         (lambda p: p.write_bytes(b"not audio at all"), "not readable"),
         (lambda p: sf.write(p, np.zeros(16_000), 16_000), "silent"),
         (lambda p: sf.write(p, np.zeros(0), 16_000), "empty"),
-        (lambda p: sf.write(p, 0.1 * np.ones(31 * 8000), 8000), "too long"),
+        (lambda p: sf.write(p, 0.1 * np.ones(31 * 8000), 8000),
+         "too long (31.0 s > 30 s window): a clip holds one command"),
     ],
 )
 def test_bad_files_name_file_and_problem(tmp_path, make, problem):
@@ -73,6 +74,19 @@ def test_integer_pcm_cast_to_float_is_refused_not_mislabelled(fsdd, tmp_path):
         load(tmp_path / "unscaled.wav")
     loud = as_int16 / 32768 * 50  # float audio well over full scale is still audio
     assert to_mono_resampled(loud, rate).abs().max() > 1
+
+
+def test_a_number_is_not_a_clip():
+    """predict_batch([0.1, 0.2, ...]) takes each sample for a clip: the error spoke of 'shape ()'."""
+    with pytest.raises(AudioError, match="a single number, not a clip: predict_batch takes a list"):
+        as_mono(np.float32(0.5))
+
+
+def test_big_endian_integer_pcm_is_scaled_like_native(fsdd):
+    """np.frombuffer(data, ">i2") is int16 too; it was refused as of no known full scale."""
+    as_int16, rate = sf.read(fsdd / "7_jackson_32.wav", dtype="int16")
+    expected = to_mono_resampled(as_int16, rate)
+    assert torch.equal(to_mono_resampled(as_int16.astype(">i2"), rate), expected)
 
 
 def test_crop_pad_and_batch():

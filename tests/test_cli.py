@@ -125,6 +125,19 @@ def test_eval_writes_reports_where_asked(svm, small_fsdd, tmp_path, capsys):
     assert sorted(p.name for p in svm.iterdir()) == before
 
 
+def test_eval_refuses_an_unwritable_report_folder_before_scoring(svm, small_fsdd, tmp_path,
+                                                                  capsys, monkeypatch):
+    """A --report under a file failed with a traceback after every clip was scored, and the
+    figures were never printed; now it is a clear error before any clip is read."""
+    import speechxfer.jobs
+
+    (tmp_path / "notes.txt").write_text("")
+    monkeypatch.setattr(speechxfer.jobs, "read_clips", lambda *a: pytest.fail("clips scored"))
+    assert main(["eval", str(svm), "--data", str(small_fsdd), "--report",
+                 str(tmp_path / "notes.txt" / "r")]) == 2
+    assert "notes.txt/r: cannot write the report there" in capsys.readouterr().err
+
+
 def test_train_diagnostics_go_to_stderr(small_fsdd, tmp_path, capsys):
     (small_fsdd / "1_george_0.wav").write_bytes(b"corrupt")
     out_dir = tmp_path / "m"

@@ -233,6 +233,24 @@ def test_the_torch_path_runs_without_onnxruntime_or_with_a_broken_fast_folder(
     assert system.predict(real_clip, 16_000).label in DIGITS
 
 
+def test_a_fast_path_of_an_older_head_is_passed_over(fast_combined, tmp_path, real_clip,
+                                                     monkeypatch, caplog):
+    """A head retrained into head/ left fast/ answering with the old head's graph, silently."""
+    folder = Path(shutil.copytree(fast_combined[0], tmp_path / "model"))
+    (folder / "head" / "eval_report.json").write_text("{}")  # a report beside it changes nothing
+    assert isinstance(load_model(folder).fast, OnnxRecognizer)  # a copy keeps its fast path
+    head = CommandClassifier.load(folder / "head")
+    with torch.no_grad():
+        for weight in head.heads.parameters():
+            weight.copy_(weight.flip(0))  # the classes' rows swapped: other answers
+    head.save(folder / "head")
+    system = load_model(folder)
+    assert system.fast is None and "stale" in caplog.text and "--fast" in caplog.text
+    monkeypatch.setenv("SPEECHXFER_TORCH", "1")
+    torch_probs = load_model(folder).predict_proba([real_clip])
+    assert np.allclose(system.predict_proba([real_clip]), torch_probs)
+
+
 def test_an_export_under_the_agreement_floor_is_not_written(frozen, fsdd, tmp_path):
     from speechxfer.export import ExportError
 

@@ -116,6 +116,44 @@ def test_eval_maps_the_data_and_reports_the_open_set(svm_model, commands_data, c
         1 for p in commands_data.rglob("*.wav") if p.parent.name not in WORDS + [SILENCE])
 
 
+def test_eval_says_when_the_data_holds_none_of_the_commands(svm_model, commands_data, fsdd,
+                                                             make_fsdd, tmp_path, caplog):
+    """Another model's words (digits) all became _unknown_, and rejecting them read as
+    accuracy 1.0 with no word said; a folder "Yes" for the command "yes" was scored as unknown."""
+    out, _ = svm_model
+    digits = make_fsdd(tmp_path / "digits", ("jackson",), ("1", "4"), 2)
+    eval_job(out, digits)
+    assert f"{digits}: no clip is one of the model's commands" in caplog.text
+    assert "every word (1, 4) is scored as _unknown_" in caplog.text
+    caplog.clear()
+    shutil.copytree(commands_data / "no", tmp_path / "cased" / "no")
+    shutil.copytree(commands_data / "yes", tmp_path / "cased" / "Yes")
+    eval_job(out, tmp_path / "cased")
+    assert "labels ['Yes'] differ from the model's commands only in case" in caplog.text
+    caplog.clear()
+    eval_job(out, commands_data)  # the model's own words, and others: nothing to say
+    assert "commands" not in caplog.text
+
+
+def test_eval_says_when_the_data_holds_the_voices_it_trained_on(svm_model, commands_data,
+                                                                 tmp_path, caplog):
+    """eval scores every clip: its own training data read as accuracy on new voices, unsaid."""
+    out, summary = svm_model
+    eval_job(out, commands_data)
+    trained = [s for s in SPEAKERS if s not in TEST]
+    assert set(summary["train_speakers"]) <= set(trained)
+    assert f"speaker(s) the model trained on ({', '.join(sorted(summary['train_speakers'])[:5])}" \
+        in caplog.text and "overstate how it does on new voices" in caplog.text
+    caplog.clear()
+    for word_dir in (p for p in commands_data.iterdir() if p.name != SILENCE):
+        for clip in word_dir.iterdir():
+            if clip.name.split("_nohash_")[0] in TEST:  # the held-out voices only
+                (tmp_path / word_dir.name).mkdir(exist_ok=True)
+                shutil.copy(clip, tmp_path / word_dir.name / clip.name)
+    eval_job(out, tmp_path)
+    assert "trained on" not in caplog.text
+
+
 def test_shots_keep_n_clips_per_command(commands_data, tmp_path):
     summary = train_job(commands_data, strategy="svm", out=tmp_path / "m", commands=WORDS,
                         test_speakers=TEST, shots=1, evaluate=False)

@@ -62,6 +62,25 @@ def test_load_opens_every_kind_on_the_device_asked_for(folders, waves, kind, fol
     assert load_model(path, device="cpu").labels == LABELS  # the public alias
 
 
+@pytest.mark.parametrize("folder", ["neural", "zero-shot", "generative", "combined", "svm"])
+def test_predict_batch_names_the_bad_clip_and_refuses_one_clip(folders, waves, fsdd, folder):
+    """A silent array among many was '<samples>: silent', whichever it was; one clip's samples
+    were each taken for a clip ('shape ()'), and a path's letters for file names."""
+    from speechxfer.audio import AudioError
+
+    system = load(folders["root"] / folder, "cpu")
+    clip = waves[0].numpy()
+    with pytest.raises(AudioError, match=r"<samples #1>: silent"):
+        system.predict_batch([clip, np.zeros(16_000, np.float32), clip], sample_rate=16_000)
+    with pytest.raises(AudioError, match="one clip, not a list of them"):
+        system.predict_batch(clip, sample_rate=16_000)
+    path = str(fsdd / "1_george_0.wav")
+    with pytest.raises(AudioError, match=f"{path}: one clip, not a list of them"):
+        system.predict_batch(path)
+    with pytest.raises(AudioError, match=r"^<samples>: silent"):  # predict: one clip, no number
+        system.predict(np.zeros(16_000, np.float32), sample_rate=16_000)
+
+
 def test_each_class_loads_only_its_own_kind(folders):
     root = folders["root"]
     with pytest.raises(ModelError, match=r"'combined' system, not a CommandClassifier.*load_model"):

@@ -104,6 +104,17 @@ def test_silent_and_short_clips_and_bad_pcm_are_400(client):
     assert short.status_code == 400 and "too short" in short.json()["error"]
 
 
+def test_a_wav_file_sent_as_raw_pcm_is_refused_not_read_as_samples(client, fsdd):
+    """A WAV posted as application/octet-stream had its header read as int16 samples (200,
+    another answer) or was told it lacked a rate; now it is told to send its audio type."""
+    data = (fsdd / HELD_OUT).read_bytes()
+    for query in ("", f"?rate={RATE}"):
+        answer = client.post(f"/predict{query}", content=data,
+                             headers={"content-type": "application/octet-stream"})
+        assert answer.status_code == 400
+        assert "an audio file (it starts with b'RIFF'), not raw PCM" in answer.json()["error"]
+
+
 def test_too_large_is_413(client):
     big = b"\0" * 200_001  # over the app's 200 kB cap: refused before anything is decoded
     answer = client.post("/predict", files={"file": ("big.wav", big)})

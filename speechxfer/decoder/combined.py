@@ -15,6 +15,7 @@ system otherwise (or with ``SPEECHXFER_TORCH=1``, or after ``system.fast = None`
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -40,7 +41,7 @@ from ..recognizer import (
     read_config,
     softmax,
     sub_folder,
-    to_wave,
+    to_waves,
 )
 from ..store import atomic_folder
 from .generative import KIND as GENERATIVE_KIND
@@ -135,7 +136,7 @@ class CombinedRecognizer(Recognizer):
 
     def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
         """The combined command decision, plus the head's other tasks (speaker, ...) if any."""
-        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        waves = to_waves(items, sample_rate, self.sample_rate)
         preds = self.predictions(self.predict_proba(waves))
         if self.head.task_model() is not None:
             for pred, extra in zip(preds, self.head.predict_batch(waves, self.sample_rate)):
@@ -184,23 +185,45 @@ class CombinedRecognizer(Recognizer):
         system.load_rejection(config, directory)
         system.info = info_from(config)
         if torch.device(device).type == "cpu":
-            system.fast = fast_path(directory, system.labels)
+            system.fast = fast_path(directory, system.labels, config)
         return system
 
 
-def fast_path(directory: Path, labels: list[str]) -> Recognizer | None:
+def source_fingerprint(directory: Path, config: dict) -> str:
+    """A digest of what a fast path is exported from: the prior weight, the labels and the
+    config and weights of the head and prior folders. A head retrained into ``head/`` (or a
+    prior with new spellings) changes it, so a graph of the old one is never run in its place."""
+    digest = hashlib.sha256(json.dumps([config.get("weight"), config.get("labels")]).encode())
+    for key in ("head", "zero_shot"):
+        folder = sub_folder(directory, config, key)
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and (
+                p.name == "config.json" or p.suffix == ".safetensors")):  # not a report left there
+            digest.update(f"{key}/{path.name}\0".encode())
+            with path.open("rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def fast_path(directory: Path, labels: list[str], config: dict) -> Recognizer | None:
     """The exported graph in ``directory/fast`` when it can run here: ONNX Runtime installed and
-    ``SPEECHXFER_TORCH`` not "1". A broken or mismatched one is logged and passed over: the
-    torch system beside it gives the same answers, only slower."""
+    ``SPEECHXFER_TORCH`` not "1". A broken, mismatched or stale one (exported from another head
+    or prior: ``source_fingerprint``) is logged and passed over: the torch system beside it
+    gives the answers, only slower."""
     folder = directory / FAST_FOLDER
     if (os.environ.get(TORCH_ONLY_ENV) == "1" or not (folder / "config.json").is_file()
             or importlib.util.find_spec("onnxruntime") is None):
         return None
     try:
-        if read_config(folder)["kind"] != FAST_KIND:
+        fast_config = read_config(folder)
+        if fast_config["kind"] != FAST_KIND:
             raise ModelError(f"{folder}: not an exported ({FAST_KIND}) system")
+        source = fast_config.get("source")
+        written_for = source.get("fingerprint") if isinstance(source, dict) else None
+        if written_for is not None and written_for != source_fingerprint(directory, config):
+            raise ModelError(f"{folder}: stale, exported before the head or prior beside it "
+                             f"changed (speechxfer export {directory} --fast writes a new one)")
         fast = load(folder, "cpu")
-    except ModelError as err:
+    except (ModelError, OSError) as err:
         LOGGER.warning("%s; predicting with torch", err)
         return None
     if fast.labels != labels:

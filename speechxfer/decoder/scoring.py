@@ -45,7 +45,7 @@ from ..recognizer import (
     info_from,
     is_model_folder,
     softmax,
-    to_wave,
+    to_waves,
 )
 from ..store import atomic_folder
 from ..vocab import MAX_OTHER_WORDS, SILENCE, UNKNOWN, is_command
@@ -459,7 +459,7 @@ class ZeroShotRecognizer(Recognizer):
 
     def predict_batch(self, items: list, sample_rate: int | None = None) -> list[Prediction]:
         """Like every recogniser, except that low-confidence clips get ``NONE_LABEL``."""
-        waves = [to_wave(x, sample_rate, self.sample_rate) for x in items]
+        waves = to_waves(items, sample_rate, self.sample_rate)
         scores = self.scores(waves)
         preds = self.predictions(self.proba_from_scores(scores))
         if self.options.reject_by and self.options.reject_below is not None:
