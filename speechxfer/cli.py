@@ -699,3 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     except COMMAND_ERRORS as err:
         print(f"speechxfer {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; folders are only swapped whole
+        resume = (" (run it again with the same options to resume from its last checkpoint)"
+                  if args.command == "train" else "")
+        print(f"speechxfer {args.command}: interrupted; output folders are as they were{resume}",
+              file=sys.stderr)
+        return 130

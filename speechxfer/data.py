@@ -93,7 +93,12 @@ def load_dataset(path: str | Path) -> Dataset:
                   and (d.name == UNKNOWN_DIR or not d.name.startswith(("_", ".")))
                   and _audio_files(d)]
     if flat and (not bad or (not label_dirs and 2 * len(bad) <= len(flat))):
-        return _from_fsdd(flat_root, flat)
+        data = _from_fsdd(flat_root, flat)
+        for d in label_dirs:
+            problem = (f"{len(_audio_files(d))} audio file(s) in a folder beside "
+                       "{label}_{speaker}_{take} files, not read: one layout a dataset")
+            data.skipped.append((str(d), problem))
+        return data
     if label_dirs:
         return _from_label_folders(path, label_dirs)
     if flat:
@@ -104,7 +109,11 @@ def load_dataset(path: str | Path) -> Dataset:
             f"{path}: flat audio files must be named {{label}}_{{speaker}}_{{take}} "
             f"({len(bad)} of {len(flat)} are not; first offender: {bad[0].name}); {hint}"
         )
-    raise DatasetError(f"{path}: no audio files, label folders or manifest found")
+    deeper = next((p for depth in ("*/*/*", "*/*/*/*") for p in path.glob(depth)  # not all of ~
+                   if p.suffix.lower() in AUDIO_SUFFIXES), None)
+    hint = (f" (audio only deeper down, e.g. {deeper.relative_to(path)}: a label folder holds "
+            "its clips directly, or list them in a manifest)") if deeper else ""
+    raise DatasetError(f"{path}: no audio files, label folders or manifest found{hint}")
 
 
 def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
@@ -118,20 +127,41 @@ def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
 
 
 def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
-    clips = []
+    """A clip's label is the folder it lies directly in. Files the layout cannot use are listed
+    in ``skipped``: audio in a label folder's sub-folders (not read), and split-list lines that
+    name no file (their clip, if it exists under another name, would silently train); a list
+    none of whose lines names a file is a DatasetError."""
+    clips, skipped = [], []
     for d in label_dirs:
         for p in _audio_files(d):
             m = SPEECH_COMMANDS_SPEAKER.match(p.name)
             speaker = m["speaker"] if m else None
             labels = {"command": d.name} | ({"speaker": speaker} if speaker else {})
             clips.append(Clip(p, labels, speaker))
+        for sub in sorted(e for e in d.iterdir() if e.is_dir() and not e.name.startswith(".")):
+            if nested := sum(p.suffix.lower() in AUDIO_SUFFIXES for p in sub.rglob("*")):
+                problem = (f"{nested} audio file(s) in a sub-folder of label folder {d.name!r}, "
+                           "not read: a clip's label is the folder it lies directly in")
+                skipped.append((str(sub), problem))
     split = {}
     for name, list_file in SPLIT_LISTS.items():
-        if (root / list_file).is_file():
-            for line in (root / list_file).read_text().splitlines():
-                if line.strip():
-                    split[root / line.strip()] = name
-    return Dataset(clips, root, "folders", split)
+        if not (root / list_file).is_file():
+            continue
+        lines = [(n, line.strip().replace("\\", "/"))
+                 for n, line in enumerate((root / list_file).read_text().splitlines(), 1)]
+        lines = [(n, entry) for n, entry in lines if entry]
+        missing = [(n, entry) for n, entry in lines if not (root / entry).is_file()]
+        if missing and len(missing) == len(lines):
+            raise DatasetError(f"{root / list_file}: none of its {len(lines)} line(s) names a "
+                               f"file under {root} (line {missing[0][0]}: {missing[0][1]!r}); a "
+                               "line is a path relative to that folder, e.g. yes/a_nohash_0.wav")
+        if missing:  # one entry: a trimmed copy of Speech Commands keeps its whole lists
+            problem = (f"{len(missing)} of {len(lines)} line(s) name no file under {root} (line "
+                       f"{missing[0][0]}: {missing[0][1]!r}): no clip is in the {name} split by "
+                       "them")
+            skipped.append((str(root / list_file), problem))
+        split |= {root / entry: name for _, entry in lines}
+    return Dataset(clips, root, "folders", split, skipped)
 
 
 def _read_manifest_rows(manifest: Path) -> list[tuple[int, object]]:
@@ -148,7 +178,8 @@ def _read_manifest_rows(manifest: Path) -> list[tuple[int, object]]:
             return rows
         with manifest.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
+            # "path, label, speaker": spaces after the commas are no part of the column names
+            columns = reader.fieldnames = [c.strip() for c in reader.fieldnames or []]
             if columns and "path" not in columns:
                 raise DatasetError(f"{manifest}: manifest needs a 'path' column, has {columns}")
             if columns and not set(columns) - set(RESERVED_COLUMNS):
@@ -177,8 +208,11 @@ def _row_values(manifest: Path, n: int, row: object) -> dict[str, str]:
     for k, v in row.items():
         if isinstance(v, (dict, list)):
             raise DatasetError(f"{where}: {k!r} must be a single value, not {JSON_TYPES[type(v)]}")
-        if v is not None and v != "":
-            values[k] = str(v)
+        # a label or speaker typed " 4" is "4" (else a class or voice of its own); a path is
+        # taken as written
+        text = "" if v is None else str(v) if k == "path" else str(v).strip()
+        if text:
+            values[k] = text
     return values
 
 

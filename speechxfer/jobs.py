@@ -322,7 +322,8 @@ class Run:
         """The clips to fit on and the validation clips held out of fitting: with ``calibrate``
         (an open-set run, whose validation clips calibrate rejection) the ``pools``' validation
         clips stay out; otherwise they are fitted on too and none is held out."""
-        train, val = self.pools()
+        # a clip whose command label is empty has no class to fit or calibrate
+        train, val = ([c for c in pool if c.label is not None] for pool in self.pools())
         held = val if calibrate else []
         return (train if held else train + val), held
 

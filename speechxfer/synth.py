@@ -42,9 +42,9 @@ import torch
 from .audio import SAMPLE_RATE, resample
 from .augment import AugmentConfig, Augmenter
 from .data import Dataset, load_dataset
-from .log import progress
+from .log import LOGGER, progress
 from .store import atomic_folder
-from .vocab import UNKNOWN, with_silence
+from .vocab import UNKNOWN, is_command, with_silence
 
 ENGINES = ("espeak", "piper")
 ESPEAK = "espeak-ng"
@@ -70,6 +70,14 @@ PIPER_VOICE = "joe"
 TRIM_DB = 40.0  # frames this far below the loudest count as silence at either end
 DEFAULT_UNKNOWN_WORDS = Path(__file__).with_name("distractor_words.txt")
 SPEAKER_SAFE = re.compile(r"[^A-Za-z0-9-]+")
+MAX_WORD_BYTES = 200  # a command word is a folder name (most file systems allow 255 bytes)
+FILE_WORD_CHARS = 60  # of the spoken text in a clip's file name (a long distractor sentence)
+
+
+def spoken(text: str) -> str:
+    """What a word sounds like, for telling words apart: case, apostrophes, other punctuation
+    and spacing dropped (``"Lights-On!"`` -> ``"lights on"``; ``""`` when nothing is said)."""
+    return " ".join(re.sub(r"[\W_]+", " ", re.sub("['\u2019]", "", text.casefold())).split())
 
 
 class SynthError(ValueError):
@@ -100,15 +108,34 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if not self.words:
             raise ValueError("give at least one word to synthesise")
-        bad = [w for w in self.words + self.unknown_words if not w.strip() or "/" in w]
-        if bad:
-            raise ValueError(f"words must be non-empty and hold no '/': {bad}")
         if UNKNOWN in self.words:
             raise ValueError(f"{UNKNOWN} is added for you; list only command words")
-        if len(set(self.words)) != len(self.words):
-            raise ValueError(f"repeated word(s) in {list(self.words)}")
+        # a command is a folder name and a label: ".." would write outside the dataset, and
+        # "_..." folders hold noise or "none of these" (data.UNKNOWN_DIR, vocab.SILENCE_DIR)
+        bad = [w for w in self.words if "/" in w or w.startswith((".", "_"))
+               or len(w.encode()) > MAX_WORD_BYTES]
+        if bad:
+            raise ValueError(f"words {bad}: a command word names its folder, so it may hold "
+                             f"no '/', start with no '.' or '_' and be {MAX_WORD_BYTES} bytes "
+                             "at most")
+        mute = [w for w in self.words + self.unknown_words if not spoken(w)]
+        if mute:
+            raise ValueError(f"words {mute}: nothing to say (a word needs a letter or digit)")
+        said: dict[str, str] = {}  # what is said -> the command word saying it
+        for w in self.words:
+            if spoken(w) in said:
+                raise ValueError(f"repeated word: {said[spoken(w)]!r} and {w!r} are said alike "
+                                 "(case, spacing and punctuation are not spoken)")
+            said[spoken(w)] = w
+        both = [w for w in self.unknown_words if spoken(w) in said]
+        if both:
+            raise ValueError(f"unknown word(s) {both} are said like a command word: a clip of "
+                             "them would be labelled both")
         if self.per_word < 1 or (self.unknown_clips is not None and self.unknown_clips < 0):
             raise ValueError("per_word must be at least 1 and unknown_clips at least 0")
+        if self.unknown_clips and not self.unknown_words:
+            raise ValueError(f"{self.unknown_clips} unknown clips asked for but no unknown words "
+                             "to say (--unknown-words FILE|N)")
         unknown_engines = [e for e in self.engines if e not in ENGINES]
         if not self.engines or unknown_engines:
             raise ValueError(f"engines {list(self.engines)}: choose from {ENGINES}")
@@ -143,7 +170,8 @@ def read_word_list(path: str | Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise SynthError(f"{path}: cannot read the word list ({err})") from None
-    words = list(dict.fromkeys(s.strip() for s in lines if s.strip() and not s.startswith("#")))
+    words = list(dict.fromkeys(s.strip() for s in lines
+                               if s.strip() and not s.strip().startswith("#")))
     if not words:
         raise SynthError(f"{path}: the word list is empty")
     return words
@@ -152,20 +180,27 @@ def read_word_list(path: str | Path) -> list[str]:
 def distractors(spec: str | int | None, commands: Sequence[str], seed: int = 0) -> list[str]:
     """The distractor words: a file's words, or ``N`` drawn (by ``seed``) from the shipped list.
 
-    Words equal to a command (case and spacing ignored) are left out.
+    Words said like a command (``spoken``: case, spacing and punctuation ignored) are left
+    out; a file holding nothing else is an error, not silently no distractors.
     """
     if spec is None or spec == 0 or spec == "0":
         return []
-    taken = {" ".join(c.lower().split()) for c in commands}
+    taken = {spoken(c) for c in commands}
     if isinstance(spec, int) or str(spec).isdigit():
-        pool = [w for w in read_word_list(DEFAULT_UNKNOWN_WORDS)
-                if " ".join(w.lower().split()) not in taken]
+        pool = [w for w in read_word_list(DEFAULT_UNKNOWN_WORDS) if spoken(w) not in taken]
         n = int(spec)
         if n > len(pool):
             raise SynthError(f"{n} distractor words asked for; the shipped list has {len(pool)}")
         rng = np.random.default_rng([seed, 1])
         return [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
-    return [w for w in read_word_list(spec) if " ".join(w.lower().split()) not in taken]
+    listed = read_word_list(spec)
+    if mute := [w for w in listed if not spoken(w)]:
+        raise SynthError(f"{spec}: {mute[:5]} say nothing (a word needs a letter or digit)")
+    words = [w for w in listed if spoken(w) not in taken]
+    if not words:
+        raise SynthError(f"{spec}: every word of the list is a command word ({listed[:5]}); "
+                         "distractors must be other words")
+    return words
 
 
 def espeak_binary() -> str:
@@ -306,14 +341,14 @@ def plan(config: SynthConfig) -> list[tuple[str, str, int, Voice]]:
 
 
 def _file_name(voice: Voice, text: str, take: int) -> str:
-    word = SPEAKER_SAFE.sub("-", text).strip("-") or "word"
+    word = SPEAKER_SAFE.sub("-", text).strip("-")[:FILE_WORD_CHARS].strip("-") or "word"
     return f"{voice.speaker}_nohash_{word}-{take}.wav"
 
 
 def synthesise(config: SynthConfig, out: str | Path,
                include: Sequence[str | Path] = ()) -> SynthResult:
     """Write the dataset of ``config`` into ``out``; ``include`` adds real datasets' clips to
-    the manifest (their own paths, labels and speakers; ``_silence_/`` clips too), so one
+    the manifest (their own paths, labels, speakers and splits; ``_silence_/`` clips too), so one
     ``--data`` trains on synthetic and real clips together. The synthetic clips are then marked
     ``split=train``: validation, threshold calibration and any held-out speakers stay real
     voices, whose accuracy is what the model is for.
@@ -326,12 +361,19 @@ def synthesise(config: SynthConfig, out: str | Path,
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_synthesised(out))):
         raise SynthError(f"{out}: exists and is not an empty folder or a synthesised dataset")
     real = [with_silence(load_dataset(p)) for p in include]  # bad paths fail before synthesis
-    espeak = Espeak() if "espeak" in config.engines else None
-    piper = Piper(config.seed) if "piper" in config.engines else None
+    real_rows = _included_rows(include, real, out, config.words)
+    jobs = plan(config)
+    used = {v.engine for *_, v in jobs}
+    if unused := [e for e in config.engines if e not in used]:
+        LOGGER.warning("no clip from %s: the takes of a word go to espeak-ng's English voices, "
+                       "its accents and Piper in turn; --per-word %d is too few",
+                       ", ".join(unused), config.per_word)
+    espeak = Espeak() if "espeak" in used else None
+    piper = Piper(config.seed) if "piper" in used else None
     augmenter = Augmenter(AugmentConfig(copies=1, seed=config.seed)) if config.augment else None
     with atomic_folder(out, is_synthesised) as folder:
         rows, clips = [], []
-        for label, text, take, voice in progress(plan(config), desc="synthesising"):
+        for label, text, take, voice in progress(jobs, desc="synthesising"):
             rng = _rng(config.seed, label, text, take)
             params = _draw(config, voice, rng)
             if voice.engine == "espeak":
@@ -349,8 +391,7 @@ def synthesise(config: SynthConfig, out: str | Path,
             rows.append({"path": rel.as_posix(), "label": label, "speaker": voice.speaker}
                         | ({"split": "train"} if real else {}))
             clips.append({**rows[-1], "text": text, **asdict(voice), **params})
-        for dataset in real:
-            rows += _real_rows(dataset)
+        rows += real_rows
         _write_manifest(folder / "manifest.csv", rows)
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
         (folder / "synth.json").write_text(json.dumps(
@@ -388,13 +429,50 @@ def _draw(config: SynthConfig, voice: Voice, rng: np.random.Generator) -> dict[s
     return params
 
 
-def _real_rows(dataset: Dataset) -> list[dict]:
-    return [{"path": str(c.path.resolve()), "label": c.label or "", "speaker": c.speaker or ""}
-            for c in dataset.clips]
+def _included_rows(include: Sequence[str | Path], datasets: list[Dataset], out: Path,
+                   words: Sequence[str]) -> list[dict]:
+    """The manifest rows of the ``--with-data`` datasets, as the data gave them: every label
+    column and the data's own split (a Speech Commands test list stays the test).
+
+    Refused: a dataset synth wrote (its voices would validate as real ones), any clip inside
+    ``out`` (replaced whole, so the rows would point at deleted files), a clip listed twice,
+    and a label spelt otherwise than the command word said like it ("Yes" beside "yes" would
+    be two classes of one word).
+    """
+    target, rows, seen = out.resolve(), [], {}
+    said = {spoken(w): w for w in words}
+    for i, (name, dataset) in enumerate(zip(include, datasets)):
+        if is_synthesised(dataset.root):
+            raise SynthError(f"{name}: is a dataset speechxfer synth wrote "
+                             f"({dataset.root / 'synth.json'}); --with-data takes real "
+                             "recordings: synthesise every word in one run instead")
+        for path, problem in dataset.skipped:  # not in the manifest: a training never sees them
+            LOGGER.warning("--with-data %s: skipped %s: %s", name, path, problem)
+        if clash := sorted({(said[spoken(label)], label) for label in dataset.labels
+                            if is_command(label) and said.get(spoken(label), label) != label}):
+            raise SynthError(f"{name}: label {clash[0][1]!r} is the word {clash[0][0]!r} "
+                             "spelt otherwise: two classes of one word; spell the word as the "
+                             "data does")
+        for c in dataset.clips:
+            path = c.path.resolve()
+            if path == target or target in path.parents:
+                raise SynthError(f"{name}: clip {c.path} lies in --out {out}, which the new "
+                                 "dataset replaces whole; move it out or choose another --out")
+            if (first := seen.setdefault(path, i)) != i:
+                raise SynthError(f"{name}: clip {c.path} is already listed by --with-data "
+                                 f"{include[first]}; give each dataset once")
+            row = {"path": str(path), "label": c.label or "", "speaker": c.speaker or ""}
+            row |= {task: v for task, v in c.labels.items() if task not in ("command", "speaker")}
+            if split := dataset.split.get(c.path):
+                row["split"] = split
+            rows.append(row)
+    return rows
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:
-    columns = ["path", "label", "speaker"] + (["split"] if any("split" in r for r in rows) else [])
+    tasks = sorted({k for r in rows for k in r} - {"path", "label", "speaker", "split"})
+    columns = (["path", "label", "speaker"] + (["split"] if any("split" in r for r in rows) else [])
+               + tasks)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()

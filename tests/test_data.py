@@ -293,3 +293,63 @@ def test_a_folder_of_other_words_is_read_with_the_label_folders(small_fsdd, tmp_
     shutil.copy(small_fsdd / "7_theo_0.wav", root / "_background_noise_" / "noise.wav")
     ds = load_dataset(root)
     assert ds.labels == ["1", "4", "_unknown_"] and len(ds.clips) == 36
+
+
+def speech_commands_copy(small_fsdd: Path, root: Path) -> Path:
+    for p in sorted(small_fsdd.iterdir()):
+        digit, speaker, take = p.stem.split("_")
+        (root / digit).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / digit / f"{speaker}_nohash_{take}.wav")
+    return root
+
+
+def test_split_list_lines_that_name_no_file_are_reported(small_fsdd, tmp_path):
+    """A test-list line that matches no file leaves its clip training: said, not silent."""
+    root = speech_commands_copy(small_fsdd, tmp_path / "sc")
+    (root / "testing_list.txt").write_text(
+        "1\\theo_nohash_0.wav\n./4/theo_nohash_0.wav\nsc/7/theo_nohash_0.wav\n")
+    ds = load_dataset(root)
+    tested = sorted(str(p.relative_to(root)) for p, s in ds.split.items() if s == "test"
+                    and p.is_file())
+    assert tested == ["1/theo_nohash_0.wav", "4/theo_nohash_0.wav"]  # "\" read as "/"
+    [(where, problem)] = ds.skipped
+    assert where == str(root / "testing_list.txt")
+    assert "1 of 3 line(s)" in problem and "sc/7/theo_nohash_0.wav" in problem
+    (root / "testing_list.txt").write_text("sc/7/theo_nohash_0.wav\nsc/7/theo_nohash_1.wav\n")
+    with pytest.raises(DatasetError, match=r"testing_list.txt: none of its 2 line\(s\) names"):
+        load_dataset(root)
+
+
+def test_clips_in_sub_folders_of_label_folders_are_reported(small_fsdd, tmp_path):
+    root = speech_commands_copy(small_fsdd, tmp_path / "sc")
+    (root / "7" / "more").mkdir()
+    for p in sorted((root / "7").glob("theo_*.wav")):
+        p.rename(root / "7" / "more" / p.name)
+    ds = load_dataset(root)
+    assert len(ds.clips) == 36 - 4
+    [(where, problem)] = ds.skipped
+    assert where == str(root / "7" / "more") and problem.startswith("4 audio file(s) in a sub")
+    nested = tmp_path / "nested"
+    (nested / "yes" / "alice").mkdir(parents=True)
+    shutil.copy(small_fsdd / "1_theo_0.wav", nested / "yes" / "alice" / "0.wav")
+    with pytest.raises(DatasetError, match=r"audio only deeper down, e\.g\. yes/alice/0\.wav"):
+        load_dataset(nested)
+
+
+def test_manifest_cells_and_column_names_are_read_without_their_spaces(small_fsdd, tmp_path):
+    """" 4" beside "4" would be a class of its own; " speaker" a task instead of the speaker."""
+    rows = ["path, label , speaker"] + [f"{p}, {p.stem.split('_')[0]} ,{p.stem.split('_')[1]} "
+                                        for p in sorted(small_fsdd.iterdir())]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "m.csv")
+    assert ds.labels == ["1", "4", "7"] and ds.speakers == ["george", "jackson", "theo"]
+    assert all(set(c.labels) == {"command", "speaker"} for c in ds.clips)
+
+
+def test_a_word_folder_beside_flat_fsdd_files_is_reported(small_fsdd, tmp_path):
+    (small_fsdd / "yes").mkdir()
+    shutil.copy(small_fsdd / "1_theo_0.wav", small_fsdd / "yes" / "a_nohash_0.wav")
+    ds = load_dataset(small_fsdd)
+    assert ds.layout == "fsdd" and len(ds.clips) == 36
+    [(where, problem)] = ds.skipped
+    assert where == str(small_fsdd / "yes") and problem.startswith("1 audio file(s) in a folder")

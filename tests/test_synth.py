@@ -20,6 +20,8 @@ from speechxfer.synth import (
     ENGLISH_VOICES,
     SynthConfig,
     SynthError,
+    Voice,
+    _file_name,
     accent_phonemes,
     distractors,
     plan,
@@ -36,6 +38,8 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
 def small(**kw) -> SynthConfig:
     settings = {"words": ("yes", "lights on"), "unknown_words": ("table", "water"),
                 "per_word": 3, "unknown_clips": 2, "seed": 1, "engines": ("espeak",)} | kw
+    if not settings["unknown_words"]:  # unknown clips need unknown words to say
+        settings["unknown_clips"] = None
     return SynthConfig(**settings)
 
 
@@ -99,6 +103,27 @@ def test_a_run_that_fails_half_way_leaves_the_earlier_dataset(tmp_path: Path, mo
     assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@needs_espeak
+def test_ctrl_c_during_synth_says_so_and_keeps_the_earlier_dataset(tmp_path: Path, monkeypatch,
+                                                                   capsys) -> None:
+    from speechxfer import synth
+
+    out = tmp_path / "out"
+    args = ["synth", "--words", "go", "--per-word", "2", "--engines", "espeak", "--out", str(out)]
+    assert main(args) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(samples):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "trim", interrupted)
+    capsys.readouterr()
+    assert main([*args, "--seed", "4"]) == 130
+    assert "speechxfer synth: interrupted" in capsys.readouterr().err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_voices_and_takes_are_spread() -> None:
     jobs = plan(SynthConfig(words=("up",), per_word=12, engines=("espeak", "piper")))
     voices = [v for _, _, _, v in jobs]
@@ -155,6 +180,18 @@ def test_missing_piper_is_named(tmp_path: Path, monkeypatch) -> None:
         synthesise(small(engines=("piper",)), tmp_path / "out")
 
 
+@needs_espeak
+def test_too_few_takes_for_every_engine_are_warned_of(tmp_path: Path, monkeypatch,
+                                                     caplog) -> None:
+    """One take a word goes to espeak-ng's English voices alone: Piper, asked for, says nothing
+    (and, not being needed, need not be installed)."""
+    monkeypatch.setitem(sys.modules, "piper", None)
+    config = small(engines=("espeak", "piper"), words=("go",), unknown_words=(), per_word=1)
+    assert synthesise(config, tmp_path / "out").n_clips == 1
+    assert any(m.startswith("no clip from piper") and "--per-word 1" in m
+               for m in caplog.messages)
+
+
 def test_bad_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="repeated"):
         SynthConfig(words=("yes", "yes"))
@@ -167,6 +204,115 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="not an empty folder"):
         synthesise(small(), tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"words": ("Yes", "yes")}, "'Yes' and 'yes' are said alike"),
+    ({"words": ("lights on", "Lights-On!")}, "said alike"),
+    ({"words": ("..", "up")}, "names its folder"),  # its clips would land beside --out
+    ({"words": (".",)}, "names its folder"),
+    ({"words": ("_silence_",)}, "names its folder"),
+    ({"words": ("please " * 30,)}, "200 bytes at most"),  # past 255: "File name too long"
+    ({"words": ("?!", "up")}, "nothing to say"),  # espeak-ng reads it as silence
+    ({"words": ("up",), "unknown_words": ("...",)}, "nothing to say"),
+    ({"words": ("up",), "unknown_words": ("UP!",)}, "said like a command word"),
+    ({"words": ("up",), "unknown_clips": 3}, "no unknown words"),
+])
+def test_words_that_would_mislabel_or_misplace_clips_are_refused(settings, problem) -> None:
+    with pytest.raises(ValueError, match=problem):
+        SynthConfig(**settings)
+
+
+def test_a_long_distractor_sentence_gets_a_short_file_name() -> None:
+    name = _file_name(Voice("espeak", "en-us", "m1"), "lights on in the kitchen please " * 9, 7)
+    assert len(name) < 100 and name.startswith("espeak-en-us-m1_nohash_lights-on-in-the-kitchen")
+    assert name.endswith("-7.wav")
+
+
+def test_cli_refuses_a_word_that_leaves_the_out_folder(tmp_path: Path, capsys) -> None:
+    before = sorted(tmp_path.iterdir())
+    code = main(["synth", "--words", "..,up", "--per-word", "1", "--engines", "espeak",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "'..'" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_distractor_list_of_command_words_is_an_error_naming_it(tmp_path: Path) -> None:
+    listed = tmp_path / "words.txt"
+    listed.write_text("Yes!\n  # a comment\nlights-on\n")
+    with pytest.raises(SynthError, match="words.txt: every word of the list is a command"):
+        distractors(listed, ["yes", "lights on"])
+    listed.write_text("Yes!\n  # a comment\ntable\n")
+    assert distractors(listed, ["yes"]) == ["table"]
+    listed.write_text("table\n?!\n")
+    with pytest.raises(SynthError, match=r"words.txt: \['\?!'\] say nothing"):
+        distractors(listed, ["yes"])
+
+
+def speech_commands(root: Path, fsdd: Path) -> Path:
+    """A Speech Commands layout (a folder per word, ``{speaker}_nohash_{n}`` names) with its
+    own validation and test lists, from real clips."""
+    for digit in ("1", "4"):
+        (root / digit).mkdir(parents=True)
+        for speaker in ("jackson", "george", "theo"):
+            for take in range(2):
+                (root / digit / f"{speaker}_nohash_{take}.wav").write_bytes(
+                    (fsdd / f"{digit}_{speaker}_{take}.wav").read_bytes())
+    (root / "testing_list.txt").write_text("1/theo_nohash_0.wav\n4/theo_nohash_0.wav\n")
+    (root / "validation_list.txt").write_text("1/george_nohash_0.wav\n4/george_nohash_0.wav\n")
+    return root
+
+
+@needs_espeak
+def test_with_data_keeps_the_datas_own_splits_and_task_labels(tmp_path: Path, fsdd: Path,
+                                                              caplog) -> None:
+    """A test list dropped here would train on the test clips; a task column, lose its task."""
+    real = speech_commands(tmp_path / "sc", fsdd)
+    (real / "1" / "more").mkdir()  # not read: said now, as a training on real would say it
+    (real / "1" / "more" / "x.wav").write_bytes((fsdd / "1_jackson_9.wav").read_bytes())
+    manifest = tmp_path / "extra.csv"
+    manifest.write_text(f"path,label,speaker,split,gender\n{fsdd / '7_jackson_0.wav'},7,jackson,"
+                        f"test,m\n{fsdd / '7_george_0.wav'},7,george,,m\n")
+    out = tmp_path / "mix"
+    synthesise(small(words=("1",), unknown_words=(), per_word=1), out, [real, manifest])
+    data = load_dataset(out)
+    split = {p.resolve(): s for p, s in data.split.items()}
+    assert {p.name for p, s in split.items() if s == "test"} == {"theo_nohash_0.wav",
+                                                                 "7_jackson_0.wav"}
+    assert sum(s == "validation" for s in split.values()) == 2
+    tested = split_dataset(data, seed=0)
+    assert {c.path.resolve() for c in tested.test} == {p for p, s in split.items() if s == "test"}
+    genders = {c.path.name: c.labels.get("gender") for c in data.clips}
+    assert genders["7_george_0.wav"] == "m" and genders["theo_nohash_1.wav"] is None
+    assert any("skipped" in m and "more" in m for m in caplog.messages)
+
+
+@needs_espeak
+def test_with_data_refuses_synthetic_clips_and_clips_listed_twice(tmp_path: Path, small_fsdd: Path,
+                                                                  make_fsdd) -> None:
+    out = tmp_path / "syn"
+    synthesise(small(words=("1",), unknown_words=(), per_word=1), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # --with-data OUT: its rows would point at the clips the new dataset deletes
+    with pytest.raises(SynthError, match="is a dataset speechxfer synth wrote"):
+        synthesise(small(words=("1",), unknown_words=(), per_word=1), out, [out])
+    inside = make_fsdd(out / "real", ("jackson",), ("1", "4"), 2)  # replaced with out
+    with pytest.raises(SynthError, match="lies in --out"):
+        synthesise(small(words=("1",), unknown_words=(), per_word=1), out, [inside])
+    shutil.rmtree(inside)
+    with pytest.raises(SynthError, match="already listed by --with-data"):
+        synthesise(small(words=("1",), unknown_words=(), per_word=1), tmp_path / "b",
+                   [small_fsdd, small_fsdd])
+    manifest = tmp_path / "real.csv"
+    manifest.write_text(f"path,label,speaker\n{small_fsdd / '1_theo_0.wav'},yes,theo\n")
+    with pytest.raises(SynthError, match="label 'yes' is the word 'Yes!' spelt otherwise"):
+        synthesise(small(words=("Yes!",), unknown_words=(), per_word=1), tmp_path / "b",
+                   [manifest])
+    manifest.write_text(f"path,label,speaker\n{small_fsdd / '1_theo_0.wav'},_unknown_,theo\n")
+    synthesise(small(words=("unknown",), unknown_words=(), per_word=1), tmp_path / "c",
+               [manifest])  # a word "unknown" is not the label _unknown_
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and not (tmp_path / "b").exists()
 
 
 @needs_espeak
