@@ -196,3 +196,16 @@ def training_folder(out: str | Path, owned: Callable[[Path], bool]) -> Iterator[
         shutil.rmtree(work, ignore_errors=True)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def folder_lock(directory: str | Path) -> Iterator[None]:
+    """Wait for, then hold, an ``flock`` on ``directory`` for the block: one read-modify-write
+    of a file set inside it at a time (two enrolments at once would each write the voiceprints
+    without the other's speaker)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

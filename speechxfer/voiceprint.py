@@ -25,14 +25,11 @@ its ``model_mark``, so copied beside another model they are refused, not scored.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import random
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -49,7 +46,7 @@ from .log import LOGGER
 from .model import CommandClassifier
 from .recognizer import ModelError, Recognizer, read_weights, to_wave
 from .recognizer import load as load_system
-from .store import atomic_folder
+from .store import atomic_folder, folder_lock
 from .vocab import SILENCE, UNKNOWN
 
 FOLDER = "voiceprints"
@@ -327,18 +324,6 @@ def _check_name(speaker: str) -> str:
     return name
 
 
-@contextmanager
-def _locked(model_dir: str | Path) -> Iterator[None]:
-    """One read-modify-write of ``MODEL/voiceprints`` at a time (an ``flock`` on the model
-    folder): two enrolments at once would each write the set without the other's speaker."""
-    fd = os.open(model_dir, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | torch.Tensor],
            device: str = "cpu", cohort: str | Path | None = None,
            sample_rate: int | None = None) -> Voiceprints:
@@ -359,7 +344,7 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
     embed = _embedder(model_dir, device)
     vectors = embed(_waves(clips, embed.sample_rate, sample_rate))  # AudioError names the file
     new_cohort = None if cohort is None else cohort_vectors(embed, cohort, files=files)
-    with _locked(model_dir):
+    with folder_lock(model_dir):
         prints = read_voiceprints(model_dir)
         if prints is None or (not prints.names and prints.source != embed.source):
             prints = Voiceprints([], np.zeros((0, vectors.shape[1]), np.float32), [],
@@ -753,7 +738,7 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
         raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
     mark = model_mark(embed)
-    with _locked(model):
+    with folder_lock(model):
         prints = read_voiceprints(model)
         if prints is None or prints.source != embed.source:
             if prints is not None and prints.names:
