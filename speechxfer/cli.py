@@ -546,6 +546,8 @@ def _add_ensemble_parser(sub) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .export import export_folder, write_fast_path
 
+    if args.fast and args.out is not None:  # else --out would be ignored with exit 0
+        raise ValueError(f"--fast writes {args.model}/fast, not --out {args.out}: give one of them")
     if args.fast:  # an ExportError (a ValueError) here is the command's error
         parity = write_fast_path(args.model, args.data, args.check_clips)
         print(f"fast path (int8 ONNX) written to {args.model}/fast; {parity.line()}")

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from .encoders.whisper import (
     mel_frames,
     window_seconds,
 )
+from .log import LOGGER
 from .model import PRIMARY_TASK, CommandClassifier
 from .recognizer import (
     ModelError,
@@ -64,6 +66,10 @@ MAX_GRAPH_BYTES = 2**31  # ONNX's protobuf limit; a bigger file is no graph of o
 BATCH_SIZE = 16  # clips per runtime call of an fp32 graph, grouped by similar length (int8: 1)
 FAST_CHECK_CLIPS = 100  # training-speaker clips for the fast path's shortlist, as many for parity
 FAST_MIN_AGREEMENT = 0.995  # label agreement with torch below which no fast path is written
+# the graph's own record (ONNX metadata) of what its config.json must say: a graph copied from
+# another export, or a config edited after it, would otherwise answer under the wrong labels
+GRAPH_META = "speechxfer"
+GRAPH_META_KEYS = ("labels", "sample_rate", "window", "int8", "graph_id")
 
 
 class ExportError(ValueError):
@@ -278,6 +284,33 @@ def export_graph(system: Recognizer, path: Path, int8: bool = False,
     return window
 
 
+def stamp_graph(path: Path, config: dict) -> None:
+    """Write ``config``'s GRAPH_META_KEYS into the graph's metadata (checked by ``check_stamp``)."""
+    import onnx
+
+    graph = onnx.load(str(path))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = GRAPH_META, json.dumps({k: config[k] for k in GRAPH_META_KEYS})
+    onnx.save(graph, str(path))
+
+
+def check_stamp(graph: Path, stamp: str | None, config: dict) -> None:
+    """A ModelError unless the graph's stamp agrees with ``config`` (a graph exported before
+    stamps existed has none and is taken on trust)."""
+    if stamp is None:
+        return
+    try:
+        stamped = json.loads(stamp)
+    except ValueError:
+        stamped = None
+    differ = [k for k in GRAPH_META_KEYS
+              if not isinstance(stamped, dict) or stamped.get(k) != config.get(k)]
+    if differ:
+        raise ModelError(f"{graph}: exported with another {', '.join(differ)} than config.json "
+                         "beside it says (a graph or config of another export?); export the "
+                         "model again")
+
+
 class OnnxRecognizer(Recognizer):
     """A system exported by ``export``, run by ONNX Runtime (threads: torch's thread count, so
     ``torch.set_num_threads`` governs both paths alike)."""
@@ -298,9 +331,12 @@ class OnnxRecognizer(Recognizer):
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and \
-                "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        if torch.device(device).type == "cuda":
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            else:  # the answers are the same, only slower: said, not refused
+                LOGGER.warning("%s: device %s asked, but ONNX Runtime here has no CUDA provider "
+                               "(pip install onnxruntime-gpu); running on the CPU", graph, device)
         self.session = ort.InferenceSession(str(graph), options, providers=providers)
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
@@ -349,6 +385,8 @@ class OnnxRecognizer(Recognizer):
         if names != ["waves", "lengths"] or shape[-1] != len(labels):
             raise ModelError(f"{graph}: inputs {names} / output {shape} do not fit "
                              f"{len(labels)} labels")
+        check_stamp(graph, system.session.get_modelmeta().custom_metadata_map.get(GRAPH_META),
+                    config)
         system.load_rejection(config, directory)
         system.info = info_from(config)
         return system
@@ -403,9 +441,11 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
             source["fingerprint"] = fingerprint
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
                   "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
+                  "graph_id": uuid.uuid4().hex,
                   "normaliser_tokens": None if shortlist is None else shortlist.tolist(),
                   "source": source,
                   **system.rejection_config(), **getattr(system, "info", {})}
+        stamp_graph(folder / GRAPH, config)
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         result = None
         if check_waves:
@@ -438,7 +478,14 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
     clips of ``data`` (default: the dataset the model was trained on, when it is still there)."""
     from .recognizer import load
 
+    if Path(model_dir).resolve().is_relative_to(Path(out).resolve()):
+        raise ExportError(f"{out}: is or holds the model folder {model_dir}, which the export "
+                          "would replace; export to another folder")
     system = load(model_dir, "cpu")
+    try:
+        _graph_of(system)  # before any parity clip is read; the error names the model
+    except ExportError as err:
+        raise ExportError(f"{model_dir}: {err}") from None
     if data is None:
         trained_on = getattr(system, "info", {}).get("data", {}).get("data")
         data = trained_on if trained_on and Path(trained_on).exists() else None

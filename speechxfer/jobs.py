@@ -392,6 +392,13 @@ def train_neural(run: Run, refits: bool = False) -> TrainedNeural:
         for t in speed_tasks:
             task_labels[t] = sorted(task_labels[t] + [
                 speed_label(lab, p) for lab in task_labels[t] for p in run.speaker_speeds])
+    # a softmax over one class says that class for every clip, whatever the voice
+    lone = {t: labs for t, labs in task_labels.items()
+            if t != PRIMARY_TASK and kinds[t] != "multi" and len(labs) < 2}
+    if lone:
+        raise DatasetError(f"{run.ds.location}: task(s) {sorted(lone)} have one training label "
+                           f"only ({lone}); a {'/'.join(sorted({kinds[t] for t in lone}))} head "
+                           "needs two or more (e.g. clips of two speakers)")
     def build() -> CommandClassifier:
         return CommandClassifier(enc, task_labels, layer=run.layer, pooling=run.pooling,
                                  head_options=run.head_options)

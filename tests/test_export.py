@@ -114,11 +114,53 @@ def test_a_graph_with_other_labels_is_refused(exported, tmp_path):
         load_model(folder)
 
 
+@pytest.mark.parametrize("edit", [{"labels": ["7", "4", "1"]}, {"window": "clip"},
+                                  {"graph_id": "0" * 32}, {"int8": True}])
+def test_a_graph_and_config_of_different_exports_are_refused(exported, tmp_path, edit):
+    """Reordered labels, another window or a graph copied from another export (same labels,
+    other weights: another graph_id) would answer wrongly with exit 0: the graph's stamp
+    refuses them, naming the graph and what differs."""
+    folder = Path(shutil.copytree(exported[0], tmp_path / "edited"))
+    config = json.loads((folder / "config.json").read_text()) | edit
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=f"model.onnx: exported with another {next(iter(edit))}"):
+        load_model(folder)
+
+
+def test_cuda_without_a_cuda_provider_runs_on_the_cpu_and_says_so(exported, caplog):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has a CUDA provider")
+    with caplog.at_level("WARNING", logger="speechxfer"):
+        system = OnnxRecognizer.load(exported[0], "cuda")
+    assert system.session.get_providers() == ["CPUExecutionProvider"]
+    assert "no CUDA provider" in caplog.text and "model.onnx" in caplog.text
+
+
+def test_export_never_replaces_the_model_it_exports(frozen, capsys):
+    before = sorted(p.name for p in frozen.iterdir())
+    for out in (frozen, frozen.parent):
+        assert main(["export", str(frozen), "--out", str(out)]) == 2
+        assert "would replace" in capsys.readouterr().err
+    assert sorted(p.name for p in frozen.iterdir()) == before
+    assert load_model(frozen).model_kind == "neural"
+
+
 def test_only_neural_and_combined_systems_export(tmp_path):
     cnn = CommandClassifier(build_encoder("ds-cnn", pretrained=False), {"command": ["a", "b"]})
     with pytest.raises(ValueError, match="Whisper"):
         export(cnn, tmp_path / "cnn")
     assert not (tmp_path / "cnn").exists()
+
+
+def test_a_model_that_cannot_export_is_named(tmp_path, capsys):
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False), {"command": ["a", "b"]})
+    folder = model.save(tmp_path / "cnn")
+    assert main(["export", str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: ONNX export covers Whisper encoders" in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -284,6 +326,9 @@ def test_export_needs_out_or_fast_and_fast_is_for_the_combined_system(frozen, ca
     assert main(["export", str(frozen), "--fast"]) == 2
     assert "fast path is written for the combined system" in capsys.readouterr().err
     assert not (frozen / "fast").exists()
+    elsewhere = frozen.parent / "elsewhere"
+    assert main(["export", str(frozen), "--fast", "--out", str(elsewhere)]) == 2  # not ignored
+    assert "give one of them" in capsys.readouterr().err and not elsewhere.exists()
 
 
 def test_quantising_leaves_the_root_logger_without_a_handler(tmp_path):

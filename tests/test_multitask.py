@@ -184,3 +184,20 @@ def test_concatenation_clip_type(small_fsdd, tmp_path):
     made = make_concatenations(load_dataset(small_fsdd).clips, 5, seed=1, out_dir=tmp_path,
                                hide_label=1.0, hide_speaker=1.0)
     assert all(isinstance(c, Clip) and c.labels == {} and c.speaker is None for c in made)
+
+
+@pytest.mark.parametrize("kind", ["single", "embedding"])
+def test_a_speaker_task_of_one_speaker_is_refused_before_training(make_fsdd, tmp_path, capsys,
+                                                                    kind):
+    """One training speaker gives a speaker head one class: it would name that speaker for
+    every voice with probability 1, and the run would end with exit 0."""
+    from speechxfer.cli import main
+
+    data = make_fsdd(tmp_path / "one", ("jackson",), ("1", "4"), 2)
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--strategy", "frozen", "--task", "command",
+                 "--task", f"speaker:{kind}", "--per-class", "1", "--epochs", "1",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and "['speaker'] have one training label only" in err
+    assert not out.exists()

@@ -355,3 +355,52 @@ def test_command_classifier_end_to_end(tmp_path: Path, real_clip) -> None:
     np.testing.assert_allclose(
         reloaded.predict_proba([clip]), classifier.predict_proba([clip]), atol=1e-6
     )
+
+
+def test_unreadable_or_wrong_typed_checkpoints_name_the_file(tmp_path: Path) -> None:
+    """Garbage weights, integer or NaN tensors, a config torchaudio cannot build and a string
+    flag are each a CheckpointError naming the file, never a cast, NaN outputs or a reader's
+    error that names nothing."""
+    params = _params("base")
+    model = _random_model(params)
+    key = "wav2vec2.encoder.layers.0.attention.k_proj.weight"
+
+    def fresh(name: str) -> Path:
+        return _write_hf(tmp_path / name, model, params)
+
+    garbage = fresh("garbage")
+    (garbage / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors: unreadable weights"):
+        load_wav2vec2(garbage)
+    pickled = fresh("pickled")
+    (pickled / "model.safetensors").unlink()
+    (pickled / "pytorch_model.bin").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: unreadable weights"):
+        load_wav2vec2(pickled)
+    torch.save([1, 2], pickled / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: not a mapping"):
+        load_wav2vec2(pickled)
+
+    integer = fresh("integer")
+    _edit_weights(integer, lambda s: s.update({key: s[key].long()}))
+    with pytest.raises(CheckpointError, match=r"not floating point: .*k_proj\.weight torch\.int64"):
+        load_wav2vec2(integer)
+    nan = fresh("nan")
+    _edit_weights(nan, lambda s: s[key].__setitem__((0, 0), float("nan")))
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values: .*k_proj\.weight"):
+        load_wav2vec2(nan)
+    half = fresh("half")  # half precision is widened, as HF loads it
+    _edit_weights(half, lambda s: s.update({k: v.half() for k, v in s.items()}))
+    assert load_wav2vec2(half).blocks[0].attention.k_proj.weight.dtype == torch.float32
+
+    for name, edit in (("heads", {"num_attention_heads": 3}), ("hidden", {"hidden_size": "16"})):
+        folder = fresh(name)
+        config = json.loads((folder / "config.json").read_text()) | edit
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match="config.json: describes no buildable model"):
+            load_wav2vec2(folder, pretrained=False)
+
+    flag = fresh("flag")
+    (flag / "preprocessor_config.json").write_text(json.dumps({"do_normalize": "false"}))
+    with pytest.raises(CheckpointError, match="preprocessor_config.json: do_normalize must be"):
+        load_wav2vec2(flag)

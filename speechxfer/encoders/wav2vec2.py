@@ -181,13 +181,19 @@ def _hf_config(folder: Path) -> Wav2Vec2Config:
                 f"{folder / HF_PREPROCESSOR}: sampling_rate {pre['sampling_rate']} is not "
                 f"{SAMPLE_RATE}"
             )
-        normalize = bool(pre.get("do_normalize", True))
+        normalize = pre.get("do_normalize", True)
+        if not isinstance(normalize, bool):  # bool("false") would silently normalise
+            raise CheckpointError(f"{folder / HF_PREPROCESSOR}: do_normalize must be true or "
+                                  f"false, got {normalize!r:.40}")
     return Wav2Vec2Config(params, cfg["model_type"], normalize, HF_NORM_EPS, "huggingface")
 
 
 def _torchaudio_config(folder: Path) -> Wav2Vec2Config:
     params = _read_json(folder / TORCHAUDIO_CONFIG)
-    normalize = bool(params.pop("normalize_waveform", False))
+    normalize = params.pop("normalize_waveform", False)
+    if not isinstance(normalize, bool):
+        raise CheckpointError(f"{folder / TORCHAUDIO_CONFIG}: normalize_waveform must be true "
+                              f"or false, got {normalize!r:.40}")
     params["aux_num_out"] = None  # the CTC head is not part of the encoder
     expected = set(inspect.signature(wav2vec2_model).parameters)
     unknown, missing = sorted(set(params) - expected), sorted(expected - set(params))
@@ -222,13 +228,29 @@ def read_config(folder: str | Path) -> Wav2Vec2Config:
 
 
 def _read_weights(folder: Path, allow_pickle_file: bool) -> dict[str, torch.Tensor]:
-    if (folder / SAFETENSORS).is_file():
-        return load_file(str(folder / SAFETENSORS))
-    if allow_pickle_file and (folder / PICKLE_WEIGHTS).is_file():
-        # weights_only: tensors and plain containers, never arbitrary pickled objects
-        return torch.load(folder / PICKLE_WEIGHTS, map_location="cpu", weights_only=True)
-    expected = f"{SAFETENSORS} or {PICKLE_WEIGHTS}" if allow_pickle_file else SAFETENSORS
-    raise CheckpointError(f"{folder}: no weights ({expected})")
+    """The tensors by name; a file that is unreadable or holds anything else is a
+    CheckpointError naming it (not the reader's own error, which names no file)."""
+    path = folder / SAFETENSORS
+    try:
+        if path.is_file():
+            state = load_file(str(path))
+        elif allow_pickle_file and (folder / PICKLE_WEIGHTS).is_file():
+            path = folder / PICKLE_WEIGHTS
+            # weights_only: tensors and plain containers, never arbitrary pickled objects
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            expected = f"{SAFETENSORS} or {PICKLE_WEIGHTS}" if allow_pickle_file else SAFETENSORS
+            raise CheckpointError(f"{folder}: no weights ({expected})")
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 (unpickling and safetensors raise many kinds)
+        why = (f"torch.load(weights_only=True) refuses it: {type(err).__name__}"
+               if path.name == PICKLE_WEIGHTS else str(err).strip()[:200] or type(err).__name__)
+        raise CheckpointError(f"{path}: unreadable weights ({why})") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a mapping of parameter names to tensors")
+    return state
 
 
 def _weight_norm_name(key: str) -> str:
@@ -276,9 +298,16 @@ def _load_checked(
         for k, v in state.items()
         if k in own and v.shape != own[k].shape
     ]
+    # half or bfloat16 weights are widened, as HF loads them; integers or booleans in a float
+    # parameter would be cast silently into another model
+    dtypes = [f"{k} {v.dtype}" for k, v in state.items()
+              if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    non_finite = [k for k, v in state.items()
+                  if k in own and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     problems = [
         f"{label}: {_listed(keys)}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
+                            ("not floating point", dtypes), ("NaN or infinite values", non_finite))
         if keys
     ]
     if problems:
@@ -423,7 +452,12 @@ def load_wav2vec2(
     """
     folder = Path(folder).resolve()
     config = read_config(folder)
-    encoder = Wav2Vec2Encoder.from_config(config, name or f"{config.model_type}:{folder}")
+    try:
+        encoder = Wav2Vec2Encoder.from_config(config, name or f"{config.model_type}:{folder}")
+    except (TypeError, ValueError, RuntimeError) as err:  # torchaudio's own, naming no file
+        source = TORCHAUDIO_CONFIG if config.source == "torchaudio" else HF_CONFIG
+        raise CheckpointError(f"{folder / source}: describes no buildable model "
+                              f"({str(err).strip().splitlines()[0][:200]})") from None
     if pretrained:
         if config.source == "huggingface":
             state, unknown = huggingface_to_torchaudio(_read_weights(folder, True))
