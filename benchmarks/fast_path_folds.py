@@ -19,20 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from speechxfer import load_model
-from speechxfer.audio import SAMPLE_RATE, Clip
+from speechxfer.audio import SAMPLE_RATE
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
+from speechxfer.jobs import bundled, default_data
 
-ROOT = Path(__file__).resolve().parents[1]
-FSDD = ROOT / "data" / "fsdd"
-SPEECH_COMMANDS = ROOT / "data" / "speech_commands"
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def speech_commands_digits() -> list[Clip]:
-    """The digit words of Speech Commands, labelled as the FSDD model names them ("0".."9")."""
-    return [Clip(path, {"command": str(i)}, path.name.split("_")[0])
-            for i, word in enumerate(DIGITS) for path in sorted((SPEECH_COMMANDS / word).glob("*.wav"))]
+FSDD = bundled("fsdd")
 
 
 def main() -> None:
@@ -41,7 +33,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/folds"))
     args = parser.parse_args()
     fsdd = load_dataset(FSDD)
-    sets = {"speech_commands_digits": speech_commands_digits()}
+    # the Speech Commands digits as the default training set lists them, labelled "0".."9"
+    sets = {"speech_commands_digits": [c for c in load_dataset(default_data()).clips
+                                       if c.speaker not in fsdd.speakers]}
     for speaker in args.speakers:
         folder = args.out / speaker
         if cli(["train", "--data", str(FSDD), "--test-speaker", speaker, "--out", str(folder)]) != 0:

@@ -15,7 +15,10 @@ import time
 import torch
 
 from speechxfer import load_model
+from speechxfer.audio import AudioError
+from speechxfer.data import DatasetError
 from speechxfer.detect import VAD_FRAME, Detector, SileroVAD
+from speechxfer.recognizer import ModelError
 from speechxfer.streameval import CHUNK_S, build_stream
 
 TARGET_RTF = 0.1
@@ -28,9 +31,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.minutes <= 0:
+        parser.error(f"--minutes must be positive, got {args.minutes}")
     torch.set_num_threads(1)
-
-    built = build_stream(args.data, args.minutes, args.seed)
+    try:  # the model first: a wrong folder is said before minutes of stream are built
+        model = load_model(args.model)
+        built = build_stream(args.data, args.minutes, args.seed)
+    except (ModelError, DatasetError, AudioError) as err:
+        raise SystemExit(f"stream.py: {err}") from None
     seconds = len(built.audio) / built.rate
     audio = torch.from_numpy(built.audio)
 
@@ -41,7 +49,7 @@ def main() -> None:
     vad_alone = (time.perf_counter() - began) / seconds
     vad_cpu = (time.process_time() - cpu) / seconds
 
-    detector = Detector(load_model(args.model), sample_rate=built.rate, vad=vad, record=True)
+    detector = Detector(model, sample_rate=built.rate, vad=vad, record=True)
     step = int(CHUNK_S * built.rate)
     events = []
     for at in range(0, len(built.audio), step):

@@ -6,7 +6,8 @@ the reports of the same system on several streams (other seeds, other rooms) and
 each threshold of a grid, every stream's recall and false-accept count at it, then the
 threshold with the highest mean recall within the limits (by default at most 1 false accept on
 any stream and 1 over all of them). How the stream ensemble's candidates were compared on the
-calibration speakers' streams (README "Measured (issue 10)").
+calibration speakers' streams (README "Measured (issue 10)"). The reports must be of one
+system (the same threshold, pad and filler check) on different streams: others are refused.
 
 Run: ``python benchmarks/stream_thresholds.py REPORT.json REPORT.json ... [--grid 0.40 0.90
 0.05] [--per-stream 1] [--total 1]``.
@@ -18,13 +19,51 @@ import argparse
 import json
 from pathlib import Path
 
+# Detector options that change which utterances a threshold lets through: the reports of one
+# system agree on them (the model is not named in a report; its threshold stands in for it).
+SYSTEM_KEYS = ("threshold", "pad_s", "filler_margin", "filler_below")
+
 
 def at_threshold(report: dict, threshold: float) -> tuple[float, int]:
-    """Recall and false-accept count of a stream when events need ``threshold``: the curve's
-    last point at or under it (the curve steps where an event drops out)."""
-    points = [p for p in report["det"] if p["threshold"] <= threshold + 1e-12]
-    point = max(points, key=lambda p: p["threshold"])
+    """Recall and false-accept count of a stream when events need ``threshold``: an utterance
+    fires when its score is at or above it, so the curve's first point at or above it (each
+    point is a score; one above the top score, with nothing firing, ends the curve)."""
+    points = [p for p in report["det"] if p["threshold"] >= threshold - 1e-12]
+    point = (min(points, key=lambda p: p["threshold"]) if points
+             else max(report["det"], key=lambda p: p["threshold"]))
     return 1 - point["miss_rate"], round(point["false_accepts_per_hour"] * report["hours"])
+
+
+def load_report(path: Path) -> dict:
+    """An ``eval-stream --json`` report with a curve this can read, or an error naming the file."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not a readable JSON report ({err})") from None
+    if not isinstance(report, dict) or not report.get("det") or "hours" not in report:
+        raise SystemExit(f"{path}: no DET curve (\"det\") and \"hours\"; give the output of "
+                         "speechxfer eval-stream --json")
+    if any(p.get("miss_rate") is None or p.get("false_accepts_per_hour") is None
+           for p in report["det"]):
+        raise SystemExit(f"{path}: the curve has no recall or false-accept rate (no command of "
+                         "the model in the stream, or an empty stream)")
+    return report
+
+
+def check_one_system(paths: list[Path], reports: list[dict]) -> None:
+    """One system on different streams, or an error: another system's curve, or a stream counted
+    twice, would move the mean and the limits without a sign."""
+    for key in SYSTEM_KEYS:
+        values = [(p, r.get(key)) for p, r in zip(paths, reports)]
+        if len({v for _, v in values}) > 1:
+            raise SystemExit(f"the reports are not of one system: {key} differs ("
+                             + ", ".join(f"{p} {v}" for p, v in values) + ")")
+    seen: dict[str, Path] = {}
+    for path, report in zip(paths, reports):
+        stream = json.dumps(report.get("stream"), sort_keys=True)
+        if report.get("stream") is not None and stream in seen:
+            raise SystemExit(f"{seen[stream]} and {path} measure the same stream ({stream})")
+        seen[stream] = path
 
 
 def main() -> None:
@@ -35,8 +74,11 @@ def main() -> None:
     parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
     parser.add_argument("--total", type=int, default=1, help="false accepts over all streams")
     args = parser.parse_args()
-    reports = [json.loads(p.read_text()) for p in args.reports]
     low, high, step = args.grid
+    if not (step > 0 and 0 <= low <= high <= 1):
+        parser.error(f"--grid needs 0 <= FROM <= TO <= 1 and STEP > 0, got {low} {high} {step}")
+    reports = [load_report(p) for p in args.reports]
+    check_one_system(args.reports, reports)
     grid = [round(low + i * step, 6) for i in range(round((high - low) / step) + 1)]
     best = None
     print("threshold  " + "  ".join(f"{p.name:>22}" for p in args.reports) + "  mean recall  FAs")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -67,3 +68,19 @@ def test_every_named_condition_exists():
     for multi, single, metric in run.PAIRS:
         assert multi in run.CONDITIONS and single in run.CONDITIONS
         assert metric in {k for k, _ in run.COLUMNS}
+
+
+def test_a_run_would_not_replace_earlier_results_unasked(tmp_path, capsys):
+    (tmp_path / "results_full.json").write_text('{"seeds": [0, 1, 2], "base_epochs": 3}')
+    with pytest.raises(SystemExit) as stop:  # refused before any data is loaded
+        run.main(["--out", str(tmp_path), "--only", "command only"])
+    assert stop.value.code == 2
+    assert "results_full.json holds earlier results" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="other seeds or epochs"):
+        run.main(["--out", str(tmp_path), "--continue", "--seeds", "0"])
+
+
+def test_an_unknown_condition_is_named():
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--only", "no_such_condition"])
+    assert stop.value.code == 2

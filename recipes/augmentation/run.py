@@ -340,6 +340,18 @@ def markdown(result: dict) -> str:
     return "\n".join(out)
 
 
+def results_stem(args: argparse.Namespace, tasks: list[str]) -> str:
+    """``results[_quick]``, then the tasks when not both and every option that changes a figure
+    away from its default: a run with other options never writes over another's results."""
+    stem = "results_quick" if args.quick else "results"
+    if set(tasks) != {"digits", "speech_commands"}:
+        stem += "_" + "_".join(tasks)
+    return (stem + (f"_copies{args.copies}" if args.copies is not None else "")
+            + (f"_seed{args.seed}" if args.seed else "")
+            + ("" if args.max_false_accept == DEFAULT_MAX_FALSE_ACCEPT
+               else f"_fa{args.max_false_accept:g}"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -374,9 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     result.update(minutes=study.minutes(), skipped=study.skipped,
                   command=" ".join(["python recipes/augmentation/run.py", *(argv or sys.argv[1:])]))
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "results_quick" if args.quick else "results"
-    if set(tasks) != {"digits", "speech_commands"}:
-        stem += "_" + "_".join(tasks)
+    stem = results_stem(args, tasks)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

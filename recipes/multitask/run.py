@@ -274,7 +274,7 @@ def mean_prob(probs: np.ndarray, values: list[str], classes: list[str]) -> float
     return float(np.mean(present))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the conditions already in the results file; run the others")
     parser.add_argument("--tag", default=None, help="results file suffix (default quick/full)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         defaults = {"epochs": 4, "seeds": [0], "speakers_per_group": 3, "concat": (60, 40, 60)}
     else:
@@ -299,8 +299,22 @@ def main() -> None:
     args.speakers_per_group = defaults["speakers_per_group"]
     args.concat_train, args.concat_val, args.concat_test = defaults["concat"]
     names = args.only or (list(QUICK) if args.quick else list(CONDITIONS))
+    if unknown := [n for n in names if n not in CONDITIONS]:
+        parser.error(f"--only: no condition {', '.join(unknown)} (there are: "
+                     f"{', '.join(CONDITIONS)})")
     if args.skip_base:
         names = [n for n in names if CONDITIONS[n].encoder != "whisper-base"]
+    tag = args.tag or ("quick" if args.quick else "full")
+    earlier_path = args.out / f"results_{tag}.json"
+    args.earlier = {}
+    if earlier_path.is_file():  # said before the data load: a refusal costs nothing
+        if not args.resume:
+            parser.error(f"{earlier_path} holds earlier results, which this run would replace: "
+                         "--continue adds the missing conditions to them, --tag NAME writes "
+                         "another file (or remove it to start over)")
+        args.earlier = json.loads(earlier_path.read_text())
+        if args.earlier["seeds"] != seeds or args.earlier["base_epochs"] != args.epochs:
+            raise SystemExit("--continue: the earlier results used other seeds or epochs")
     torch.set_num_threads(1)
     device = pick_device("auto")
     started = time.perf_counter()
@@ -309,12 +323,7 @@ def main() -> None:
                         if CONDITIONS[n].multi}
     print("data", json.dumps(data.counts), flush=True)
     results: dict[str, list[dict]] = {}
-    args.earlier = {}
-    tag = args.tag or ("quick" if args.quick else "full")
-    if args.resume and (args.out / f"results_{tag}.json").is_file():
-        args.earlier = json.loads((args.out / f"results_{tag}.json").read_text())
-        if args.earlier["seeds"] != seeds or args.earlier["base_epochs"] != args.epochs:
-            raise SystemExit("--continue: the earlier results used other seeds or epochs")
+    if args.earlier:
         results = dict(args.earlier["per_seed"])
         names = [n for n in names if n not in results]
         print("continuing after:", ", ".join(results), flush=True)

@@ -32,9 +32,18 @@ HERE = Path(__file__).resolve().parent
 PATHS = ("fast path", "torch", "head alone")
 
 
-def train(args: list[str], folder: Path) -> Path:
-    done = (folder / "config.json").is_file()  # a finished fold is kept: rerun = resume
-    if not done and cli(["train", *args, "--out", str(folder)]) != 0:
+def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
+    """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
+    finished there (a rerun resumes); a folder trained on other data or speakers is an error."""
+    summary = folder / "train_summary.json"
+    if (folder / "config.json").is_file() and summary.is_file():
+        found = json.loads(summary.read_text())
+        trained = (Path(found.get("data", "")).resolve(), sorted(found.get("test_speakers", [])))
+        if trained != (data.resolve(), sorted(held)):
+            raise SystemExit(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
+                             f"this fold; remove it or give another --work")
+        return folder
+    if cli(["train", *args, "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
 
@@ -54,11 +63,15 @@ def right(folder: Path, clips: list) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("runs/new_voices"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("runs/new_voices"),
+                        help="the trained folds; a finished one is kept (a rerun resumes)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+                        help="training seeds (default: 0)")
     args = parser.parse_args()
-    fsdd = set(load_dataset(bundled("fsdd")).speakers)
+    fsdd_set = load_dataset(bundled("fsdd"))
+    fsdd, fsdd_data = set(fsdd_set.speakers), Path(fsdd_set.location)
     clips = [c for c in load_dataset(default_data()).clips if c.speaker not in fsdd]
     speakers = sorted({c.speaker for c in clips})
     halves = [speakers[0::2], speakers[1::2]]
@@ -67,12 +80,12 @@ def main() -> None:
     for seed in args.seeds:
         suffix = f"_seed{seed}" if seed else ""  # seed 0 keeps the folders of earlier runs
         fsdd_only = train(["--data", str(bundled("fsdd")), "--seed", str(seed)],
-                          args.work / f"fsdd_only{suffix}")
+                          args.work / f"fsdd_only{suffix}", fsdd_data, [])
         rows = {name: dict.fromkeys(PATHS, 0) for name in names}
         for k, half in enumerate(halves):
             held = [c for c in clips if c.speaker in half]
             fold = train([a for s in half for a in ("--test-speaker", s)] + ["--seed", str(seed)],
-                         args.work / f"half{k}{suffix}")
+                         args.work / f"half{k}{suffix}", default_data(), half)
             for name, folder in zip(names, (fold, fsdd_only)):
                 for path, n in right(folder, held).items():
                     rows[name][path] += n

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechxfer.data import load_dataset, load_waves, per_class, split_dataset
+from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
-from speechxfer.jobs import DEFAULT_STRATEGY, bundled, mean_std, train_job
+from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, bundled, mean_std, train_job
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.train import (
     FeatureCache,
@@ -84,25 +84,69 @@ def cached_folds(args: argparse.Namespace) -> list[dict]:
     return folds
 
 
+def finished_fold(folder: Path, args: argparse.Namespace, data: Path, speaker: str) -> dict | None:
+    """The train summary of a fold a run with these options finished in ``folder`` (a rerun
+    resumes), None when there is none; a folder trained otherwise is an error, not a result."""
+    path = folder / "train_summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    strategy = summary.get("strategy")
+    wanted = {"data": str(data.resolve()), "test_speakers": [speaker],
+              "encoder": args.encoder, "per_class": args.per_class,
+              "strategy": args.strategy}
+    found = {**{k: summary.get(k) for k in wanted},
+             "data": str(Path(summary.get("data", "")).resolve()),
+             "strategy": strategy.get("strategy") if isinstance(strategy, dict) else strategy}
+    if args.window is not None:
+        wanted["window"], found["window"] = args.window, summary.get("window")
+    differ = [f"{k} {found[k]!r}, not {v!r}" for k, v in wanted.items() if found[k] != v]
+    if differ or "test" not in summary:
+        why = "; ".join(differ) or "no test scores"
+        raise SystemExit(f"{folder}: a fold trained with other options ({why}); remove it, or "
+                         "give another --work or --name")
+    return summary
+
+
 def job_folds(args: argparse.Namespace) -> list[dict]:
-    """All folds through the main job itself (strategies that train the whole encoder)."""
+    """All folds through the main job itself (strategies that train the whole encoder); a
+    fold finished by an earlier run of the same options is kept."""
     folds = []
+    data = Path(load_dataset(args.data).location)
     for speaker in load_dataset(bundled("fsdd")).speakers:
-        summary = train_job(
-            args.data, encoder=args.encoder, window=args.window, strategy=args.strategy, k=args.k,
-            per_class_n=args.per_class, epochs=args.epochs, seed=args.seed,
-            out=args.work / speaker, test_speakers=[speaker], pooling=args.pooling,
-        )
+        folder = args.work / speaker
+        summary = finished_fold(folder, args, data, speaker)
+        if summary is not None:
+            print(f"{speaker}: kept the finished fold in {folder}", flush=True)
+        else:
+            summary = train_job(
+                args.data, encoder=args.encoder, window=args.window, strategy=args.strategy,
+                k=args.k, per_class_n=args.per_class, epochs=args.epochs, seed=args.seed,
+                out=folder, test_speakers=[speaker], pooling=args.pooling,
+            )
         folds.append({"test_speaker": speaker, **summary["test"],
                       "train_seconds": summary["train_seconds"], "n_train": summary["n_train"]})
         print(f"{speaker}: accuracy {summary['test']['accuracy']:.4f}", flush=True)
     return folds
 
 
+def results_name(args: argparse.Namespace, on_fsdd: bool) -> str:
+    """Strategy, clips and window, then every other option away from its default: runs that
+    differ in any option neither share a results file nor a fold folder."""
+    name = f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
+    others = [("" if on_fsdd else f"data-{args.data.stem}"),
+              ("" if args.encoder == "whisper-tiny.en" else args.encoder),
+              ("" if args.k == 2 or args.strategy != "top-k" else f"k{args.k}"),
+              ("" if args.epochs == default_epochs(args.strategy) else f"ep{args.epochs}"),
+              ("" if args.pooling == "mean" else args.pooling),
+              ("" if args.seed == 0 else f"seed{args.seed}")]
+    return "_".join([name, *filter(None, others)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(JOBS))
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--per-class", type=int)
     parser.add_argument("--epochs", type=int, help="default: the strategy's (as the CLI)")
@@ -121,8 +165,15 @@ def main() -> None:
     on_fsdd = args.data.resolve() == fsdd.resolve()  # however the path is spelt
     if args.strategy in CACHED and not on_fsdd:
         parser.error(f"--data: the {args.strategy} folds run on the FSDD digits' shared cache")
+    try:  # said now, not after the first fold's set-up
+        held = set(load_dataset(fsdd).speakers) - set(load_dataset(args.data).speakers)
+    except DatasetError as err:
+        parser.error(f"--data: {err}")
+    if held:
+        parser.error(f"--data {args.data}: no clips of {', '.join(sorted(held))}, the FSDD "
+                     "speakers the folds hold out")
 
-    name = args.name or f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
+    name = args.name or results_name(args, on_fsdd)
     args.work = args.work / name
     started = time.perf_counter()
     folds = cached_folds(args) if args.strategy in CACHED else job_folds(args)
@@ -140,11 +191,15 @@ def main() -> None:
         f"--strategy {args.strategy} --k {args.k} --epochs {args.epochs}"
         f"{f' --per-class {args.per_class}' if args.per_class else ''}"
         f"{f' --window {args.window}' if args.window else ''}"
-        f"{'' if on_fsdd else f' --data {args.data}'}`\n\n"
+        f"{'' if on_fsdd else f' --data {args.data}'}"
+        f"{'' if args.encoder == 'whisper-tiny.en' else f' --encoder {args.encoder}'}"
+        f"{'' if args.pooling == 'mean' else f' --pooling {args.pooling}'}"
+        f"{f' --seed {args.seed}' if args.seed else ''}`\n\n"
         f"| test speaker | train clips | test clips | accuracy | macro-F1 | train s |\n"
         f"|---|---|---|---|---|---|\n{rows}\n\n"
         f"**mean accuracy {mean:.4f} ± {std:.4f}** (min {np.min([f['accuracy'] for f in folds]):.4f})\n")
-    print(f"mean accuracy over {len(folds)} held-out speakers: {mean:.4f} ± {std:.4f}")
+    print(f"mean accuracy over {len(folds)} held-out speakers: {mean:.4f} ± {std:.4f} "
+          f"(written to {out / name}.json and .md)")
 
 
 if __name__ == "__main__":

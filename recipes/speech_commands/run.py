@@ -42,6 +42,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
@@ -548,6 +549,14 @@ def write_outputs(runs: list[dict], meta: dict, suffix: str, out: Path) -> None:
         plot(rows, out / f"speech_commands{suffix}.png", meta["max_false_accept"])
 
 
+def results_suffix(args: argparse.Namespace) -> str:
+    """``_quick``, then the seed and false-accept bar when not the defaults: a run with other
+    options never writes over another's results."""
+    return (("_quick" if args.quick else "") + (f"_seed{args.seed}" if args.seed else "")
+            + ("" if args.max_false_accept == DEFAULT_MAX_FALSE_ACCEPT
+               else f"_fa{args.max_false_accept:g}"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -561,15 +570,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     budget = 60 * (args.max_minutes or plan.max_minutes)
-    suffix = "_quick" if args.quick else ""
+    suffix = results_suffix(args)
     started = time.perf_counter()
 
     def log(text: str) -> None:
         print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {text}", flush=True)
 
     runner = Runner(plan, args.seed, args.max_false_accept, log)
-    command = "python recipes/speech_commands/run.py" + (" --quick" if args.quick else "") + (
-        f" --max-minutes {args.max_minutes:g}" if args.max_minutes else "")
+    command = " ".join(["python recipes/speech_commands/run.py",
+                        *(sys.argv[1:] if argv is None else argv)])
     meta = {"run": "quick" if args.quick else "full", "command": command, "plan": asdict(plan),
             "seed": args.seed, "max_false_accept": args.max_false_accept,
             "encoder": ENCODER, "window": WINDOW, "threads": args.threads,

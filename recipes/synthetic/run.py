@@ -469,6 +469,15 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def results_suffix(args: argparse.Namespace) -> str:
+    """``_quick``, then every option that changes a figure away from its default: a run with
+    other options, or without the digits, never writes over another's results."""
+    return (("_quick" if args.quick else "") + (f"_seed{args.seed}" if args.seed else "")
+            + ("" if args.max_false_accept == sc.DEFAULT_MAX_FALSE_ACCEPT
+               else f"_fa{args.max_false_accept:g}")
+            + ("_no_digits" if args.skip_digits else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
@@ -483,8 +492,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redraw", action="store_true",
                         help="rewrite the table and plot from the results JSON, run nothing")
     args = parser.parse_args(argv)
-    suffix = "_quick" if args.quick else ""
+    suffix = results_suffix(args)
     if args.redraw:
+        if not (args.out / f"results{suffix}.json").is_file():
+            parser.error(f"{args.out / f'results{suffix}.json'}: no results to redraw (a run "
+                         "with these options writes them)")
         saved = json.loads((args.out / f"results{suffix}.json").read_text())
         (args.out / f"results{suffix}.md").write_text(markdown(saved["rows"], saved["meta"]))
         plot(saved["rows"], args.out / f"synthetic{suffix}.png")
@@ -502,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_digits:
         rows += digits(plan, bank, work, args.seed, log)
     meta = {"run": "quick" if args.quick else "full",
-            "command": "python recipes/synthetic/run.py" + (" --quick" if args.quick else ""),
+            "command": " ".join(["python recipes/synthetic/run.py",
+                                 *(sys.argv[1:] if argv is None else argv)]),
             "plan": asdict(plan), "seed": args.seed, "max_false_accept": args.max_false_accept,
             "encoder": sc.ENCODER, "window": sc.WINDOW, "threads": args.threads,
             "seconds": bank.seconds, "wall_minutes": (time.perf_counter() - started) / 60}

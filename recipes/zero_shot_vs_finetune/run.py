@@ -256,6 +256,15 @@ def costs(bench: Bench, test_takes: int) -> dict:
     return out
 
 
+def compare_stem(args: argparse.Namespace) -> str:
+    """The results name of a ``compare`` run: every option away from its default is in it, so
+    a run with other options never writes over another's results."""
+    return (f"compare_{args.window}" + ("_quick" if args.quick else "")
+            + ("" if args.encoder == "whisper-tiny.en" else f"_{args.encoder}")
+            + (f"_test{args.test_takes}" if args.test_takes else "")
+            + (f"_{args.budgets.replace(',', '-')}" if args.budgets else ""))
+
+
 def write_outputs(result: dict, stem: str) -> None:
     """JSON, a Markdown table and a PNG plot of mean accuracy against clips per command."""
     import matplotlib
@@ -316,9 +325,7 @@ def main() -> None:
         only = ([None if b == "all" else int(b) for b in args.budgets.split(",")]
                 if args.budgets else None)
         result = compare(args.quick, args.window, args.encoder, args.test_takes, only)
-        stem = (f"compare_{args.window}" + ("_quick" if args.quick else "")
-                + (f"_test{args.test_takes}" if args.test_takes else "")
-                + (f"_{args.budgets.replace(',', '-')}" if args.budgets else ""))
+        stem = compare_stem(args)
         write_outputs(result, stem)
         print((RESULTS / f"{stem}.md").read_text())
         return

@@ -1,0 +1,68 @@
+"""benchmarks/stream_thresholds.py: the reading of eval-stream curves, and its refusals."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_thresholds.py"
+
+
+def report(seed: int = 0, threshold: float = 0.65, **changes) -> dict:
+    """A half-hour stream whose utterances scored 0.5 (a false accept) and 0.7 (a hit) of 2
+    commands, shaped as ``evaluate_stream`` writes it."""
+    det = [{"threshold": 0.0, "miss_rate": 0.5, "false_accepts_per_hour": 4.0},
+           {"threshold": 0.5, "miss_rate": 0.5, "false_accepts_per_hour": 2.0},
+           {"threshold": 0.7, "miss_rate": 0.5, "false_accepts_per_hour": 0.0},
+           {"threshold": 0.7000000000000001, "miss_rate": 1.0, "false_accepts_per_hour": 0.0}]
+    return {"hours": 0.5, "threshold": threshold, "pad_s": 0.1, "filler_margin": None,
+            "filler_below": 0.9, "det": det,
+            "stream": {"data": "/tmp/sc", "minutes": 30.0, "seed": seed}, **changes}
+
+
+def run(tmp_path: Path, reports: list[dict | str], *options: str) -> subprocess.CompletedProcess:
+    paths = []
+    for i, r in enumerate(reports):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(r if isinstance(r, str) else json.dumps(r))
+        paths.append(str(path))
+    return subprocess.run([sys.executable, str(SCRIPT), *paths, *options],
+                          check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_a_threshold_between_two_scores_lets_only_the_higher_fire(tmp_path):
+    # At 0.6 the 0.5 utterance no longer fires: recall 0.5 and no false accept, so 0.60 is the
+    # best threshold within 0 false accepts (reading the point under 0.6 counted the 0.5 one).
+    done = run(tmp_path, [report(0), report(1)], "--grid", "0.4", "0.8", "0.1",
+               "--per-stream", "0", "--total", "0")
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("0.60"))
+    assert "0.5000 / 0 FA" in line and line.endswith("within")
+    assert "best within the limits: threshold 0.60, mean recall 0.5000" in done.stdout
+    # Above the top score nothing fires.
+    assert "0.80           0.0000 / 0 FA" in done.stdout
+
+
+@pytest.mark.parametrize("reports, says", [
+    ([report(0), report(1, threshold=0.4)], "threshold differs"),
+    ([report(0), report(1, pad_s=0.25)], "pad_s differs"),
+    ([report(0), report(0)], "measure the same stream"),
+    ([report(0), {"recall": 0.9, "hours": 0.5}], "r1.json: no DET curve"),
+    ([report(0), report(1, det=[])], "r1.json: no DET curve"),
+    ([report(0), "not json"], "r1.json: not a readable JSON report"),
+    ([report(0, det=[{"threshold": 0.0, "miss_rate": None, "false_accepts_per_hour": 2.0}])],
+     "r0.json: the curve has no recall"),
+])
+def test_reports_that_would_give_a_wrong_figure_are_refused(tmp_path, reports, says):
+    done = run(tmp_path, reports)
+    assert done.returncode != 0 and says in done.stderr
+    assert "Traceback" not in done.stderr and "best within" not in done.stdout
+
+
+@pytest.mark.parametrize("grid", [("0.4", "0.9", "0"), ("0.9", "0.4", "0.05"),
+                                  ("0.4", "1.5", "0.1")])
+def test_a_grid_off_the_threshold_range_is_refused(tmp_path, grid):
+    done = run(tmp_path, [report(0)], "--grid", *grid)
+    assert done.returncode == 2 and "--grid needs" in done.stderr

@@ -1,0 +1,42 @@
+"""The new-voices recipe's resume: a finished fold is kept, another run's folder refused."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "recipes" / "new_voices" / "run.py"
+spec = importlib.util.spec_from_file_location("new_voices_run", RUN)
+run = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = run
+spec.loader.exec_module(run)
+
+
+def finished(folder: Path, data: Path, held: list[str]) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "train_summary.json").write_text(json.dumps(
+        {"data": str(data.resolve()), "test_speakers": held}))
+    return folder
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def cli(argv):
+        raise AssertionError(f"trained again: {argv}")
+
+    monkeypatch.setattr(run, "cli", cli)
+
+
+def test_a_finished_fold_is_kept(tmp_path, no_training):
+    folder = finished(tmp_path / "half0", tmp_path / "digits.csv", ["b", "a"])
+    assert run.train(["--seed", "0"], folder, tmp_path / "digits.csv", ["a", "b"]) == folder
+
+
+@pytest.mark.parametrize("data, held", [("other.csv", ["a", "b"]), ("digits.csv", ["a", "c"])])
+def test_a_folder_of_another_fold_is_refused(tmp_path, no_training, data, held):
+    folder = finished(tmp_path / "half0", tmp_path / data, held)
+    with pytest.raises(SystemExit, match="half0: trained on .* not this fold"):
+        run.train(["--seed", "0"], folder, tmp_path / "digits.csv", ["a", "b"])

@@ -1,0 +1,53 @@
+"""Recipes name their results by the options that change a figure: a run with other options
+never writes over another's results (no model run)."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechxfer.openset import DEFAULT_MAX_FALSE_ACCEPT
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_run_for_names", RECIPES / name / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def names(function, base: dict, variants: list[dict], *extra) -> list[str]:
+    return [function(argparse.Namespace(**{**base, **v}), *extra) for v in [{}, *variants]]
+
+
+def test_speech_commands_and_synthetic_results_carry_seed_and_bar():
+    base = {"quick": False, "seed": 0, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
+    variants = [{"quick": True}, {"seed": 1}, {"max_false_accept": 0.01}]
+    sc = names(load("speech_commands").results_suffix, base, variants)
+    assert sc[:2] == ["", "_quick"] and len(set(sc)) == 4
+    synthetic = names(load("synthetic").results_suffix, {**base, "skip_digits": False},
+                      [*variants, {"skip_digits": True}])
+    assert synthetic[:2] == ["", "_quick"] and len(set(synthetic)) == 5
+
+
+def test_augmentation_results_carry_tasks_copies_seed_and_bar():
+    base = {"quick": False, "seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
+    both = ["digits", "speech_commands"]
+    stems = names(load("augmentation").results_stem, base,
+                  [{"quick": True}, {"seed": 1}, {"copies": 4}, {"max_false_accept": 0.01}], both)
+    assert stems[:2] == ["results", "results_quick"] and len(set(stems)) == 5
+    assert load("augmentation").results_stem(argparse.Namespace(**base), ["digits"]) == \
+        "results_digits"
+
+
+def test_redrawing_results_that_are_not_there_is_one_clear_line(tmp_path, capsys):
+    synthetic = load("synthetic")
+    with pytest.raises(SystemExit) as stop:
+        synthetic.main(["--redraw", "--seed", "3", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "results_seed3.json: no results to redraw" in capsys.readouterr().err

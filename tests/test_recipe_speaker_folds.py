@@ -1,0 +1,93 @@
+"""The speaker-folds recipe's results names and resume (no training)."""
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechxfer.jobs import bundled, default_epochs
+
+RUN = Path(__file__).resolve().parents[1] / "recipes" / "speaker_folds" / "run.py"
+spec = importlib.util.spec_from_file_location("speaker_folds_run", RUN)
+run = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = run
+spec.loader.exec_module(run)
+
+SPEAKERS = ("george", "jackson", "theo", "yweweler")
+
+
+def options(**changes) -> argparse.Namespace:
+    values = {"strategy": "combined", "k": 2, "per_class": None, "epochs": default_epochs("combined"),
+              "encoder": "whisper-tiny.en", "window": None, "pooling": "mean", "seed": 0,
+              "data": bundled("fsdd"), **changes}
+    return argparse.Namespace(**values)
+
+
+def test_runs_with_other_options_get_other_results_files():
+    assert run.results_name(options(), on_fsdd=True) == "combined_pcall_default"  # as before
+    names = {run.results_name(options(), True),
+             run.results_name(options(data=Path("data/digits.csv")), False),
+             run.results_name(options(encoder="whisper-base"), True),
+             run.results_name(options(seed=1), True),
+             run.results_name(options(epochs=3), True),
+             run.results_name(options(pooling="attentive"), True)}
+    assert len(names) == 6
+
+
+def write_fold(folder: Path, speaker: str, location: Path, **changes) -> None:
+    folder.mkdir(parents=True)
+    summary = {"data": str(location.resolve()), "encoder": "whisper-tiny.en", "window": "2s",
+               "strategy": {"strategy": "combined"}, "per_class": None,
+               "test_speakers": [speaker], "n_train": 1350, "train_seconds": 60.0,
+               "test": {"n": 500, "accuracy": 0.9, "macro_f1": 0.9}, **changes}
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+
+
+def test_a_rerun_keeps_finished_folds_and_trains_none(tmp_path, monkeypatch):
+    args = options(work=tmp_path)
+    data = Path(run.load_dataset(args.data).location)
+    for speaker in SPEAKERS:
+        write_fold(tmp_path / speaker, speaker, data)
+
+    def train_job(*_, **__):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(run, "train_job", train_job)
+    folds = run.job_folds(args)
+    assert [f["test_speaker"] for f in folds] == sorted(SPEAKERS)
+    assert all(f["accuracy"] == 0.9 and f["n_train"] == 1350 for f in folds)
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"data": "/elsewhere/digits.csv"}, "data"),
+    ({"test_speakers": ["theo"]}, "test_speakers"),
+    ({"encoder": "whisper-base"}, "encoder"),
+    ({"per_class": 3}, "per_class"),
+    ({"strategy": {"strategy": "full"}}, "strategy"),
+])
+def test_a_fold_trained_with_other_options_is_refused_not_reused(tmp_path, changes, says):
+    args = options()
+    data = Path(run.load_dataset(args.data).location)
+    write_fold(tmp_path / "george", "george", data, **changes)
+    with pytest.raises(SystemExit, match=f"george: a fold trained with other options.*{says}"):
+        run.finished_fold(tmp_path / "george", args, data, "george")
+    assert run.finished_fold(tmp_path / "none", args, data, "george") is None
+
+
+@pytest.mark.parametrize("data, says", [
+    ("data/speech_commands", "no clips of george, jackson, theo, yweweler"),
+    ("{tmp}/none", "none: no such file or folder"),
+])
+def test_data_without_the_fold_speakers_is_refused_before_any_fold(tmp_path, monkeypatch, capsys,
+                                                                    data, says):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", ["run.py", "--data", data.format(tmp=tmp_path),
+                                      "--work", str(tmp_path / "work")])
+    monkeypatch.chdir(root)
+    with pytest.raises(SystemExit) as stop:
+        run.main()
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
