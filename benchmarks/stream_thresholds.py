@@ -19,9 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-# Detector options that change which utterances a threshold lets through: the reports of one
-# system agree on them (the model is not named in a report; its threshold stands in for it).
-SYSTEM_KEYS = ("threshold", "pad_s", "filler_margin", "filler_below")
+# The model (eval-stream names it; older reports do not) and the detector options that change
+# which utterances a threshold lets through: the reports of one system agree on them.
+SYSTEM_KEYS = ("model", "threshold", "pad_s", "filler_margin", "filler_below")
 
 
 def at_threshold(report: dict, threshold: float) -> tuple[float, int]:

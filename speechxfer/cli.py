@@ -425,6 +425,7 @@ def _eval_stream(args: argparse.Namespace) -> None:
                      threshold=args.threshold, target_fa=args.target_fa,
                      filler_margin=args.filler_margin, filler_below=args.filler_below,
                      pad_s=args.pad, talk=args.talk)
+    report["model"] = str(Path(args.model).resolve())  # whose curve it is, for readers of several
     if args.json:
         print(json.dumps(report))
     else:

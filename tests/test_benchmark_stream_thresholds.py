@@ -48,6 +48,7 @@ def test_a_threshold_between_two_scores_lets_only_the_higher_fire(tmp_path):
 @pytest.mark.parametrize("reports, says", [
     ([report(0), report(1, threshold=0.4)], "threshold differs"),
     ([report(0), report(1, pad_s=0.25)], "pad_s differs"),
+    ([report(0, model="/m/a"), report(1, model="/m/b")], "model differs"),
     ([report(0), report(0)], "measure the same stream"),
     ([report(0), {"recall": 0.9, "hours": 0.5}], "r1.json: no DET curve"),
     ([report(0), report(1, det=[])], "r1.json: no DET curve"),

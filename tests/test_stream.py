@@ -177,7 +177,8 @@ def test_cli_listen_and_eval_stream_take_the_pad(svm, recording, spans, tmp_path
     main(["eval-stream", str(folder), "--data", str(recording), "--labels", str(labels),
           "--pad", "0.3", "--json"])
     assert pads == [0.3, 0.3]
-    assert json.loads(capsys.readouterr().out)["pad_s"] == pytest.approx(0.3)
+    written = json.loads(capsys.readouterr().out)
+    assert written["pad_s"] == pytest.approx(0.3) and written["model"] == str(folder.resolve())
 
 
 def test_cli_eval_stream_names_each_false_accept(svm, recording, spans, tmp_path, capsys):
