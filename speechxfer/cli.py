@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from .recognizer import ModelError
 from .stream import MicrophoneError
 
 FA_LISTED = 20  # false accepts the eval-stream report prints one by one (the JSON has all)
+DEVICE_HELP = ("auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N | mps; "
+               "a GPU this machine lacks is an error, not a fall-back to the CPU")
+MODEL_HELP = "a model folder (what train, ensemble or export --out wrote)"
 COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFoundError,
                   MissingWeightsError, MicrophoneError)
 
@@ -113,7 +117,7 @@ def _out_dir(text: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .jobs import train_job
+    from .jobs import check_options, train_job
 
     specs = [spec.partition(":") for spec in args.task or ["command"]]
     if "command" not in [name for name, _, _ in specs]:
@@ -124,6 +128,9 @@ def _train(args: argparse.Namespace) -> None:
             raise ValueError(f"--head-option {task}.{key}: {task!r} is not a task of this run "
                              "(--task NAME[:KIND])")
         head_options.setdefault(task, {})[key] = value
+    check_options(args.strategy, k=args.k, epochs=args.epochs, keep=args.keep, layer=args.layer,
+                  pooling=args.pooling, head_options=head_options, window=args.window,
+                  encoder=args.encoder)
     summary = train_job(
         data=args.data, encoder=args.encoder, window=args.window, strategy=args.strategy,
         k=args.k, per_class_n=args.per_class, epochs=args.epochs, seed=args.seed, out=args.out,
@@ -271,13 +278,13 @@ def _eval_speakers(args: argparse.Namespace) -> None:
 
 def _add_speaker_parsers(sub) -> None:
     n = sub.add_parser("enroll", help="add a speaker's voiceprint to a model folder")
-    n.add_argument("model", type=Path)
+    n.add_argument("model", type=Path, help=MODEL_HELP)
     n.add_argument("--speaker", required=True, help="the name predict --json reports")
     n.add_argument("clips", nargs="+", help="recordings of the speaker (3 or more is best)")
     n.add_argument("--cohort", type=Path, metavar="DIR",
                    help="background speakers whose mean embeddings become the voiceprints' "
                         "score-normalisation cohort (default: the model's own)")
-    n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    n.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     n.set_defaults(func=_enroll)
     v = sub.add_parser("eval-speakers", help="speaker verification EER, minDCF and "
                                              "identification on speakers the model never saw")
@@ -297,7 +304,7 @@ def _add_speaker_parsers(sub) -> None:
                    help="background speakers (not the scored ones) to S-norm against, for "
                         "either backend; with --calibrate, stored with the threshold")
     v.add_argument("--json", action="store_true", help="print one JSON object")
-    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     v.set_defaults(func=_eval_speakers)
 
 
@@ -345,10 +352,14 @@ def _add_synth_parser(sub) -> None:
                         "shipped list (default: none)")
     y.add_argument("--unknown-clips", type=_bounded(int, 0), metavar="N",
                    help="_unknown_ clips in all (default: 2 x --per-word)")
-    y.add_argument("--out", type=_out_dir, required=True)
+    y.add_argument("--out", type=_out_dir, required=True,
+                   help="folder for the clips (a folder per word) and their manifest")
     y.add_argument("--per-word", type=_bounded(int, 1), default=20, help="clips per word")
-    y.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
-    y.add_argument("--engines", type=engines, default=ENGINES, metavar="espeak,piper")
+    y.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+                   help="draws the voices, rates and distractors: the same seed, the same "
+                        "clips (default %(default)s)")
+    y.add_argument("--engines", type=engines, default=ENGINES, metavar="espeak,piper",
+                   help="text-to-speech engines to voice the words (default: both)")
     y.add_argument("--no-accents", action="store_true",
                    help="espeak-ng's English voices only (no other languages' voices)")
     y.add_argument("--no-perturb", action="store_true",
@@ -402,7 +413,7 @@ def _add_listen_parser(sub, name: str = "listen") -> None:
     """``listen``, or ``stream``: the same command, where no FILE means the microphone."""
     n = sub.add_parser(name, help="the same as listen (no FILE: the microphone)" if name == "stream"
                        else "print each command heard in a long file or the microphone")
-    n.add_argument("model", type=Path)
+    n.add_argument("model", type=Path, help=MODEL_HELP)
     source = n.add_mutually_exclusive_group(required=name == "listen")
     source.add_argument("file", nargs="?", help="read this recording in 100-ms blocks")
     source.add_argument("--mic", action="store_true",
@@ -412,7 +423,7 @@ def _add_listen_parser(sub, name: str = "listen") -> None:
     _add_filler_argument(n)
     _add_pad_argument(n)
     n.add_argument("--json", action="store_true", help="one JSON object per event")
-    n.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    n.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     n.set_defaults(func=_listen)
 
 
@@ -477,7 +488,7 @@ def _add_pad_argument(parser: argparse.ArgumentParser) -> None:
 
 def _add_eval_stream_parser(sub) -> None:
     v = sub.add_parser("eval-stream", help="recall and false accepts per hour on a long stream")
-    v.add_argument("model", type=Path)
+    v.add_argument("model", type=Path, help=MODEL_HELP)
     v.add_argument("--data", type=Path, required=True,
                    help="dataset folder to build the stream from (Speech Commands layout), or "
                         "with --labels a long recording")
@@ -489,7 +500,8 @@ def _add_eval_stream_parser(sub) -> None:
                    help="mix these recordings of running speech (any layout, e.g. sentences from "
                         "speechxfer synth) into the built stream: an event on them is a false "
                         "accept")
-    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
+    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+                   help="draws the built stream's clips and gaps (default %(default)s)")
     v.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the model's own)")
     v.add_argument("--target-fa", type=_bounded(float, 0.0), metavar="PER_HOUR",
@@ -499,7 +511,7 @@ def _add_eval_stream_parser(sub) -> None:
     _add_pad_argument(v)
     v.add_argument("--json", action="store_true", help="print one JSON object (with the curve)")
     v.add_argument("--plot", type=Path, metavar="FILE", help="draw the DET curve into FILE (png)")
-    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     v.set_defaults(func=_eval_stream)
 
 
@@ -517,11 +529,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _add_serve_parser(sub) -> None:
     v = sub.add_parser("serve", help="HTTP API, WebSocket and a microphone page for a model "
                                      "(pip install 'speechxfer[serve]')")
-    v.add_argument("model", type=Path)
+    v.add_argument("model", type=Path, help=MODEL_HELP)
     v.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default %(default)s: this machine only)")
-    v.add_argument("--port", type=_bounded(int, 0, 65535), default=8000)
-    v.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    v.add_argument("--port", type=_bounded(int, 0, 65535), default=8000,
+                   help="TCP port to listen on (default %(default)s)")
+    v.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     v.set_defaults(func=_serve)
 
 
@@ -538,7 +551,7 @@ def _add_ensemble_parser(sub) -> None:
     x = sub.add_parser("ensemble", help="one model from saved ones with the same labels: the "
                                         "geometric mean of their probabilities")
     x.add_argument("models", type=Path, nargs="+", help="two or more model folders")
-    x.add_argument("--out", type=_out_dir, required=True)
+    x.add_argument("--out", type=_out_dir, required=True, help="folder for the ensemble model")
     x.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the strictest member's)")
     x.set_defaults(func=_ensemble)
@@ -564,10 +577,11 @@ def _export(args: argparse.Namespace) -> None:
 def _add_export_parser(sub) -> None:
     x = sub.add_parser("export", help="an ONNX model folder that load_model runs with ONNX "
                                       "Runtime (neural and combined systems)")
-    x.add_argument("model", type=Path)
-    x.add_argument("--format", choices=("onnx",), default="onnx")
+    x.add_argument("model", type=Path, help=MODEL_HELP)
+    x.add_argument("--format", choices=("onnx",), default="onnx",
+                   help="the only format so far (default %(default)s)")
     x.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the weights")
-    x.add_argument("--out", type=_out_dir)
+    x.add_argument("--out", type=_out_dir, help="folder for the ONNX model (or give --fast)")
     x.add_argument("--fast", action="store_true",
                    help="write the combined model's fast path into MODEL/fast instead (what "
                         "train writes: int8, checked on the training speakers' clips)")
@@ -588,14 +602,24 @@ def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechxfer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="speechxfer", description="Speech-command recognition by transfer learning from "
+        "Whisper: train a model on labelled clips, score it, run it on files, a microphone or "
+        "over HTTP. speechxfer COMMAND --help explains a command and its options.",
+        epilog="exit status: 0 done; 1 predict could not read some files (the others are "
+        "labelled), or the toolkit cannot be imported; 2 a usage error or bad input (one "
+        "line naming the file and the problem); 130 interrupted (Ctrl-C).")
     parser.add_argument("--version", action="version", version=f"speechxfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune an encoder + head, evaluate, save the model")
     t.add_argument("--data", type=Path,
                    help="dataset folder or manifest (default: the bundled digits, data/digits.csv)")
-    t.add_argument("--encoder", default="whisper-tiny.en")
+    t.add_argument("--encoder", default="whisper-tiny.en",
+                   help="encoder to transfer from (default %(default)s): whisper-base, "
+                        "wav2vec2:DIR or hubert:DIR (a local checkpoint), or ds-cnn / raw-cnn "
+                        "(small CNNs trained from scratch); speechxfer info lists the "
+                        "installed weights")
     t.add_argument("--window",
                    help="Whisper input: 'clip' (positions sliced to the clip) or a fixed padded "
                         "window 'Ns', 1 <= N <= 30 ('30s' is Whisper's own); default 2s")
@@ -607,15 +631,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--per-class", type=_bounded(int, 1), help="keep N clips per label per speaker")
     t.add_argument("--epochs", type=_bounded(int, 1),
                    help="default: 30 for a head on a frozen encoder, 4 when encoder blocks train")
-    t.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0)
-    t.add_argument("--out", type=_out_dir, default=Path("runs/default"))
+    t.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+                   help="draws the validation speakers, clips kept and initial weights: the "
+                        "same seed, the same model (default %(default)s)")
+    t.add_argument("--out", type=_out_dir, default=Path("runs/default"),
+                   help="model folder to write (default %(default)s); a run interrupted there "
+                        "resumes from its last checkpoint when started again with the same options")
     t.add_argument("--test-speaker", action="append",
                    help="hold out this speaker for testing (repeatable; default: the data's "
                         "own test list, else none: every speaker trains)")
     t.add_argument("--task", action="append",
                    help="task to learn, NAME[:single|multi|embedding] (repeatable; command is "
                         "always learned)")
-    t.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
+    t.add_argument("--pooling", default="mean", choices=("mean", "attentive"),
+                   help="how the heads pool the encoder's frames into one vector: their mean, "
+                        "or a learned attention over them (default %(default)s)")
     t.add_argument("--layer", type=int, help="use one hidden state instead of a learned mix")
     t.add_argument("--head-option", type=_head_option, action="append", metavar="TASK.OPTION=V",
                    help="one task's head option over the shared ones (repeatable), e.g. "
@@ -629,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best: the epoch of best command accuracy on the validation speakers, "
                         "stopping when it stalls (default); last: train every epoch, keep the "
                         "last (a speaker model: command accuracy does not measure voices)")
-    t.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    t.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     t.add_argument("--commands", type=_commands, metavar="WORD,WORD,...",
                    help="these words are the classes; every other word becomes _unknown_, the "
                         "clips of _silence_/ become _silence_ (default: every folder a label)")
@@ -659,20 +689,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="score every clip under a dataset with a saved model")
-    e.add_argument("model", type=Path)
-    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("model", type=Path, help=MODEL_HELP)
+    e.add_argument("--data", type=Path, required=True,
+                   help="labelled clips: a dataset folder or a .csv/.jsonl manifest")
     e.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (diagnostics go to stderr)")
     e.add_argument("--report", type=_out_dir, metavar="DIR",
                    help="write eval_report.json/.md/_confusion.png into DIR (default: none)")
-    e.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    e.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     e.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="label and probability for each file")
-    p.add_argument("model", type=Path)
-    p.add_argument("files", nargs="+")
+    p.add_argument("model", type=Path, help=MODEL_HELP)
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, ...); one line each")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--device", type=_device, default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_predict)
 
     _add_listen_parser(sub, "stream")
@@ -691,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(parser, NORMAL)
     for command in sub.choices.values():
         _add_verbosity(command, argparse.SUPPRESS)
+    for listed in sub._choices_actions:  # COMMAND --help opens with the line the list shows
+        sub.choices[listed.dest].description = listed.help
     return parser
 
 
@@ -708,3 +741,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speechxfer {args.command}: interrupted; output folders are as they were{resume}",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `speechxfer predict m *.wav | head`: the reader has had enough
+        try:  # and Python's last flush of stdout at exit must not fail on it again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout with no file behind it (tests, embedding)
+            pass
+        return 141  # what a shell reports for a writer a closed pipe stopped (128 + SIGPIPE)

@@ -18,7 +18,7 @@ Multi-label values are written ``"1|7"`` (classes present, every other class abs
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral, Real
 
 import torch
@@ -34,6 +34,7 @@ MAX_EMBEDDING_DIM = 4_096
 MAX_SCALE = 1_000.0  # cosine-to-logit scale of embedding heads
 MISSING = -1  # target of an unknown label (single/embedding) or an unknown multi-label entry
 SEP, UNKNOWN_MARK = "|", "?"
+EMBEDDING_OPTIONS = ("embedding_dim", "margin", "scale")  # HeadConfig fields only they read
 
 
 @dataclass
@@ -67,6 +68,12 @@ class HeadConfig:
         check_int("embedding_dim", self.embedding_dim, 1, MAX_EMBEDDING_DIM)
         check_real("margin", self.margin, 0.0, 2.0)
         check_real("scale", self.scale, 0.0, MAX_SCALE, low_open=True)
+        if self.kind != "embedding":  # other kinds never read them: a set one is a mistake
+            unused = [f.name for f in fields(self)
+                      if f.name in EMBEDDING_OPTIONS and getattr(self, f.name) != f.default]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: options of embedding heads only; this "
+                                 f"head is {self.kind!r} (--task NAME:embedding)")
 
     def options(self) -> dict:
         """The per-task choices config.json keeps; the sizes come from the encoder and labels."""

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -40,7 +40,7 @@ from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW
 from .evaluate import score, write_report
 from .heads import multilabel_classes
-from .log import LOGGER
+from .log import LOGGER, progress
 from .model import PRIMARY_TASK, CommandClassifier
 from .multitask import task_metrics
 from .openset import (
@@ -147,12 +147,19 @@ def open_set(labels: list[str]) -> bool:
     return any(lab in RESERVED for lab in labels)
 
 
+SCORED_AT_ONCE = 256  # clips per predict_proba call of evaluate_system: one bar step
+
+
 def evaluate_system(system: Recognizer, waves: list[torch.Tensor], truth: list[str]) -> dict:
     """Score any system as ``predict`` decides (after rejection when it has a threshold) and
     time its inference per clip. Open-set systems and truths add ``open_set``: command recall,
     unknown-word and silence false accepts (``openset.open_set_metrics``)."""
     start = time.perf_counter()
-    probs = system.predict_proba(waves)
+    # in slices, so a terminal shows how far a large test set is (a clip's scores do not
+    # depend on the clips scored with it)
+    slices = [waves[i:i + SCORED_AT_ONCE] for i in range(0, len(waves), SCORED_AT_ONCE)]
+    probs = (np.concatenate([system.predict_proba(s) for s in progress(slices, "scoring")])
+             if slices else system.predict_proba(waves))
     if system.threshold is not None:
         report = open_set_metrics(system.labels, truth, probs, system.threshold)
     else:
@@ -696,14 +703,15 @@ class Strategy:
     trains_head: bool  # extra tasks (--task speaker) need a classifier head to hang them on
     trains: bool = True  # something to train, so something to augment
     spells_others: bool = False  # its decoder can spell other words as _unknown_ (--spell-others)
+    in_epochs: bool = False  # trains a head in epochs (--epochs, --keep)
 
 
 DECODER_STRATEGIES = ("zero-shot", "generative", "combined")
 JOBS: dict[str, Strategy] = {
-    **{name: Strategy(neural_job, trains_head=True) for name in STRATEGIES},
+    **{name: Strategy(neural_job, trains_head=True, in_epochs=True) for name in STRATEGIES},
     "zero-shot": Strategy(zero_shot_job, trains_head=False, trains=False, spells_others=True),
     "generative": Strategy(generative_job, trains_head=False),
-    "combined": Strategy(combined_job, trains_head=True, spells_others=True),
+    "combined": Strategy(combined_job, trains_head=True, spells_others=True, in_epochs=True),
     **{name: Strategy(classic_job, trains_head=False) for name in CLASSIC_KINDS},
 }
 
@@ -730,6 +738,38 @@ def strategy_of(name: str, tasks: tuple[str, ...] = (PRIMARY_TASK,),
     return strategy
 
 
+K_STRATEGIES = ("top-k", "reinit-k")  # the strategies that read --k
+
+
+def check_options(name: str, *, k: int, epochs: int | None, keep: str, layer: int | None,
+                  pooling: str, head_options: dict | None, window: str | None,
+                  encoder: str = DEFAULT_ENCODER) -> None:
+    """A ValueError for an option the ``name`` strategy would ignore: the CLI's check, so a
+    model is never trained without what was asked and saved as if it had been (``train_job``
+    itself takes one set of options for every strategy, as a recipe comparing them passes).
+    The defaults (k 2, keep best, mean pooling, the default encoder) pass."""
+    strategy = JOBS[name]
+    epochs_for, head_for = "strategies training a head in epochs", "strategies with a head"
+    ignored = [(flag, used_by) for flag, given, used, used_by in (
+        (f"--k {k}", k != TrainConfig.k, name in K_STRATEGIES, " and ".join(K_STRATEGIES)),
+        (f"--epochs {epochs}", epochs is not None, strategy.in_epochs, epochs_for),
+        (f"--keep {keep}", keep != TrainConfig.keep, strategy.in_epochs, epochs_for),
+        (f"--layer {layer}", layer is not None, strategy.trains_head, head_for),
+        (f"--pooling {pooling}", pooling != "mean", strategy.trains_head, head_for),
+        ("--head-option (or --task NAME:KIND)", bool(head_options), strategy.trains_head,
+         head_for),
+        (f"--window {window}", window is not None, name not in CLASSIC_KINDS,
+         "strategies with an encoder"),
+        (f"--encoder {encoder}", encoder != DEFAULT_ENCODER, name not in CLASSIC_KINDS,
+         "strategies with an encoder"),
+    ) if given and not used]
+    if ignored:
+        flags = [flag for flag, _ in ignored]
+        uses = "; ".join(dict.fromkeys(f"{flag.split()[0]} is for {who}" for flag, who in ignored))
+        raise ValueError(f"{', '.join(flags)}: the {name} strategy does not use "
+                         f"{'it' if len(flags) == 1 else 'them'} ({uses})")
+
+
 @contextmanager
 def rank_folder() -> Iterator[Path]:
     """The private, temporary work folder of a torchrun rank above 0: rank 0 alone holds the
@@ -754,6 +794,24 @@ def check_trainable(ds: Dataset, split: Split, pool: list, commands: list[str] |
     if len(trained) < 2:
         raise DatasetError(f"{ds.location}: the training clips hold {len(trained)} label(s) "
                            f"{sorted(trained)}; a classifier needs at least 2 labels")
+
+
+def warn_keeps_all(pool: list, per_class_n: int | None, shots: int | None) -> None:
+    """A warning when ``--per-class`` / ``--shots`` asks for more clips than any label has:
+    every clip trains, and the run is not the few-shot one its summary's number suggests."""
+    if per_class_n:
+        groups = Counter((c.label, c.speaker) for c in pool if c.label is not None)
+        most, what = max(groups.values(), default=0), "of a label from one speaker"
+    elif shots:
+        groups = Counter(c.label for c in pool if c.label is not None and c.label not in RESERVED)
+        most, what = max(groups.values(), default=0), "of a command"
+    else:
+        return
+    asked = per_class_n or shots
+    if most < asked:
+        flag = "--per-class" if per_class_n else "--shots"
+        LOGGER.warning("%s %d: the training clips hold at most %d %s; every clip is kept",
+                       flag, asked, most, what)
 
 
 def negative_clips(paths, ds: Dataset, split: Split, pool: list,
@@ -863,6 +921,8 @@ def train_job(
         raise ValueError("--spell-others spells the words that are not among --commands; it "
                          "needs --commands")
     job = strategy_of(strategy, tuple(tasks), augment, spell_others).job
+    if epochs is not None and epochs < 1:  # not the strategy's default in disguise
+        raise ValueError(f"--epochs must be 1 or more, got {epochs}")
     augment_spec = augment_options(augment, noise, augment_copies, seed)
     # refuses a file or a busy --out now; torchrun's other ranks write nothing of the run's
     lock = training_folder(out, is_model_folder) if is_main_process() else rank_folder()
@@ -872,6 +932,7 @@ def train_job(
         split = split_dataset(ds, test_speakers or None, seed=seed)
         pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
         check_trainable(ds, split, pool, commands)
+        warn_keeps_all(pool if per_class_n else split.train, per_class_n, shots)
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))
         extra = negative_clips(negatives, ds, split, pool, commands)

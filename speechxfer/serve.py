@@ -31,6 +31,7 @@ Protocols
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -314,9 +315,27 @@ def _is_end(text: str) -> bool:
         return False
 
 
+def check_address(host: str, port: int) -> None:
+    """A ValueError naming the address when it cannot be listened on (taken, not this
+    machine's), before the model loads: uvicorn would log it among its start-up lines and
+    exit 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise ValueError(f"--host {host}: not an address of this machine ({err})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ValueError(f"{host}:{port}: cannot listen there ({err.strerror})") from None
+
+
 def serve(model: str | Path | Recognizer, host: str = HOST, port: int = PORT, *,
           device: str | torch.device = "cpu", log_level: str = "info", **limits) -> None:
     """Run the app with uvicorn until interrupted."""
+    check_address(host, port)
     app = create_app(model, device=device, **limits)
     chunk = limits.get("max_chunk_bytes", MAX_CHUNK_BYTES)
     uvicorn.run(app, host=host, port=port, ws_max_size=chunk + 1024, log_level=log_level)

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ from torch import nn
 from .audio import batch_waves, batches_by_length
 from .decoder.generative import DecoderCache, GenerativeRecognizer
 from .encoders import Encoder, EncoderOutput
-from .heads import MISSING, encode_multilabel
+from .heads import MISSING, check_int, check_real, encode_multilabel
 from .log import LOGGER, progress
 from .model import PRIMARY_TASK, CommandClassifier
 from .store import atomic_folder, recover
@@ -79,6 +80,16 @@ class TrainConfig:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose from {STRATEGIES}")
         if self.keep not in KEEP:
             raise ValueError(f"unknown keep {self.keep!r}; choose from {KEEP}")
+        # library callers pass these unchecked: a NaN or zero rate, or no epochs, would train
+        # nothing (or NaN weights) and still save a model
+        for name in ("epochs", "batch_size", "patience"):
+            check_int(name, getattr(self, name), 1, sys.maxsize)
+        for name in ("lr_head", "lr_encoder"):
+            check_real(name, getattr(self, name), 0.0, math.inf, low_open=True, high_open=True)
+        check_real("weight_decay", self.weight_decay, 0.0, math.inf, high_open=True)
+        check_real("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        for task, weight in self.task_weights.items():
+            check_real(f"task_weights[{task!r}]", weight, 0.0, math.inf, high_open=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,7 +221,19 @@ def frozen_blocks(model: CommandClassifier, config: TrainConfig) -> int:
 def prepare(model: CommandClassifier, config: TrainConfig) -> int:
     """Apply the strategy to the model's parameters; return the number of frozen blocks."""
     enc = model.encoder
+    unknown = sorted(set(config.task_weights) - set(model.tasks))
+    if unknown:  # a misspelt task's weight would be ignored without a word
+        raise ValueError(f"task_weights names task(s) {unknown} the model lacks; its tasks are "
+                         f"{sorted(model.tasks)}")
     n_frozen = frozen_blocks(model, config)
+    states = enc.num_layers + 1
+    if config.strategy == "top-k" and all(
+            head.mix.layer is not None and head.mix.layer % states <= n_frozen
+            for head in model.heads.values()):  # the tuned blocks would change nothing read
+        raise ValueError(f"top-k with k={config.k} tunes blocks above hidden state {n_frozen}, "
+                         f"but every head reads one at or below it (layer "
+                         f"{sorted({h.mix.layer for h in model.heads.values()})}); use a higher "
+                         "layer, a larger k, or the frozen strategy")
     if config.strategy == "reinit-k":
         if not 1 <= config.k <= enc.num_layers:
             raise ValueError(f"reinit-k needs 1 <= k <= {enc.num_layers}, got {config.k}")

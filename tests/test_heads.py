@@ -35,3 +35,12 @@ def test_head_shapes_and_padding_invariance(pooling):
 def test_unknown_pooling():
     with pytest.raises(ValueError, match="unknown pooling"):
         ClassifierHead(HeadConfig(2, 8, 3, pooling="max"))
+
+
+@pytest.mark.parametrize("option", [{"embedding_dim": 16}, {"margin": 0.3}, {"scale": 10.0}])
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_an_embedding_option_on_another_kind_of_head_is_refused(option, kind):
+    """--head-option command.embedding_dim=16 on a single head would be ignored without a word."""
+    with pytest.raises(ValueError, match=f"{next(iter(option))}: options of embedding heads only"):
+        HeadConfig(num_classes=3, hidden_size=8, num_states=2, kind=kind, **option)
+    HeadConfig(num_classes=3, hidden_size=8, num_states=2, kind="embedding", **option)

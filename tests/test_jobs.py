@@ -43,6 +43,53 @@ def test_extra_tasks_without_a_head_are_refused(strategy, small_fsdd, tmp_path, 
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("strategy, options, named", [
+    ("zero-shot", ["--epochs", "3"], "--epochs 3"),
+    ("generative", ["--keep", "last"], "--keep last"),
+    ("svm", ["--window", "2s", "--pooling", "attentive"], "--pooling attentive, --window 2s"),
+    ("frozen", ["--k", "3"], "--k 3"),
+    ("combined", ["--k", "1"], "--k 1"),
+    ("dtw", ["--layer", "2"], "--layer 2"),
+    ("gmm-hmm", ["--encoder", "whisper-base"], "--encoder whisper-base"),
+    ("zero-shot", ["--head-option", "command.dropout=0.5"], "--head-option (or --task NAME:KIND)"),
+])
+def test_an_option_the_strategy_ignores_is_refused(strategy, options, named, tmp_path, capsys):
+    """The model would be trained without it and saved as if it had been: refused before the
+    data is read (this folder does not exist)."""
+    assert main(["train", "--data", str(tmp_path / "none"), "--strategy", strategy, *options,
+                 "--out", str(tmp_path / "m")]) == 2
+    assert f"{named}: the {strategy} strategy does not use" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_options_a_strategy_uses_pass_the_check():
+    jobs.check_options("top-k", k=1, epochs=2, keep="last", layer=-1, pooling="attentive",
+                       head_options={"command": {"dropout": 0.2}}, window="clip")
+    jobs.check_options("svm", k=2, epochs=None, keep="best", layer=None, pooling="mean",
+                       head_options={}, window=None)  # the CLI's defaults
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"per_class_n": 5}, ("--per-class 5: the training clips hold at most 2 of a label from "
+                          "one speaker; every clip is kept")),
+    ({"shots": 9}, "--shots 9: the training clips hold at most 4 of a command; every clip is kept"),
+])
+def test_asking_for_more_clips_than_there_are_says_so(options, said, make_fsdd, tmp_path, caplog):
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], evaluate=False,
+                        out=tmp_path / "m", **options)
+    assert said in caplog.text and summary["n_train"] == 8
+    caplog.clear()
+    train_job(data, strategy="svm", test_speakers=["theo"], evaluate=False, out=tmp_path / "m",
+              per_class_n=2)
+    assert "every clip is kept" not in caplog.text
+
+
+def test_zero_epochs_are_refused_not_taken_as_the_default(tmp_path):
+    with pytest.raises(ValueError, match="--epochs must be 1 or more, got 0"):
+        train_job(tmp_path / "none", strategy="frozen", epochs=0, out=tmp_path / "m")
+
+
 def test_generative_job_end_to_end(make_fsdd, tmp_path):
     data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
     out = tmp_path / "gen"

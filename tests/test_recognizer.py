@@ -12,7 +12,7 @@ import torch
 from speechxfer import CommandClassifier, ModelError, Recognizer, load_model
 from speechxfer.audio import load as load_audio
 from speechxfer.classic import build_classic
-from speechxfer.decoder.combined import CombinedRecognizer
+from speechxfer.decoder.combined import CombinedRecognizer, combine_log_linear
 from speechxfer.decoder.generative import GenerativeRecognizer
 from speechxfer.decoder.scoring import ScoringOptions, ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
@@ -149,3 +149,19 @@ def test_combined_fast_path_equals_scoring_head_and_prior_apart(waves):
     slow = combined.predict_proba(waves)
     np.testing.assert_allclose(fast, slow, atol=1e-5)
     assert not np.allclose(fast, head.predict_proba(waves), atol=1e-3)  # the prior counted
+
+
+def test_a_head_claiming_frozen_over_a_tuned_encoder_gets_its_own_pass(waves):
+    """config.json says frozen, the weights say tuned: the decoder must not read the tuned
+    encoder's states (one pass would silently score other states than the prior's own)."""
+    head = CommandClassifier(build_encoder("whisper-tiny.en", window="2s"), {"command": LABELS})
+    zero = ZeroShotRecognizer(LABELS, window="2s")
+    with torch.no_grad():
+        head.encoder.blocks[-1].mlp[0].weight.add_(0.05)  # what top-k would have changed
+    head.info = {"strategy": {"strategy": "frozen"}}
+    combined = CombinedRecognizer(head, zero, 1.0)
+    assert not combined.shares_encoder()
+    apart = combine_log_linear(head.predict_proba(waves), combined.zero_probs(waves), 1.0)
+    np.testing.assert_allclose(combined.predict_proba(waves), apart, atol=1e-5)
+    head.info = {"strategy": "frozen"}  # config.json's, not of the shape training writes
+    assert not CombinedRecognizer(head, zero, 1.0).shares_encoder()

@@ -325,3 +325,18 @@ def test_page_in_headless_chromium_shows_the_spoken_command(svm, fsdd, tmp_path)
     heard, uploaded = browser_session(svm, wav, fsdd / "8_jackson_3.wav")
     assert heard == "5"
     assert uploaded == "8"
+
+
+def test_a_taken_port_is_one_line_and_exit_2_before_the_model_loads(tmp_path, capsys):
+    """uvicorn would log the bind error among its start-up lines and exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        no_model = tmp_path / "not-a-model"  # the address is checked first
+        assert main(["serve", str(no_model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"speechxfer serve: error: 127.0.0.1:{port}: cannot listen there "
+                           "(Address already in use)")
+    assert main(["serve", str(no_model), "--host", "no-such-host.invalid"]) == 2
+    assert "--host no-such-host.invalid: not an address of this machine" in capsys.readouterr().err

@@ -124,3 +124,30 @@ def test_a_mean_pooled_cache_gives_a_mean_pooled_head_the_same_probabilities(fsd
     assert {x.shape[1] for x in pooled.items} == {1} and max(x.shape[1] for x in cache.items) > 1
     assert cached_proba(model, pooled) == pytest.approx(cached_proba(model, cache), abs=2e-3)
     assert cached_proba(model, pooled) == pytest.approx(model.predict_proba(waves), abs=2e-3)
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"lr_head": 0.0}, "lr_head"), ({"lr_encoder": float("nan")}, "lr_encoder"),
+    ({"lr_head": -1e-3}, "lr_head"), ({"batch_size": 0}, "batch_size"),
+    ({"epochs": 0}, "epochs"), ({"task_weights": {"speaker": float("nan")}}, "speaker"),
+    ({"task_weights": {"speaker": -1.0}}, "speaker"), ({"warmup_fraction": 2.0}, "warmup"),
+])
+def test_config_refuses_values_that_would_train_nothing_or_nan(change, name):
+    with pytest.raises(ValueError, match=name):
+        TrainConfig(**change)
+
+
+def test_a_task_weight_for_no_task_of_the_model_is_refused():
+    with pytest.raises(ValueError, match=r"\['speakr'\] the model lacks"):
+        prepare(whisper_model(), TrainConfig(strategy="frozen", task_weights={"speakr": 2.0}))
+
+
+def test_top_k_refuses_heads_that_read_below_the_tuned_blocks():
+    """Hidden state 2 of 4 blocks comes before the top 2: tuning them would change nothing."""
+    encoder = build_encoder("whisper-tiny.en", pretrained=False)
+    low = CommandClassifier(encoder, {"command": ["a", "b"]}, layer=2)
+    with pytest.raises(ValueError, match="every head reads one at or below it"):
+        prepare(low, TrainConfig(strategy="top-k", k=2))
+    assert prepare(low, TrainConfig(strategy="top-k", k=3)) == 1  # block 1 feeds state 2
+    high = CommandClassifier(encoder, {"command": ["a", "b"]}, layer=-1)
+    assert prepare(high, TrainConfig(strategy="top-k", k=2)) == 2

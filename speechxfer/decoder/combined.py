@@ -88,6 +88,7 @@ class CombinedRecognizer(Recognizer):
         self.order = [zero.labels.index(lab) for lab in self.labels]  # zero's columns, our order
         self.info: dict = {}
         self.fast: Recognizer | None = None  # set: predict_proba runs it (``fast_path``)
+        self._same_encoder: bool | None = None  # the two encoders' weights equal (computed once)
 
     def task_model(self) -> CommandClassifier | None:
         return self.head.task_model()
@@ -102,9 +103,17 @@ class CombinedRecognizer(Recognizer):
 
     def shares_encoder(self) -> bool:
         """True when the head sat on the same, untouched encoder: one encoder pass serves both."""
-        strategy = self.head.info.get("strategy", {}).get("strategy")
-        return (strategy == "frozen" and self.head.encoder.window == self.zero.window
-                and self.head.encoder.name == self.zero.encoder_name)
+        strategy = self.head.info.get("strategy")  # config.json's: any JSON at all
+        if not (isinstance(strategy, dict) and strategy.get("strategy") == "frozen"
+                and self.head.encoder.window == self.zero.window
+                and self.head.encoder.name == self.zero.encoder_name):
+            return False
+        if self._same_encoder is None:  # config.json's word alone could hand the decoder
+            # states of an encoder it was never trained with (a tuned head's, relabelled)
+            head, zero = self.head.encoder.state_dict(), self.zero.model.encoder.state_dict()
+            self._same_encoder = head.keys() == zero.keys() and all(
+                torch.equal(head[k].cpu(), zero[k].cpu()) for k in head)
+        return self._same_encoder
 
     @torch.no_grad()
     def shared_pass(self, waves: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
