@@ -20,7 +20,7 @@ The accept threshold is the score ``FALSE_ACCEPT_TARGET`` of impostor trials rea
 Voiceprints live in ``MODEL/voiceprints/`` (``voiceprints.safetensors`` + ``voiceprints.json``,
 replaced whole on every enrolment, never pickled, one writer at a time). Saving a new model
 over the folder drops them, as it should: they belong to that model's embedding space; they keep
-its ``model_mark``, so copied beside another model they are refused, not scored.
+its ``Embedder.mark``, so copied beside another model they are refused, not scored.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import random
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from statistics import NormalDist
 
@@ -101,6 +102,14 @@ class Embedder:
     def sample_rate(self) -> int:
         return self.model.sample_rate
 
+    @cached_property
+    def mark(self) -> np.ndarray:
+        """The embedding of a fixed noise clip: what voiceprints keep of the model that made
+        them, so voiceprints copied beside another model (a retrained head, same size) are
+        known. One encoder pass, once per embedder."""
+        noise = 0.1 * torch.randn(self.sample_rate, generator=torch.Generator().manual_seed(0))
+        return self([noise])[0].astype(np.float32)
+
     @torch.no_grad()
     def __call__(self, waves: Sequence[torch.Tensor], batch_size: int = 16) -> np.ndarray:
         if self.task is not None:
@@ -133,7 +142,9 @@ def cohort_vectors(embed: Embedder, data: str | Path, scored: Collection[str] = 
     check_apart(data, "--cohort", scored)
     clips, waves, _ = speaker_clips(data, embed.sample_rate)
     enrolled = {d: str(f) for f in files if (d := _digest(f))}
-    shared = sorted(enrolled[d] for c in clips if (d := _digest(c.path)) in enrolled)
+    shared = []
+    if enrolled:  # the cohort's files are hashed only when there are enrolment files to match
+        shared = sorted(enrolled[d] for c in clips if (d := _digest(c.path)) in enrolled)
     if shared:
         raise VoiceprintError(f"{data}: the cohort holds {len(shared)} of the enrolment clips "
                               f"(e.g. {shared[0]}); a cohort is other voices: choose a folder "
@@ -203,7 +214,7 @@ class Voiceprints:
     calibration: dict | None = None  # where the threshold was set (None: the normal model)
     cohort: np.ndarray | None = None  # [speakers, dim] S-norm cohort (None: the model's own)
     cohort_data: str | None = None  # the folder the cohort came from
-    mark: np.ndarray | None = None  # [dim] the making model's ``model_mark`` (None: not kept)
+    mark: np.ndarray | None = None  # [dim] the making model's ``Embedder.mark`` (None: not kept)
 
     def to_config(self) -> dict:
         cohort = None if self.cohort is None else {"data": self.cohort_data,
@@ -215,18 +226,11 @@ class Voiceprints:
                 "speakers": [{"name": n, "clips": c} for n, c in zip(self.names, self.clips)]}
 
 
-def model_mark(embed: Embedder) -> np.ndarray:
-    """The embedding of a fixed noise clip: what voiceprints keep of the model that made them,
-    so voiceprints copied beside another model (a retrained head, same size) are known."""
-    noise = 0.1 * torch.randn(embed.sample_rate, generator=torch.Generator().manual_seed(0))
-    return embed([noise])[0].astype(np.float32)
-
-
 def check_mark(prints: Voiceprints, embed: Embedder, where: str | Path | None) -> None:
     """Refuse voiceprints another model made: scored with this one, they mean nothing."""
     if prints.mark is None:
         return
-    now = model_mark(embed)
+    now = embed.mark
     if now.shape != prints.mark.shape or float(now @ prints.mark) < MIN_MARK_COSINE:
         folder = Path(where) / FOLDER if where is not None else FOLDER
         raise ModelError(f"{folder}: made by another model (its {embed.source} is not this "
@@ -375,7 +379,7 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
                              + [[Path(c).name if isinstance(c, (str, Path)) else "<samples>"
                                  for c in clips]],
                              embed.source, prints.threshold, prints.calibration, prints.cohort,
-                             prints.cohort_data, model_mark(embed))
+                             prints.cohort_data, embed.mark)
         write_voiceprints(model_dir, prints)
     if (why := unscorable(prints, embed)) is not None:
         LOGGER.warning("%s: %s", model_dir, why)
@@ -737,7 +741,7 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
     if not impostors:
         raise VoiceprintError(f"{data}: no impostor trials to calibrate on")
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
-    mark = model_mark(embed)
+    mark = embed.mark
     with folder_lock(model):
         prints = read_voiceprints(model)
         if prints is None or prints.source != embed.source:
