@@ -17,11 +17,11 @@ same graph: the candidate tokens and their attention mask are constants.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +284,13 @@ def export_graph(system: Recognizer, path: Path, int8: bool = False,
     return window
 
 
+def graph_id(path: Path) -> str:
+    """The digest of a graph file as exported, before its stamp: the same model exports to the
+    same id (same command, same folder), another model's graph to another."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
+
+
 def stamp_graph(path: Path, config: dict) -> None:
     """Write ``config``'s GRAPH_META_KEYS into the graph's metadata (checked by ``check_stamp``)."""
     import onnx
@@ -441,7 +448,7 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
             source["fingerprint"] = fingerprint
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
                   "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
-                  "graph_id": uuid.uuid4().hex,
+                  "graph_id": graph_id(folder / GRAPH),
                   "normaliser_tokens": None if shortlist is None else shortlist.tolist(),
                   "source": source,
                   **system.rejection_config(), **getattr(system, "info", {})}

@@ -127,6 +127,14 @@ def test_a_graph_and_config_of_different_exports_are_refused(exported, tmp_path,
         load_model(folder)
 
 
+def test_the_same_model_exports_to_the_same_graph_id(frozen, exported, tmp_path):
+    """Same command, same folder: the stamp is the exported graph's digest, not a random id."""
+    again, _ = export(load_model(frozen), tmp_path / "again")
+    ids = [json.loads((f / "config.json").read_text())["graph_id"] for f in (exported[0], again)]
+    assert ids[0] == ids[1] and len(ids[0]) == 32
+    load_model(again)  # and its stamp still agrees with its config
+
+
 def test_cuda_without_a_cuda_provider_runs_on_the_cpu_and_says_so(exported, caplog):
     import onnxruntime as ort
 
