@@ -50,10 +50,20 @@ def load_report(path: Path) -> dict:
     return report
 
 
-def check_one_system(paths: list[Path], reports: list[dict]) -> None:
+def check_one_system(paths: list[Path], reports: list[dict], cross_fit: bool = False) -> None:
     """One system on different streams, or an error: another system's curve, or a stream counted
-    twice, would move the mean and the limits without a sign."""
-    for key in SYSTEM_KEYS:
+    twice, would move the mean and the limits without a sign. Cross-fitted, the model may differ
+    between stream folders but not within one (two models on one folder are two systems)."""
+    if cross_fit:
+        models: dict[str, tuple[Path, object]] = {}
+        for path, report in zip(paths, reports):
+            folder = json.dumps((report.get("stream") or {}).get("data"))
+            first = models.setdefault(folder, (path, report.get("model")))
+            if first[1] != report.get("model"):
+                raise SystemExit(f"{first[0]} and {path} score the stream folder {folder} with "
+                                 f"two models ({first[1]}, {report.get('model')}): one model "
+                                 "per fold")
+    for key in SYSTEM_KEYS[1:] if cross_fit else SYSTEM_KEYS:
         values = [(p, r.get(key)) for p, r in zip(paths, reports)]
         if len({v for _, v in values}) > 1:
             raise SystemExit(f"the reports are not of one system: {key} differs ("
@@ -73,12 +83,14 @@ def main() -> None:
                         metavar=("FROM", "TO", "STEP"))
     parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
     parser.add_argument("--total", type=int, default=1, help="false accepts over all streams")
+    parser.add_argument("--cross-fit", action="store_true",
+                        help="the reports are of one model per stream folder (cross-fitted folds)")
     args = parser.parse_args()
     low, high, step = args.grid
     if not (step > 0 and 0 <= low <= high <= 1):
         parser.error(f"--grid needs 0 <= FROM <= TO <= 1 and STEP > 0, got {low} {high} {step}")
     reports = [load_report(p) for p in args.reports]
-    check_one_system(args.reports, reports)
+    check_one_system(args.reports, reports, args.cross_fit)
     grid = [round(low + i * step, 6) for i in range(round((high - low) / step) + 1)]
     best = None
     print("threshold  " + "  ".join(f"{p.name:>22}" for p in args.reports) + "  mean recall  FAs")

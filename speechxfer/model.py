@@ -144,7 +144,9 @@ class CommandClassifier(nn.Module, Recognizer):
         head = next(iter(self.heads.values())).config
         return {
             **self.config_header(),
-            "encoder": {"name": self.encoder.name, "window": self.encoder.window},
+            # with what decides the encoder beyond its weights, so that it is rebuilt as trained
+            "encoder": {"name": self.encoder.name, "window": self.encoder.window,
+                        **self.encoder.recorded()},
             "sample_rate": self.sample_rate,
             "labels": self.labels,
             "tasks": self.tasks,
@@ -180,7 +182,10 @@ class CommandClassifier(nn.Module, Recognizer):
                                    or config["labels"] != tasks.get(PRIMARY_TASK)):
             raise ValueError(f"labels {config['labels']!r:.60} differ from the tasks' "
                              f"{PRIMARY_TASK!r} labels")
-        encoder = build_encoder(enc["name"], window=enc["window"], pretrained=pretrained)
+        # configs saved before encoders recorded anything hold name and window only
+        recorded = {k: v for k, v in enc.items() if k not in ("name", "window")}
+        encoder = build_encoder(enc["name"], window=enc["window"], pretrained=pretrained,
+                                recorded=recorded)
         model = cls(encoder, tasks, head.get("layer"), head.get("pooling", "mean"),
                     head.get("dropout", 0.1), heads)
         if config.get("sample_rate", model.sample_rate) != model.sample_rate:
@@ -204,7 +209,8 @@ class CommandClassifier(nn.Module, Recognizer):
         try:
             model = cls.from_config(config)
         except (KeyError, TypeError, ValueError) as err:
-            raise ModelError(f"{directory}: config does not describe a model ({err})") from None
+            raise ModelError(f"{directory / 'config.json'}: does not describe a model ({err})"
+                             ) from None
         model.load_rejection(config, directory)
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         model.load_state_dict(read_weights(weights, "pt", shapes))

@@ -67,3 +67,19 @@ def test_reports_that_would_give_a_wrong_figure_are_refused(tmp_path, reports, s
 def test_a_grid_off_the_threshold_range_is_refused(tmp_path, grid):
     done = run(tmp_path, [report(0)], "--grid", *grid)
     assert done.returncode == 2 and "--grid needs" in done.stderr
+
+
+def test_cross_fitted_folds_read_as_one_system_with_one_model_per_stream_folder(tmp_path):
+    fold_a = report(0, model="/m/a", stream={"data": "/tmp/a", "minutes": 30.0, "seed": 0})
+    fold_b = report(0, model="/m/b", stream={"data": "/tmp/b", "minutes": 30.0, "seed": 0})
+    done = run(tmp_path, [fold_a, fold_b], "--cross-fit")
+    assert done.returncode == 0, done.stderr
+    assert "best within the limits" in done.stdout
+    # Without --cross-fit two models are two systems.
+    assert "model differs" in run(tmp_path, [fold_a, fold_b]).stderr
+    # Two models on one stream folder are refused even cross-fitted, and so is another detector.
+    other = report(1, model="/m/b", stream={"data": "/tmp/a", "minutes": 30.0, "seed": 1})
+    done = run(tmp_path, [fold_a, other], "--cross-fit")
+    assert done.returncode != 0 and "two models" in done.stderr
+    done = run(tmp_path, [fold_a, {**fold_b, "pad_s": 0.25}], "--cross-fit")
+    assert done.returncode != 0 and "pad_s differs" in done.stderr

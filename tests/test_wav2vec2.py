@@ -8,6 +8,9 @@ loader's), loads it, and compares with the torchaudio model it came from on a re
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from torchaudio.models import Wav2Vec2Model, wav2vec2_model
 from speechxfer.audio import batch_waves
 from speechxfer.encoders import build_encoder
 from speechxfer.encoders.wav2vec2 import CheckpointError, Wav2Vec2Encoder, load_wav2vec2
-from speechxfer.model import CommandClassifier
+from speechxfer.model import CommandClassifier, ModelError, load_model
 
 CONVS = [(8, 10, 5)] + [(8, 3, 2)] * 4 + [(8, 2, 2)] * 2  # the real stack's shape, 8 channels
 LAYERS = 3
@@ -187,6 +190,11 @@ def test_torchaudio_bundle(tmp_path: Path, real_clip) -> None:
     wave = real_clip
     fed = torch.nn.functional.layer_norm(wave, wave.shape)  # what the bundle's model does
     _assert_matches_torchaudio(encoder, model, wave, fed)
+    # built as a saved classifier records it (through JSON), weights still from the bundle
+    recorded = json.loads(json.dumps(encoder.recorded()))
+    assert (recorded["normalize"], recorded["norm_eps"]) == (True, 1e-5)
+    again = build_encoder(encoder.name, recorded=recorded).eval()
+    _assert_matches_torchaudio(again, model, wave, fed)
 
 
 def test_pickle_weights_only_through_weights_only_load(tmp_path: Path, real_clip) -> None:
@@ -404,3 +412,79 @@ def test_unreadable_or_wrong_typed_checkpoints_name_the_file(tmp_path: Path) -> 
     (flag / "preprocessor_config.json").write_text(json.dumps({"do_normalize": "false"}))
     with pytest.raises(CheckpointError, match="preprocessor_config.json: do_normalize must be"):
         load_wav2vec2(flag)
+
+
+def _saved_classifier(tmp_path: Path, real_clip) -> tuple[Path, Path, np.ndarray]:
+    """A classifier saved on a tiny HF checkpoint whose preprocessor asks for normalised input.
+
+    The pre-LN "large" variant: its per-frame layer norms see the waveform's scale, which the
+    base variant's per-channel GroupNorm would largely cancel.
+    """
+    params = _params("large")
+    folder = _write_hf(tmp_path / "ckpt", _random_model(params), params, prefix="",
+                       do_normalize=True)
+    classifier = CommandClassifier(build_encoder(f"wav2vec2:{folder}"), {"command": ["7", "other"]})
+    saved = classifier.eval().save(tmp_path / "classifier")
+    return folder, saved, classifier.predict_proba([real_clip])
+
+
+def test_saved_classifier_keeps_its_encoder_settings(tmp_path: Path, real_clip, caplog) -> None:
+    """Editing or deleting the checkpoint folder after training changes no prediction: the saved
+    model recorded its input normalisation and architecture, and those win (with a warning)."""
+    folder, saved, before = _saved_classifier(tmp_path, real_clip)
+    recorded = json.loads((saved / "config.json").read_text())["encoder"]
+    assert recorded["normalize"] is True and recorded["norm_eps"] == 1e-7
+    assert recorded["params"]["encoder_layer_norm_first"] is True
+    (folder / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    hf = json.loads((folder / "config.json").read_text()) | {"do_stable_layer_norm": False}
+    (folder / "config.json").write_text(json.dumps(hf))  # same tensors, other layer-norm places
+    with caplog.at_level(logging.WARNING, logger="speechxfer"):
+        model = load_model(saved)
+    assert str(folder / "preprocessor_config.json") in caplog.text
+    assert f"{folder / 'config.json'} now says encoder_layer_norm_first" in caplog.text
+    assert model.encoder.normalize and model.encoder._final_norm
+    np.testing.assert_allclose(model.predict_proba([real_clip]), before, atol=1e-6)
+    model.encoder.normalize = False  # what the edited folder says does change the predictions
+    assert not np.allclose(model.predict_proba([real_clip]), before, atol=1e-4)
+
+    shutil.rmtree(folder)  # the model's own safetensors hold the encoder's weights
+    np.testing.assert_allclose(load_model(saved).predict_proba([real_clip]), before, atol=1e-6)
+
+
+def test_classifier_saved_before_settings_were_recorded(tmp_path: Path, real_clip) -> None:
+    """An older config.json (encoder name and window only) still loads, from the folder."""
+    folder, saved, before = _saved_classifier(tmp_path, real_clip)
+    config = json.loads((saved / "config.json").read_text())
+    config["encoder"] = {k: config["encoder"][k] for k in ("name", "window")}
+    (saved / "config.json").write_text(json.dumps(config))
+    np.testing.assert_allclose(load_model(saved).predict_proba([real_clip]), before, atol=1e-6)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+    assert load_model(saved).encoder.normalize is False  # as it always did: the folder decides
+
+
+def test_bad_recorded_encoder_settings_name_the_file(tmp_path: Path, real_clip) -> None:
+    _, saved, _ = _saved_classifier(tmp_path, real_clip)
+    path = saved / "config.json"
+    good = json.loads(path.read_text())
+    params = good["encoder"]["params"]
+    for edit, problem in (
+        ({"normalize": "true"}, "encoder normalize must be true or false, got 'true'"),
+        ({"norm_eps": 0}, "encoder norm_eps must be a positive number, got 0"),
+        ({"norm_eps": True}, "encoder norm_eps must be a positive number, got True"),
+        ({"params": [1, 2]}, "encoder params must map wav2vec2_model arguments"),
+        ({"params": params | {"dropout": 0.1}},
+         r"not wav2vec2_model keyword arguments \(unknown: dropout; missing: none\)"),
+        ({"params": params | {"encoder_num_heads": 3}}, "encoder params: describes no buildable"),
+        ({"params": params | {"encoder_num_layers": 2}},  # buildable: the weights do not fit
+         r"does not match model\.safetensors \(missing \[\], unexpected"),
+        ({"extra": 1}, "encoder records unknown setting"),
+    ):
+        path.write_text(json.dumps(good | {"encoder": good["encoder"] | edit}))
+        with pytest.raises(ModelError, match=re.escape(str(saved)) + r".*config\.json.*" + problem):
+            load_model(saved)
+    partial = {k: v for k, v in good["encoder"].items() if k != "params"}
+    path.write_text(json.dumps(good | {"encoder": partial}))
+    with pytest.raises(ModelError, match=r"config.json: .*records normalize, norm_eps but not params"):
+        load_model(saved)
+    with pytest.raises(ValueError, match="'whisper-tiny.en' takes no recorded settings"):
+        build_encoder("whisper-tiny.en", recorded={"normalize": True})

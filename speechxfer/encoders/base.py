@@ -81,6 +81,16 @@ class Encoder(nn.Module):
         """Parameters after the last block (e.g. the final layer norm), trained with the top."""
         return []
 
+    def recorded(self) -> dict:
+        """What decides this encoder's behaviour beyond its name and weights, for a saved
+        model's config.json (``build_encoder(..., recorded=...)`` rebuilds it from that).
+
+        Empty when the name alone fixes it (registered encoders); an encoder read from a
+        user's checkpoint folder records what that folder's JSON said, so the folder changing
+        or vanishing after training cannot change the saved model.
+        """
+        return {}
+
 
 class _AllStates(nn.Module):
     """``EncoderOutput`` as a tuple of tensors: what ``torch.jit.trace`` can record."""

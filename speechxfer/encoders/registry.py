@@ -20,7 +20,7 @@ from speechxfer.audio import SAMPLE_RATE
 from speechxfer.encoders import ct2
 from speechxfer.encoders.base import Encoder
 from speechxfer.encoders.cnn import build_cnn
-from speechxfer.encoders.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2
+from speechxfer.encoders.wav2vec2 import Wav2Vec2Encoder, load_wav2vec2, recorded_config
 from speechxfer.encoders.wav2vec2 import read_config as read_wav2vec2_config
 from speechxfer.encoders.whisper import (
     N_MELS,
@@ -190,11 +190,29 @@ def get_spec(name: str) -> EncoderSpec:
 WHISPER_DEFAULT_WINDOW = "2s"  # near 30-s accuracy at a fraction of the cost (see whisper.py)
 
 
-def build_encoder(name: str, window: str | None = None, pretrained: bool = True) -> Encoder:
+def _recorded_encoder(name: str, window: str | None, pretrained: bool, recorded: dict) -> Encoder:
+    """A ``wav2vec2:<folder>``/``hubert:<folder>`` encoder built as a saved model recorded it,
+    reading the folder for pretrained weights only."""
+    family, sep, path = name.partition(":")
+    if not sep or family not in PATH_FAMILIES:
+        raise ValueError(f"encoder {name!r} takes no recorded settings, got "
+                         f"{sorted(recorded)!r:.80}")
+    if window not in (None, "clip"):
+        raise ValueError(f"{name} only sees the clip itself (window 'clip')")
+    return load_wav2vec2(path, pretrained, name, recorded_config(recorded))
+
+
+def build_encoder(
+    name: str, window: str | None = None, pretrained: bool = True, recorded: dict | None = None,
+) -> Encoder:
     """The named encoder; ``pretrained=False`` is the same architecture, randomly initialised.
 
     ``window=None`` picks the encoder's default: ``"2s"`` for Whisper, ``"clip"`` otherwise.
+    ``recorded`` is what a saved model wrote down about its encoder (``Encoder.recorded``): it
+    wins over what the weight source's files say now, so the model behaves as it was trained.
     """
+    if recorded:
+        return _recorded_encoder(name, window, pretrained, recorded)
     spec = get_spec(name)
     if window is None:
         window = WHISPER_DEFAULT_WINDOW if spec.build is _build_whisper_encoder else "clip"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from torchaudio.models.wav2vec2.components import SelfAttention
 
 from speechxfer.audio import SAMPLE_RATE  # the rate every wav2vec2/HuBERT checkpoint was trained at
 from speechxfer.encoders.base import Encoder, EncoderOutput
+from speechxfer.log import LOGGER
 
 HF_NORM_EPS = 1e-7  # variance floor of HF's zero_mean_unit_var_norm
 TORCHAUDIO_NORM_EPS = 1e-5  # the bundles normalise with F.layer_norm's default eps
@@ -85,6 +87,8 @@ WEIGHT_NORM_RENAMES = {
     ".weight_v": ".parametrizations.weight.original1",
 }
 MAX_LISTED = 8  # keys named in an error before "... and N more"
+# what a saved classifier records about its encoder beyond the weights (Wav2Vec2Encoder.recorded)
+RECORDED = ("normalize", "norm_eps", "params")
 
 
 class CheckpointError(ValueError):
@@ -99,7 +103,7 @@ class Wav2Vec2Config:
     model_type: str  # "wav2vec2" or "hubert"
     normalize: bool  # normalise each clip's waveform to zero mean, unit variance
     norm_eps: float  # variance floor of that normalisation, as the source implementation uses
-    source: str  # "huggingface" or "torchaudio"
+    source: str  # "huggingface", "torchaudio" or "recorded" (by a saved classifier)
 
     @property
     def hidden_size(self) -> int:
@@ -188,6 +192,23 @@ def _hf_config(folder: Path) -> Wav2Vec2Config:
     return Wav2Vec2Config(params, cfg["model_type"], normalize, HF_NORM_EPS, "huggingface")
 
 
+def _checked_params(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """``params`` if they are exactly ``wav2vec2_model``'s keyword arguments (conv layers as
+    tuples, as torchaudio holds them); a CheckpointError prefixed with ``where`` if not."""
+    expected = set(inspect.signature(wav2vec2_model).parameters)
+    unknown, missing = sorted(set(params) - expected), sorted(expected - set(params))
+    if unknown or missing:
+        raise CheckpointError(
+            f"{where}: not wav2vec2_model keyword arguments "
+            f"(unknown: {_listed(unknown) or 'none'}; missing: {_listed(missing) or 'none'})"
+        )
+    conv = params["extractor_conv_layer_config"]
+    if isinstance(conv, list):
+        params["extractor_conv_layer_config"] = [
+            tuple(c) if isinstance(c, list) else c for c in conv]
+    return params
+
+
 def _torchaudio_config(folder: Path) -> Wav2Vec2Config:
     params = _read_json(folder / TORCHAUDIO_CONFIG)
     normalize = params.pop("normalize_waveform", False)
@@ -195,16 +216,7 @@ def _torchaudio_config(folder: Path) -> Wav2Vec2Config:
         raise CheckpointError(f"{folder / TORCHAUDIO_CONFIG}: normalize_waveform must be true "
                               f"or false, got {normalize!r:.40}")
     params["aux_num_out"] = None  # the CTC head is not part of the encoder
-    expected = set(inspect.signature(wav2vec2_model).parameters)
-    unknown, missing = sorted(set(params) - expected), sorted(expected - set(params))
-    if unknown or missing:
-        raise CheckpointError(
-            f"{folder / TORCHAUDIO_CONFIG}: not wav2vec2_model keyword arguments "
-            f"(unknown: {_listed(unknown) or 'none'}; missing: {_listed(missing) or 'none'})"
-        )
-    conv = params["extractor_conv_layer_config"]
-    if conv is not None:
-        params["extractor_conv_layer_config"] = [tuple(c) for c in conv]
+    params = _checked_params(params, str(folder / TORCHAUDIO_CONFIG))
     return Wav2Vec2Config(params, "wav2vec2", normalize, TORCHAUDIO_NORM_EPS, "torchaudio")
 
 
@@ -225,6 +237,56 @@ def read_config(folder: str | Path) -> Wav2Vec2Config:
         f"{folder}: not a wav2vec2/HuBERT checkpoint: expected {HF_CONFIG} (Hugging Face) "
         f"or {TORCHAUDIO_CONFIG} (torchaudio bundle)"
     )
+
+
+def recorded_config(record: dict[str, Any]) -> Wav2Vec2Config:
+    """The config a saved classifier recorded (``Wav2Vec2Encoder.recorded``), checked.
+
+    A TypeError or ValueError names the first bad entry; the caller names the file.
+    """
+    unknown = sorted(set(record) - set(RECORDED))
+    if unknown:
+        raise ValueError(f"encoder records unknown setting(s) {_listed(unknown)} "
+                         f"(known: {', '.join(RECORDED)})")
+    missing = [k for k in RECORDED if k not in record]
+    if missing:  # a hand-edited record: half from it and half from the folder would be a guess
+        present = ", ".join(k for k in RECORDED if k in record)
+        raise ValueError(f"encoder records {present} but not {', '.join(missing)}")
+    normalize, eps, params = (record[k] for k in RECORDED)
+    if not isinstance(normalize, bool):  # bool("false") would silently normalise
+        raise TypeError(f"encoder normalize must be true or false, got {normalize!r:.40}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ValueError(f"encoder norm_eps must be a positive number, got {eps!r:.40}")
+    if not isinstance(params, dict):
+        raise TypeError(f"encoder params must map wav2vec2_model arguments to values, "
+                        f"got {params!r:.40}")
+    params = _checked_params(dict(params), "encoder params")
+    return Wav2Vec2Config(params, "wav2vec2", normalize, float(eps), "recorded")
+
+
+def _warn_if_changed(folder: Path, recorded: Wav2Vec2Config, name: str) -> None:
+    """Log which file of a still-present checkpoint folder now says otherwise than a saved
+    model recorded: the recorded values are used (the model was trained with them)."""
+    if not folder.is_dir():
+        return  # moved or deleted: nothing of it is needed
+    try:
+        now = read_config(folder)
+    except CheckpointError as err:
+        LOGGER.warning("%s: %s; using the settings the model recorded", name, err)
+        return
+    settings_file, arch_file = ((TORCHAUDIO_CONFIG, TORCHAUDIO_CONFIG)
+                                if now.source == "torchaudio" else (HF_PREPROCESSOR, HF_CONFIG))
+    settings = ("normalize", "norm_eps")
+    was = {k: getattr(recorded, k) for k in settings} | recorded.params
+    is_now = {k: getattr(now, k) for k in settings} | now.params
+    diffs: dict[str, list[str]] = {}
+    for key, value in was.items():
+        if is_now.get(key) != value:
+            file = settings_file if key in settings else arch_file
+            diffs.setdefault(file, []).append(f"{key}={is_now.get(key)!r} (trained with {value!r})")
+    for file, found in diffs.items():
+        LOGGER.warning("%s: %s now says %s; using the settings the model recorded", name,
+                       folder / file, ", ".join(found))
 
 
 def _read_weights(folder: Path, allow_pickle_file: bool) -> dict[str, torch.Tensor]:
@@ -347,7 +409,7 @@ class Wav2Vec2Encoder(Encoder):
 
     def __init__(
         self, model: Wav2Vec2Model, name: str = "wav2vec2", normalize: bool = False,
-        norm_eps: float = HF_NORM_EPS,
+        norm_eps: float = HF_NORM_EPS, params: dict[str, Any] | None = None,
     ):
         super().__init__()
         layers = model.encoder.transformer.layers
@@ -355,6 +417,7 @@ class Wav2Vec2Encoder(Encoder):
             raise ValueError("only wav2vec2/HuBERT attention is supported (not WavLM's)")
         self.model, self.name = model, name
         self.normalize, self.norm_eps = normalize, norm_eps
+        self.params = params  # the wav2vec2_model arguments ``model`` was built with, if known
         self.hidden_size = model.encoder.feature_projection.projection.out_features
         self.num_layers = len(layers)
         receptive = 1
@@ -365,7 +428,15 @@ class Wav2Vec2Encoder(Encoder):
     @classmethod
     def from_config(cls, config: Wav2Vec2Config, name: str) -> Wav2Vec2Encoder:
         """The architecture with PyTorch's default initialisation, as torchaudio builds it."""
-        return cls(wav2vec2_model(**config.params), name, config.normalize, config.norm_eps)
+        return cls(wav2vec2_model(**config.params), name, config.normalize, config.norm_eps,
+                   config.params)
+
+    def recorded(self) -> dict[str, Any]:
+        """Input normalisation and architecture, which the checkpoint folder's JSON decides and
+        may change after training (see base); empty for a model built without its params."""
+        if self.params is None:
+            return {}
+        return {"normalize": self.normalize, "norm_eps": self.norm_eps, "params": self.params}
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -442,24 +513,32 @@ class Wav2Vec2Encoder(Encoder):
 
 
 def load_wav2vec2(
-    folder: str | Path, pretrained: bool = True, name: str | None = None
+    folder: str | Path, pretrained: bool = True, name: str | None = None,
+    config: Wav2Vec2Config | None = None,
 ) -> Wav2Vec2Encoder:
     """A wav2vec2/HuBERT encoder from a Hugging Face or torchaudio-bundle checkpoint folder.
 
     ``pretrained=False`` reads the config only and returns the same architecture randomly
     initialised. ``name`` defaults to ``"<model_type>:<absolute folder>"``, which
-    ``build_encoder`` accepts, so a saved classifier can rebuild its encoder.
+    ``build_encoder`` accepts, so a saved classifier can rebuild its encoder. ``config`` (what
+    a saved classifier recorded, ``recorded_config``) replaces the folder's JSON, which may
+    have changed since training: the folder is then read for pretrained weights only, and a
+    warning names any of its files that now says otherwise.
     """
     folder = Path(folder).resolve()
-    config = read_config(folder)
+    if config is None:
+        config = read_config(folder)
+        where = folder / (TORCHAUDIO_CONFIG if config.source == "torchaudio" else HF_CONFIG)
+    else:
+        _warn_if_changed(folder, config, name or str(folder))
+        where = "encoder params"
     try:
         encoder = Wav2Vec2Encoder.from_config(config, name or f"{config.model_type}:{folder}")
     except (TypeError, ValueError, RuntimeError) as err:  # torchaudio's own, naming no file
-        source = TORCHAUDIO_CONFIG if config.source == "torchaudio" else HF_CONFIG
-        raise CheckpointError(f"{folder / source}: describes no buildable model "
+        raise CheckpointError(f"{where}: describes no buildable model "
                               f"({str(err).strip().splitlines()[0][:200]})") from None
-    if pretrained:
-        if config.source == "huggingface":
+    if pretrained:  # the weights' names follow the folder's layout, as read_config tells it
+        if not (folder / TORCHAUDIO_CONFIG).is_file():
             state, unknown = huggingface_to_torchaudio(_read_weights(folder, True))
         else:
             raw = _read_weights(folder, False)
