@@ -37,7 +37,7 @@ from .decoder.scoring import (
     other_spellings,
 )
 from .encoders import build_encoder
-from .encoders.registry import WHISPER_DEFAULT_WINDOW
+from .encoders.registry import WHISPER_DEFAULT_WINDOW, has_decoder
 from .evaluate import score, write_report
 from .heads import multilabel_classes
 from .log import LOGGER, progress
@@ -763,6 +763,11 @@ def check_options(name: str, *, k: int, epochs: int | None, keep: str, layer: in
         (f"--encoder {encoder}", encoder != DEFAULT_ENCODER, name not in CLASSIC_KINDS,
          "strategies with an encoder"),
     ) if given and not used]
+    if name in DECODER_STRATEGIES and not has_decoder(encoder):
+        heads = ", ".join(n for n, s in JOBS.items() if s.trains_head and n not in DECODER_STRATEGIES)
+        raise ValueError(f"--encoder {encoder}: the {name} strategy scores words with Whisper's "
+                         f"decoder, and this encoder has none; give --strategy with a head on "
+                         f"the encoder alone ({heads})")
     if ignored:
         flags = [flag for flag, _ in ignored]
         uses = "; ".join(dict.fromkeys(f"{flag.split()[0]} is for {who}" for flag, who in ignored))

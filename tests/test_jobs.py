@@ -62,6 +62,18 @@ def test_an_option_the_strategy_ignores_is_refused(strategy, options, named, tmp
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("strategy", ["combined", "zero-shot", "generative"])
+def test_a_decoder_strategy_on_an_encoder_without_a_decoder_is_refused(strategy, tmp_path, capsys):
+    """Before: "'ds-cnn' is not a Whisper model" from deep inside training (with combined, the
+    default strategy, after the head had trained); now the CLI says what to give instead."""
+    assert main(["train", "--data", str(tmp_path / "none"), "--strategy", strategy,
+                 "--encoder", "ds-cnn", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"--encoder ds-cnn: the {strategy} strategy scores words with Whisper's decoder" in err
+    assert "frozen, top-k, full, reinit-k, scratch" in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_the_options_a_strategy_uses_pass_the_check():
     jobs.check_options("top-k", k=1, epochs=2, keep="last", layer=-1, pooling="attentive",
                        head_options={"command": {"dropout": 0.2}}, window="clip")

@@ -219,6 +219,12 @@ def build_encoder(
     return spec.build(spec, window, pretrained)
 
 
+def has_decoder(name: str) -> bool:
+    """Whether the named encoder comes with a Whisper decoder (what the decoder strategies
+    score words with); an unknown name is the ValueError of ``get_spec``."""
+    return get_spec(name).build is _build_whisper_encoder
+
+
 def _whisper_spec(name: str) -> EncoderSpec:
     spec = get_spec(name)
     if spec.build is not _build_whisper_encoder:
