@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 # The model (eval-stream names it; older reports do not) and the detector options that change
@@ -43,11 +44,28 @@ def load_report(path: Path) -> dict:
     if not isinstance(report, dict) or not report.get("det") or "hours" not in report:
         raise SystemExit(f"{path}: no DET curve (\"det\") and \"hours\"; give the output of "
                          "speechxfer eval-stream --json")
-    if any(p.get("miss_rate") is None or p.get("false_accepts_per_hour") is None
-           for p in report["det"]):
+    det = report["det"]
+    if not isinstance(det, list) or not all(isinstance(p, dict) for p in det):
+        raise SystemExit(f"{path}: \"det\" is not a list of curve points: {det!r:.80}")
+    if any(p.get("miss_rate") is None or p.get("false_accepts_per_hour") is None for p in det):
         raise SystemExit(f"{path}: the curve has no recall or false-accept rate (no command of "
                          "the model in the stream, or an empty stream)")
+    # NaN would read as a recall of nan chosen as best, or as counts that are no numbers
+    if not number(report["hours"], 0, math.inf) or report["hours"] == 0:
+        raise SystemExit(f"{path}: \"hours\" is not a positive number: {report['hours']!r:.40}")
+    for key, low, high in (("threshold", 0, math.inf), ("miss_rate", 0, 1),
+                           ("false_accepts_per_hour", 0, math.inf)):
+        bad = next((p for p in det if not number(p.get(key), low, high)), None)
+        if bad is not None:
+            raise SystemExit(f"{path}: a curve point's {key!r} is not a number in [{low}, "
+                             f"{high}]: {bad!r:.80}")
     return report
+
+
+def number(value: object, low: float, high: float) -> bool:
+    """A finite real in [low, high]; not a bool or a string."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and low <= value <= high)
 
 
 def check_one_system(paths: list[Path], reports: list[dict], cross_fit: bool = False) -> None:
@@ -57,7 +75,8 @@ def check_one_system(paths: list[Path], reports: list[dict], cross_fit: bool = F
     if cross_fit:
         models: dict[str, tuple[Path, object]] = {}
         for path, report in zip(paths, reports):
-            folder = json.dumps((report.get("stream") or {}).get("data"))
+            stream = report.get("stream") or {}  # a built stream's folder, or a recording
+            folder = json.dumps(stream.get("data", stream.get("recording")))
             first = models.setdefault(folder, (path, report.get("model")))
             if first[1] != report.get("model"):
                 raise SystemExit(f"{first[0]} and {path} score the stream folder {folder} with "
@@ -91,7 +110,8 @@ def main() -> None:
         parser.error(f"--grid needs 0 <= FROM <= TO <= 1 and STEP > 0, got {low} {high} {step}")
     reports = [load_report(p) for p in args.reports]
     check_one_system(args.reports, reports, args.cross_fit)
-    grid = [round(low + i * step, 6) for i in range(round((high - low) / step) + 1)]
+    # whole steps within [FROM, TO]: rounding the count could add a threshold past TO
+    grid = [round(low + i * step, 6) for i in range(math.floor((high - low) / step + 1e-9) + 1)]
     best = None
     print("threshold  " + "  ".join(f"{p.name:>22}" for p in args.reports) + "  mean recall  FAs")
     for t in grid:

@@ -12,6 +12,7 @@ ensemble's folder (a combined system keeps its fast path), so it reopens on its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decoder.combined import FAST_FOLDER
 from .heads import check_real
 from .recognizer import (
     ModelError,
@@ -34,6 +36,28 @@ from .store import StoreError, atomic_folder
 
 KIND = "ensemble"
 MEMBER_FOLDER = "member{}"  # the i-th member's folder inside the ensemble's
+
+
+def system_digest(folder: Path) -> str:
+    """A digest of what a saved system answers with: its config.json and safetensors files (not
+    its exported graphs or reports), so a copy of a folder has the same digest as the folder."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_file() and FAST_FOLDER not in rel.parts[:-1] and (
+                path.name == "config.json" or path.suffix == ".safetensors"):
+            digest.update(f"{rel.as_posix()}\0".encode())
+            with path.open("rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _systems(system: Recognizer, folder: Path) -> list[Path]:
+    """The folders of the single systems in ``system`` (an ensemble's members', nested ones
+    opened up)."""
+    if isinstance(system, EnsembleRecognizer) and None not in system.sources:
+        return [f for m, s in zip(system.members, system.sources) for f in _systems(m, s)]
+    return [folder]
 
 
 class EnsembleRecognizer(Recognizer):
@@ -105,6 +129,15 @@ class EnsembleRecognizer(Recognizer):
         except ValueError as err:
             raise ModelError(f"{', '.join(map(str, folders))}: {err}") from None
         system.sources = [Path(f) for f in folders]
+        # a copy of a folder, or a system inside an ensemble given beside it, would count twice
+        # in the product: its answers would silently outweigh the other members'
+        first: dict[str, tuple[int, Path]] = {}
+        for i, (member, source) in enumerate(zip(members, system.sources)):
+            for leaf in _systems(member, source):
+                j, seen = first.setdefault(system_digest(leaf), (i, leaf))
+                if (j, seen) != (i, leaf):
+                    raise ModelError(f"{leaf}: the same system as {seen} (members {j} and {i}); "
+                                     "an ensemble needs different systems")
         return system
 
     @classmethod
@@ -116,6 +149,9 @@ class EnsembleRecognizer(Recognizer):
             raise ModelError(f"{directory}: 'members' must list at least two member folders, "
                              f"got {names!r:.60}")
         folders = [sub_folder(directory, {"member": n}, "member") for n in names]
+        twice = sorted({n for i, n in enumerate(names) if folders[i] in folders[:i]})
+        if twice:  # the product of a system with itself is that system, counted twice
+            raise ModelError(f"{directory / 'config.json'}: 'members' names {twice} twice")
         members = [load(f, device) for f in folders]
         try:
             system = cls(members)

@@ -135,6 +135,9 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0,
     usable = [i for i in waves if clips[i].label is not None]
     if not usable:
         raise AudioError(data, "no usable labelled clips to build a stream from")
+    if talk is not None and not any(clips[i].label == TALK for i in usable):
+        # else the report would name a talk folder whose recordings it never heard
+        raise AudioError(talk, "no readable recording under the talk folder")
     noise = [i for i in usable if clips[i].label == SILENCE]
     pieces: list[tuple[int, np.ndarray]] = []
     spans: list[Span] = []
@@ -151,6 +154,9 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0,
         pieces.append((at, wave))
         spans.append(Span((at + a) / RATE, (at + b) / RATE, clips[i].label))
         at += len(wave)
+    if not spans:  # a report of no clip would read as a stream without a false accept
+        raise ValueError(f"{data}: a {minutes:g}-min stream is too short to hold a clip; "
+                         "build a longer one")
     audio = _bed([waves[i] for i in noise], total, rng)
     for at, wave in pieces:
         audio[at: at + len(wave)] += wave
@@ -231,6 +237,19 @@ def read_labels(path: str | Path, seconds: float | None = None) -> list[Span]:
             raise LabelFileError(f"{path}: rows {m} and {n}: two {a.label!r} spans overlap "
                                  f"({a.start}-{a.end} s, {b.start}-{b.end} s): a row listed twice?")
     return sorted(spans, key=lambda s: s.start)
+
+
+def check_label_names(spans: list[Span], labels: list[str], path: str | Path) -> None:
+    """A ``LabelFileError`` for a label written otherwise than the model's command it names
+    ("Yes", " yes" for "yes"): its spans would not count as commands, so every event on them
+    would read as a false accept and recall would leave them out."""
+    commands = {lab.strip().casefold(): lab for lab in labels if is_command(lab)}
+    for span in spans:
+        same = commands.get(span.label.strip().casefold())
+        if same is not None and span.label not in labels:
+            raise LabelFileError(f"{path}: label {span.label!r} (at {span.start} s) is the "
+                                 f"model's command {same!r} written otherwise; write it as "
+                                 "the model does")
 
 
 def span_kind(label: str, commands: set[str]) -> str:
@@ -422,7 +441,9 @@ def measure(model: Recognizer, data: str | Path, *, minutes: float = 30.0, seed:
         if not data.is_file():
             raise AudioError(data, "with a label file, --data must be the recording (a file)")
         rate, frames = file_length(data)
-        report = evaluate_stream(model, read_labels(labels, frames / rate), recording=data,
+        spans = read_labels(labels, frames / rate)
+        check_label_names(spans, model.labels, labels)
+        report = evaluate_stream(model, spans, recording=data,
                                  threshold=threshold, filler_margin=filler_margin,
                                  filler_below=filler_below, pad_s=pad_s)
         report["stream"] = {"recording": str(data), "labels": str(labels)}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .audio import AUDIO_SUFFIXES, Clip
 from .data import Dataset, DatasetError, load_dataset
+from .log import LOGGER
 
 UNKNOWN = "_unknown_"
 SILENCE = "_silence_"
@@ -125,6 +126,13 @@ def apply_commands(dataset: Dataset, commands: list[str]) -> Dataset:
             f"{dataset.root}: command word(s) {missing} have no clips; words in the data: "
             f"{[w for w in dataset.labels if w not in RESERVED]}"
         )
+    folded = {w.strip().casefold() for w in commands}
+    near = [w for w in dataset.labels if w not in commands and w not in RESERVED
+            and w.strip().casefold() in folded]
+    if near:  # "Yes" beside the command "yes": the word would train as "none of these"
+        LOGGER.warning("%s: labels %s differ from the commands only in case; their clips train "
+                       "as %s (rename the folders, or list them in --commands)", dataset.root,
+                       near[:10], UNKNOWN)
     return _relabel(dataset, set(commands))
 
 

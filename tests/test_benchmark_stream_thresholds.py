@@ -55,6 +55,16 @@ def test_a_threshold_between_two_scores_lets_only_the_higher_fire(tmp_path):
     ([report(0), "not json"], "r1.json: not a readable JSON report"),
     ([report(0, det=[{"threshold": 0.0, "miss_rate": None, "false_accepts_per_hour": 2.0}])],
      "r0.json: the curve has no recall"),
+    # NaN read as the best mean recall, or crashing the false-accept count; a hand-made curve
+    ([report(0), report(1, det=[{"threshold": 0.0, "miss_rate": float("nan"),
+                                 "false_accepts_per_hour": 0.0}])], "r1.json: a curve point's"),
+    ([report(0), report(1, det=[{"threshold": 0.0, "miss_rate": 0.5,
+                                 "false_accepts_per_hour": float("nan")}])], "'false_accepts"),
+    ([report(0), report(1, det=[{"miss_rate": 0.5, "false_accepts_per_hour": 1.0}])],
+     "r1.json: a curve point's 'threshold'"),
+    ([report(0), report(1, det=[[0.5, 0.5, 1.0]])], "r1.json: \"det\" is not a list"),
+    ([report(0), report(1, hours="0.5")], "r1.json: \"hours\" is not a positive number"),
+    ([report(0), report(1, hours=0)], "r1.json: \"hours\" is not a positive number"),
 ])
 def test_reports_that_would_give_a_wrong_figure_are_refused(tmp_path, reports, says):
     done = run(tmp_path, reports)
@@ -67,6 +77,21 @@ def test_reports_that_would_give_a_wrong_figure_are_refused(tmp_path, reports, s
 def test_a_grid_off_the_threshold_range_is_refused(tmp_path, grid):
     done = run(tmp_path, [report(0)], "--grid", *grid)
     assert done.returncode == 2 and "--grid needs" in done.stderr
+
+
+def test_the_grid_ends_at_or_before_its_last_threshold(tmp_path):
+    done = run(tmp_path, [report(0)], "--grid", "0.4", "0.9", "0.3")
+    assert done.returncode == 0, done.stderr
+    rows = [x.split()[0] for x in done.stdout.splitlines()[1:] if x.strip()[:1].isdigit()]
+    assert rows == ["0.40", "0.70"]  # not 1.00, past TO
+
+
+def test_cross_fitted_recordings_are_one_model_each(tmp_path):
+    """Scored recordings (--labels) name no stream folder: each recording is its own."""
+    rooms = [report(0, model=f"/m/{r}", stream={"recording": f"/rec/{r}.wav",
+                                                 "labels": f"/rec/{r}.csv"}) for r in "ab"]
+    done = run(tmp_path, rooms, "--cross-fit")
+    assert done.returncode == 0, done.stderr
 
 
 def test_cross_fitted_folds_read_as_one_system_with_one_model_per_stream_folder(tmp_path):

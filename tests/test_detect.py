@@ -19,6 +19,7 @@ from speechxfer.streameval import (
     LabelFileError,
     Span,
     build_stream,
+    check_label_names,
     det_curve,
     evaluate_stream,
     read_labels,
@@ -305,6 +306,33 @@ def test_talk_joins_the_stream_as_speech_that_is_no_command(folder, fsdd, tmp_pa
         build_stream(folder, 1.0, talk=tmp_path / "empty")
     with pytest.raises(AudioError, match="talk must be a folder"):
         build_stream(folder, 1.0, talk=tmp_path / "missing")
+
+
+def test_a_talk_folder_of_no_readable_recording_or_a_stream_holding_no_clip_is_refused(
+        folder, tmp_path):
+    (tmp_path / "talk").mkdir()
+    (tmp_path / "talk" / "broken.wav").write_bytes(b"not audio")
+    with pytest.raises(AudioError, match="no readable recording under the talk folder"):
+        build_stream(folder, 1.0, talk=tmp_path / "talk")  # not a stream without talk
+    with pytest.raises(ValueError, match="too short to hold a clip"):  # not 0 false accepts
+        build_stream(folder, 0.01)
+
+
+def test_a_label_written_otherwise_than_the_models_command_is_refused(session, tmp_path):
+    from types import SimpleNamespace
+
+    from speechxfer.streameval import measure
+
+    labels = ["_silence_", "_unknown_", "no", "yes"]
+    wav, csv = tmp_path / "room.wav", tmp_path / "room.csv"
+    sf.write(wav, session[0], RATE)
+    csv.write_text("0.8,1.3,yes\n2.0,2.5,Yes\n")  # its events would count as false accepts
+    with pytest.raises(LabelFileError, match=r"room.csv: label 'Yes' \(at 2.0 s\) is the model's "
+                                             r"command 'yes'"):
+        measure(SimpleNamespace(labels=labels), wav, labels=csv)
+    check_label_names([Span(0.1, 0.5, "yes"), Span(1, 2, "dog"), Span(3, 4, "_unknown_")],
+                      labels, csv)
+    check_label_names([Span(0.1, 0.5, "Yes")], ["yes", "Yes"], csv)  # both the model's
 
 
 def test_a_stream_with_no_command_of_the_model_is_said(svm, vad, caplog):

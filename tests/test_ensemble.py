@@ -127,3 +127,32 @@ def test_the_same_folder_twice_is_refused(make_svm, tmp_path, capsys):
     a = make_svm(tmp_path / "a", DIGITS, range(3))
     assert main(["ensemble", str(a), str(tmp_path / "." / "a"), "--out", str(tmp_path / "aa")]) == 2
     assert "given twice" in capsys.readouterr().err and not (tmp_path / "aa").exists()
+
+
+def test_a_copy_of_a_member_or_a_member_inside_a_nested_ensemble_is_refused(make_svm, tmp_path,
+                                                                             capsys):
+    import shutil
+
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6), speaker="george")
+    shutil.copytree(a, tmp_path / "copy")
+    assert main(["ensemble", str(a), str(tmp_path / "copy"), "--out", str(tmp_path / "x")]) == 2
+    assert "the same system as" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    EnsembleRecognizer.of_folders([a, b]).save(tmp_path / "ab")
+    with pytest.raises(ModelError, match="the same system as") as err:  # a counted twice
+        EnsembleRecognizer.of_folders([tmp_path / "ab", a])
+    assert "members 0 and 1" in str(err.value)
+    c = make_svm(tmp_path / "c", DIGITS, range(6, 9), speaker="theo")
+    nested = EnsembleRecognizer.of_folders([tmp_path / "ab", c])  # three different systems
+    assert nested.sources == [tmp_path / "ab", c]
+
+
+def test_an_ensemble_config_naming_a_member_twice_is_refused(make_svm, tmp_path):
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6), speaker="george")
+    EnsembleRecognizer.of_folders([a, b]).save(tmp_path / "ab")
+    config = json.loads((tmp_path / "ab" / "config.json").read_text())
+    config["members"] = ["member0", "member0"]
+    (tmp_path / "ab" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"config.json: 'members' names \['member0'\] twice"):
+        load_model(tmp_path / "ab")

@@ -1,6 +1,7 @@
 """Other words spelt by Whisper's decoder as "none of these" (``train --spell-others``)."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def test_the_word_said_survives_its_unknown_label(small_commands):
     clips = [Clip(Path(f"{w}{i}.wav"), {"command": UNKNOWN}, word=w)
              for w, n in (("dog", 3), ("cat", 2), ("bed", 1)) for i in range(n)]
     assert other_words(clips, limit=2) == ["cat", "dog"]  # the most frequent, in order
+
+
+def test_a_label_differing_from_a_command_only_in_case_is_said(small_commands, tmp_path,
+                                                               caplog):
+    """A folder "Yes" beside the command "yes" trains as _unknown_: said, not silent."""
+    shutil.copytree(small_commands / "yes", tmp_path / "cased" / "Yes")
+    shutil.copytree(small_commands / "no", tmp_path / "cased" / "no")
+    with caplog.at_level("WARNING", logger="speechxfer"):
+        apply_commands(load_with_silence(tmp_path / "cased"), ["no"])  # "Yes" is no command
+        assert "labels ['Yes'] differ from the commands only in case" not in caplog.text
+        shutil.copytree(small_commands / "yes", tmp_path / "cased" / "yes")
+        data = apply_commands(load_with_silence(tmp_path / "cased"), ["yes", "no"])
+    assert "labels ['Yes'] differ from the commands only in case" in caplog.text
+    assert {c.word for c in data.clips if c.label == UNKNOWN} == {"Yes"}
 
 
 def test_an_other_word_outscores_the_level_with_its_own_spelling(small_commands):
@@ -207,6 +222,28 @@ def test_a_config_with_bad_other_words_is_refused(spelt, tmp_path, spellings, la
     with pytest.raises(ModelError) as err:
         load_model(tmp_path / "z")
     assert str(tmp_path / "z") in str(err.value) and problem in str(err.value)
+
+
+def test_a_spelling_given_twice_counts_once(spelt, real_clip):
+    """Under logsumexp a spelling listed twice ("dog" twice, or "Dog" beside "dog", which
+    capitalised is the same transcript) would add log 2 to its label."""
+    once = ZeroShotRecognizer(LABELS, aliases={UNKNOWN: ["dog"]}, window="clip",
+                              model=spelt.model, combine="logsumexp")
+    twice = ZeroShotRecognizer(LABELS, aliases={UNKNOWN: ["dog", "Dog", "dog"]}, window="clip",
+                               model=spelt.model, combine="logsumexp")
+    np.testing.assert_allclose(twice.scores([real_clip]), once.scores([real_clip]), atol=1e-5)
+
+
+@pytest.mark.parametrize("label", ["Yes", SILENCE])
+def test_a_config_spelling_a_label_it_lacks_is_refused(spelt, tmp_path, label):
+    """A hand-edited spelling of "Yes" (the label is "yes") or of _silence_ was ignored."""
+    spelt.save(tmp_path / "z")
+    path = tmp_path / "z" / "config.json"
+    config = json.loads(path.read_text())
+    config["aliases"][label] = ["yeah"]
+    path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=re.escape(f"config.json: 'aliases' spells ['{label}']")):
+        load_model(tmp_path / "z")
 
 
 def test_more_spellings_than_a_command_may_have_load(spelt, tmp_path):

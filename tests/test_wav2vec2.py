@@ -401,11 +401,16 @@ def test_unreadable_or_wrong_typed_checkpoints_name_the_file(tmp_path: Path) -> 
     _edit_weights(half, lambda s: s.update({k: v.half() for k, v in s.items()}))
     assert load_wav2vec2(half).blocks[0].attention.k_proj.weight.dtype == torch.float32
 
-    for name, edit in (("heads", {"num_attention_heads": 3}), ("hidden", {"hidden_size": "16"})):
+    for name, edit, problem in (
+        ("heads", {"num_attention_heads": 3}, "describes no buildable model"),
+        ("hidden", {"hidden_size": "16"}, "hidden_size must be a whole number, got '16'"),
+        # torchaudio builds "false" as true: the other layer-norm placement, unsaid
+        ("stable", {"do_stable_layer_norm": "false"}, "do_stable_layer_norm must be true or"),
+    ):
         folder = fresh(name)
         config = json.loads((folder / "config.json").read_text()) | edit
         (folder / "config.json").write_text(json.dumps(config))
-        with pytest.raises(CheckpointError, match="config.json: describes no buildable model"):
+        with pytest.raises(CheckpointError, match=f"config.json: {problem}"):
             load_wav2vec2(folder, pretrained=False)
 
     flag = fresh("flag")
@@ -475,6 +480,11 @@ def test_bad_recorded_encoder_settings_name_the_file(tmp_path: Path, real_clip) 
         ({"params": params | {"dropout": 0.1}},
          r"not wav2vec2_model keyword arguments \(unknown: dropout; missing: none\)"),
         ({"params": params | {"encoder_num_heads": 3}}, "encoder params: describes no buildable"),
+        # torchaudio builds "false" as true: a hand-edited flag would silently be the other one
+        ({"params": params | {"encoder_layer_norm_first": "false"}},
+         "encoder params: encoder_layer_norm_first must be true or false, got 'false'"),
+        ({"params": params | {"encoder_num_heads": 4.0}},
+         "encoder params: encoder_num_heads must be a whole number, got 4.0"),
         ({"params": params | {"encoder_num_layers": 2}},  # buildable: the weights do not fit
          r"does not match model\.safetensors \(missing \[\], unexpected"),
         ({"extra": 1}, "encoder records unknown setting"),

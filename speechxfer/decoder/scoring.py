@@ -279,9 +279,12 @@ class ZeroShotRecognizer(Recognizer):
         prefix = self.prefix_tokens()
         end = [self.tokenizer.token_to_id(t) if t.startswith("<|") else self.encode_text(t)[0]
                for t in ENDINGS[self.options.ending]]
-        cands = [(i, self.encode_text(form) + end)
-                 for i, lab in enumerate(self.labels) for alias in self.aliases.get(lab, [])
-                 for form in surface_forms(alias, self.options.capitalise)]
+        # a spelling once per label: "Eight" beside "eight" (capitalised, the same tokens), or a
+        # word listed twice, would count twice under logsumexp
+        cands = [(i, list(toks)) for i, toks in dict.fromkeys(
+            (i, tuple(self.encode_text(form) + end))
+            for i, lab in enumerate(self.labels) for alias in self.aliases.get(lab, [])
+            for form in surface_forms(alias, self.options.capitalise))]
         n_p = len(prefix)
         if n_p + max(len(t) for _, t in cands) > self.model.dims.n_text_ctx:
             raise ValueError("prompt plus the longest alias exceed the decoder's context")
@@ -624,6 +627,10 @@ def scoring_args(config: dict, directory: Path) -> dict:
         labels = check_labels(c["labels"], minimum=1)
     except ValueError as err:
         raise ModelError(f"{directory}: {err}") from None
+    stray = sorted(set(c["aliases"]) - {lab for lab in labels if lab != SILENCE} - {UNKNOWN})
+    if stray:  # the spellings of a misspelt label, or of _silence_, would be ignored unsaid
+        raise ModelError(f"{directory / 'config.json'}: 'aliases' spells {stray}, which are "
+                         f"no labels a word is spelt for ({[x for x in labels if x != SILENCE]})")
     options = ScoringOptions(
         prompt=c["prompt"], temperature=c["temperature"], ending=c["ending"],
         combine=c["combine"], capitalise=c["capitalise"], reject_by=c["reject_by"],

@@ -73,6 +73,18 @@ HF_FIXED = (
     ("conv_pos_batch_norm", False, False),
     ("add_adapter", False, False),
 )
+# wav2vec2_model argument -> the HF config.json key it is read from (for errors)
+HF_NAMES = {
+    "extractor_conv_bias": "conv_bias", "encoder_embed_dim": "hidden_size",
+    "encoder_projection_dropout": "feat_proj_dropout",
+    "encoder_pos_conv_kernel": "num_conv_pos_embeddings",
+    "encoder_pos_conv_groups": "num_conv_pos_embedding_groups",
+    "encoder_num_layers": "num_hidden_layers", "encoder_num_heads": "num_attention_heads",
+    "encoder_attention_dropout": "attention_dropout",
+    "encoder_ff_interm_features": "intermediate_size",
+    "encoder_ff_interm_dropout": "activation_dropout", "encoder_dropout": "hidden_dropout",
+    "encoder_layer_norm_first": "do_stable_layer_norm", "encoder_layer_drop": "layerdrop",
+}
 HF_BACKBONE_PREFIXES = ("wav2vec2.", "hubert.")  # task models (ForCTC, ...) nest the backbone
 HF_TRAINING_ONLY = ("masked_spec_embed",)
 # HF module path -> torchaudio module path (first match wins)
@@ -189,12 +201,15 @@ def _hf_config(folder: Path) -> Wav2Vec2Config:
         if not isinstance(normalize, bool):  # bool("false") would silently normalise
             raise CheckpointError(f"{folder / HF_PREPROCESSOR}: do_normalize must be true or "
                                   f"false, got {normalize!r:.40}")
+    params = _checked_params(params, str(folder / HF_CONFIG), HF_NAMES)
     return Wav2Vec2Config(params, cfg["model_type"], normalize, HF_NORM_EPS, "huggingface")
 
 
-def _checked_params(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """``params`` if they are exactly ``wav2vec2_model``'s keyword arguments (conv layers as
-    tuples, as torchaudio holds them); a CheckpointError prefixed with ``where`` if not."""
+def _checked_params(params: dict[str, Any], where: str,
+                    names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``params`` if they are exactly ``wav2vec2_model``'s keyword arguments, each of its type
+    (conv layers as tuples, as torchaudio holds them); a CheckpointError prefixed with
+    ``where`` if not, naming an argument as ``names`` maps it (the file's own key)."""
     expected = set(inspect.signature(wav2vec2_model).parameters)
     unknown, missing = sorted(set(params) - expected), sorted(expected - set(params))
     if unknown or missing:
@@ -202,6 +217,16 @@ def _checked_params(params: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: not wav2vec2_model keyword arguments "
             f"(unknown: {_listed(unknown) or 'none'}; missing: {_listed(missing) or 'none'})"
         )
+    # torchaudio takes any value: "false" for a bool flag builds the model as true, unsaid
+    kinds = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    for name, parameter in inspect.signature(wav2vec2_model).parameters.items():
+        kind, value = parameter.annotation, params[name]
+        if kind in kinds and not (
+                isinstance(value, kind) if kind in (bool, str) else
+                isinstance(value, int | float if kind is float else int)
+                and not isinstance(value, bool) and math.isfinite(value)):
+            raise CheckpointError(f"{where}: {(names or {}).get(name, name)} must be "
+                                  f"{kinds[kind]}, got {value!r:.40}")
     conv = params["extractor_conv_layer_config"]
     if isinstance(conv, list):
         params["extractor_conv_layer_config"] = [
