@@ -1046,6 +1046,21 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     return report
 
 
+def finished_run(folder: Path, data: Path, held: list[str]) -> bool:
+    """Whether ``folder`` holds a finished ``train`` run on ``data`` holding out ``held`` (a
+    recipe's rerun keeps it); a finished run of other data or speakers is a SystemExit, since
+    scoring it as this fold would test voices it trained on."""
+    summary = folder / "train_summary.json"
+    if not ((folder / "config.json").is_file() and summary.is_file()):
+        return False
+    found = json.loads(summary.read_text())
+    trained = (Path(found.get("data", "")).resolve(), sorted(found.get("test_speakers", [])))
+    if trained != (Path(data).resolve(), sorted(held)):
+        raise SystemExit(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
+                         f"this fold; remove it or give another --work")
+    return True
+
+
 def trained_speakers(system: Recognizer, model_dir: str | Path) -> set[str]:
     """The speakers a saved model trained on: config.json's ``data``, or for the systems that
     keep no run there (the classic ones) the train_summary.json beside it; empty if neither."""

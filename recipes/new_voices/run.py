@@ -26,7 +26,7 @@ from speechxfer import load_model
 from speechxfer.audio import SAMPLE_RATE
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
-from speechxfer.jobs import bundled, default_data
+from speechxfer.jobs import bundled, default_data, finished_run
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("fast path", "torch", "head alone")
@@ -34,15 +34,10 @@ PATHS = ("fast path", "torch", "head alone")
 
 def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
     """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
-    finished there (a rerun resumes); a folder trained on other data or speakers is an error."""
-    summary = folder / "train_summary.json"
-    if (folder / "config.json").is_file() and summary.is_file():
-        found = json.loads(summary.read_text())
-        trained = (Path(found.get("data", "")).resolve(), sorted(found.get("test_speakers", [])))
-        if trained != (data.resolve(), sorted(held)):
-            raise SystemExit(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
-                             f"this fold; remove it or give another --work")
-        return folder
+    finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
+    if not finished_run(folder, data, held) and cli(["train", *args, "--out", str(folder)]) != 0:
+        raise SystemExit(f"training {folder} failed")
+    return folder
     if cli(["train", *args, "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder

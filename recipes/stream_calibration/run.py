@@ -1,0 +1,151 @@
+"""A stream threshold for new voices, calibrated by cross-fitting on speakers the test never meets.
+
+A detector's threshold decides its false accepts per hour, and a threshold read off a stream of
+the training speakers says nothing (the model learnt their words), while one read off the test
+speakers' streams is tuned on the test. This recipe calibrates it on every other speaker: the
+Speech Commands recipe's speaker groups 0 and 1 stay the test speakers (in no stream here); each
+calibration fold is a pair of the other groups, whose members are trained holding out groups 0, 1
+and the pair (``speechxfer train --test-speaker ...``), ensembled when there are several, and
+scored on 30-min streams built from the pair's clips (``speechxfer eval-stream --json``). Then
+``benchmarks/stream_thresholds.py --cross-fit`` reads all the folds' curves as one system: the
+threshold with the highest mean recall within the false-accept limits.
+
+    python recipes/stream_calibration/run.py [--work runs/stream_calibration] [--seeds 0 1]
+        [--encoders whisper-tiny.en whisper-base] [--folds 2,3 4,5 6,7 8,9] [--per-stream 1 --total 4]
+
+Every member spells the other words (``--spell-others``), as the README's stream system does.
+Streams run on one thread under torch (``SPEECHXFER_TORCH=1``, the systems as trained). A rerun
+keeps finished folds and reports (a fold folder trained on other data or speakers is an error).
+Writes results/results.md (the reading) and results/results.json next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from speechxfer.cli import main as cli
+from speechxfer.jobs import finished_run
+from speechxfer.vocab import load_with_silence
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+READER = ROOT / "benchmarks" / "stream_thresholds.py"
+GROUPS = ROOT / "recipes" / "speech_commands" / "results" / "results.json"
+COMMANDS = "yes,no,up,down,left,right,on,off,stop,go"
+TEST_GROUPS = (0, 1)
+
+
+def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
+    """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
+    finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
+    if not finished_run(folder, data, held) and cli(["train", *args, "--out", str(folder)]) != 0:
+        raise SystemExit(f"training {folder} failed")
+    return folder
+    if cli(["train", *args, "--out", str(folder)]) != 0:
+        raise SystemExit(f"training {folder} failed")
+    return folder
+
+
+def stream_folder(data: Path, speakers: set[str], folder: Path) -> Path:
+    """The speakers' clips (``_silence_`` clips with their pseudo-speaker, as in training) as
+    symlinks in word folders: the data a fold's streams are built from."""
+    for clip in load_with_silence(data).clips:
+        if clip.speaker in speakers:
+            link = folder / clip.path.parent.name / clip.path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(clip.path.resolve())
+    return folder
+
+
+def stream_report(system: Path, data: Path, minutes: float, seed: int, out: Path) -> Path:
+    """``speechxfer eval-stream --json`` into ``out`` (kept from an earlier run)."""
+    if out.is_file():
+        return out
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECHXFER_TORCH": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "speechxfer", "eval-stream", str(system),
+                           "--data", str(data), "--minutes", str(minutes), "--seed", str(seed),
+                           "--json"], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"eval-stream {system} on {data} failed: {done.stderr.strip()[-400:]}")
+    out.write_text(done.stdout)
+    return out
+
+
+def pair(text: str) -> tuple[int, ...]:
+    """``2,3`` -> (2, 3): the speaker groups of one calibration fold."""
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise argparse.ArgumentTypeError(f"a fold is group numbers joined by commas, got {text!r}")
+    return tuple(int(g) for g in text.split(","))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "speech_commands")
+    parser.add_argument("--work", type=Path, default=Path("runs/stream_calibration"))
+    parser.add_argument("--encoders", nargs="+", default=["whisper-tiny.en", "whisper-base"])
+    parser.add_argument("--folds", nargs="+", type=pair, default=[(2, 3), (4, 5), (6, 7), (8, 9)])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--ensemble-threshold", type=float, default=0.65,
+                        help="stored in each fold's ensemble; the curves cover every threshold")
+    parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
+    parser.add_argument("--total", type=int, default=4, help="false accepts over all streams")
+    args = parser.parse_args()
+    groups = json.loads(GROUPS.read_text())["meta"]["speaker_groups"]
+    used = [g for fold in args.folds for g in fold]
+    if any(g in TEST_GROUPS or not 0 <= g < len(groups) for g in used) or len(set(used)) < len(used):
+        parser.error(f"--folds: each of groups 2-{len(groups) - 1} at most once (0 and 1 are "
+                     "the test speakers')")
+    test = [s for g in TEST_GROUPS for s in groups[g]]
+    reports = []
+    for fold in args.folds:
+        name = "".join(map(str, fold))
+        speakers = [s for g in fold for s in groups[g]]
+        held = test + speakers
+        members = [train(["--data", str(args.data), "--commands", COMMANDS, "--spell-others",
+                          "--encoder", encoder, *(a for s in held for a in ("--test-speaker", s))],
+                         args.work / f"{encoder}_cv{name}", args.data, held)
+                   for encoder in args.encoders]
+        system = members[0]
+        if len(members) > 1:
+            system = args.work / f"ensemble_cv{name}"
+            if not (system / "config.json").is_file() and cli(
+                    ["ensemble", *map(str, members), "--threshold",
+                     str(args.ensemble_threshold), "--out", str(system)]) != 0:
+                raise SystemExit(f"ensembling {system} failed")
+        data = stream_folder(args.data, set(speakers), args.work / "streams" / name)
+        reports += [stream_report(system, data, args.minutes, seed,
+                                  args.work / f"report_cv{name}_seed{seed}.json")
+                    for seed in args.seeds]
+    reading = subprocess.run([sys.executable, str(READER), *map(str, reports), "--cross-fit",
+                              "--per-stream", str(args.per_stream), "--total", str(args.total)],
+                             capture_output=True, text=True, check=False)
+    if reading.returncode != 0:
+        raise SystemExit(f"reading the curves failed: {reading.stderr.strip()}")
+    best = re.search(r"threshold (\d\.\d+), mean recall (\d\.\d+)", reading.stdout)
+    results = {"encoders": args.encoders, "folds": args.folds, "seeds": args.seeds,
+               "minutes": args.minutes, "per_stream": args.per_stream, "total": args.total,
+               "threshold": float(best[1]) if best else None,
+               "mean_recall": float(best[2]) if best else None,
+               "reports": [str(r) for r in reports]}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "results.json").write_text(json.dumps(results, indent=2))
+    head = (f"Cross-fitted calibration: {' + '.join(args.encoders)}, spelling the other words; "
+            f"folds {', '.join('+'.join(map(str, f)) for f in args.folds)}; seeds "
+            f"{', '.join(map(str, args.seeds))}; {args.minutes:g}-min streams; at most "
+            f"{args.per_stream} false accept(s) per stream and {args.total} in all")
+    text = f"{head}\n\n```\n{reading.stdout.strip()}\n```\n"
+    (HERE / "results" / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The stream-calibration recipe: its folds, stream folders and the cross-fitted reading."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "recipes" / "stream_calibration" / "run.py"
+spec = importlib.util.spec_from_file_location("stream_calibration_run", RUN)
+run = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = run
+spec.loader.exec_module(run)
+GROUPS = json.loads(run.GROUPS.read_text())["meta"]["speaker_groups"]
+
+
+@pytest.mark.parametrize("folds", [["0,2"], ["2,3", "3,4"], ["2,99"], ["2;3"]])
+def test_folds_that_touch_the_test_groups_or_repeat_a_group_are_refused(folds, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--folds", *folds])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2
+
+
+def test_a_stream_folder_holds_the_fold_speakers_clips_only(tmp_path):
+    speaker = GROUPS[2][0]
+    folder = run.stream_folder(ROOT / "data" / "speech_commands", {speaker}, tmp_path / "s")
+    links = [p for p in folder.rglob("*") if p.is_symlink()]
+    assert links and all(p.resolve().is_file() for p in links)
+    assert all(p.name.startswith(speaker) for p in links if p.parent.name != "_silence_")
+    assert run.stream_folder(ROOT / "data" / "speech_commands", {speaker}, folder) == folder
+
+
+def curve(recall_at_high: float, fa_low: int) -> list[dict]:
+    """A half-hour stream whose false accepts (``fa_low`` of them) all score 0.5."""
+    return [{"threshold": 0.0, "miss_rate": 0.0, "false_accepts_per_hour": 2.0 * fa_low},
+            {"threshold": 0.5, "miss_rate": 0.0, "false_accepts_per_hour": 2.0 * fa_low},
+            {"threshold": 0.6, "miss_rate": 1 - recall_at_high, "false_accepts_per_hour": 0.0},
+            {"threshold": 0.95, "miss_rate": 1.0, "false_accepts_per_hour": 0.0}]
+
+
+def test_the_folds_are_trained_holding_out_the_test_groups_and_read_as_one_system(
+        tmp_path, monkeypatch):
+    calls = []
+
+    def cli(argv):  # a finished run, as train and ensemble leave it
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        if argv[0] == "train":
+            held = [argv[i + 1] for i, a in enumerate(argv) if a == "--test-speaker"]
+            data = argv[argv.index("--data") + 1]
+            (out / "train_summary.json").write_text(json.dumps(
+                {"data": data, "test_speakers": held}))
+        return 0
+
+    def stream_report(system, data, minutes, seed, out):
+        fold = Path(data).name  # fold 23 fires twice at 0.5 on seed 1: 0.50 is out of limits
+        out.write_text(json.dumps({
+            "hours": 0.5, "threshold": 0.65, "pad_s": 0.1, "filler_margin": None,
+            "filler_below": 0.9, "model": str(system),
+            "stream": {"data": str(data), "minutes": minutes, "seed": seed},
+            "det": curve(0.9, 2 if (fold, seed) == ("23", 1) else 0)}))
+        return out
+
+    monkeypatch.setattr(run, "cli", cli)
+    monkeypatch.setattr(run, "stream_report", stream_report)
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "w"),
+                                      "--folds", "2,3", "4,5"])
+    run.main()
+    trained = [a for a in calls if a[0] == "train"]
+    assert len(trained) == 4 and len([a for a in calls if a[0] == "ensemble"]) == 2
+    test = set(GROUPS[0] + GROUPS[1])
+    for argv in trained:
+        assert "--spell-others" in argv
+        assert test <= {argv[i + 1] for i, a in enumerate(argv) if a == "--test-speaker"}
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["threshold"] == 0.55 and results["mean_recall"] == pytest.approx(0.9)
+    assert len(results["reports"]) == 4
+    # A rerun keeps the finished folds and reports.
+    calls.clear()
+    run.main()
+    assert calls == []
