@@ -78,10 +78,24 @@ def test_the_folds_are_trained_holding_out_the_test_groups_and_read_as_one_syste
     for argv in trained:
         assert "--spell-others" in argv
         assert test <= {argv[i + 1] for i, a in enumerate(argv) if a == "--test-speaker"}
-    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    results = json.loads((tmp_path / "results" / "results_folds-2,3-4,5.json").read_text())
     assert results["threshold"] == 0.55 and results["mean_recall"] == pytest.approx(0.9)
     assert len(results["reports"]) == 4
     # A rerun keeps the finished folds and reports.
     calls.clear()
     run.main()
     assert calls == []
+
+
+def test_results_are_named_by_every_option_that_changes_a_figure():
+    parser = run.build_parser()
+
+    def suffix(*argv: str) -> str:
+        args = parser.parse_args(list(argv))
+        return run.results_suffix(args, run.defaults_of(parser, args))
+
+    names = [suffix(), suffix("--work", "elsewhere"), suffix("--seeds", "0", "1", "2"),
+             suffix("--minutes", "10"), suffix("--encoders", "whisper-tiny.en"),
+             suffix("--folds", "2,3"), suffix("--total", "2"), suffix("--ensemble-threshold", "0.5")]
+    assert names[:2] == ["", ""] and len(set(names)) == len(names) - 1
+    assert names[2] == "_seeds-0-1-2" and names[5] == "_folds-2,3"

@@ -15,8 +15,11 @@ threshold with the highest mean recall within the false-accept limits.
 
 Every member spells the other words (``--spell-others``), as the README's stream system does.
 Streams run on one thread under torch (``SPEECHXFER_TORCH=1``, the systems as trained). A rerun
-keeps finished folds and reports (a fold folder trained on other data or speakers is an error).
-Writes results/results.md (the reading) and results/results.json next to this file.
+keeps finished folds and reports (a fold folder trained on other data or speakers is an error);
+folders and reports are named by the encoders, the ensemble's threshold, the minutes and the seed.
+Writes results/results.md (the reading) and results/results.json next to this file, named by
+every non-default option (``results_data-..._seeds-0-1-2.json``), so a variant never replaces
+the default figures.
 """
 
 from __future__ import annotations
@@ -78,6 +81,19 @@ def stream_report(system: Path, data: Path, minutes: float, seed: int, out: Path
     return out
 
 
+def results_suffix(args: argparse.Namespace, defaults: dict) -> str:
+    """``_option-value`` for every option that differs from its default, so a variant's results
+    never replace the default run's (``--work`` changes no figure)."""
+    def shown(value: object) -> str:
+        items = value if isinstance(value, list | tuple) else [value]
+        text = "-".join(",".join(map(str, v)) if isinstance(v, tuple) else
+                        Path(v).name if isinstance(v, Path) else f"{v:g}" if isinstance(v, float)
+                        else str(v) for v in items)
+        return re.sub(r"[^\w.,+-]", "_", text)
+    return "".join(f"_{key.replace('_', '-')}-{shown(getattr(args, key))}"
+                   for key in defaults if key != "work" and getattr(args, key) != defaults[key])
+
+
 def pair(text: str) -> tuple[int, ...]:
     """``2,3`` -> (2, 3): the speaker groups of one calibration fold."""
     if not re.fullmatch(r"\d+(,\d+)*", text):
@@ -85,7 +101,8 @@ def pair(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in text.split(","))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The recipe's options (their defaults are the README's run)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "speech_commands")
@@ -98,7 +115,18 @@ def main() -> None:
                         help="stored in each fold's ensemble; the curves cover every threshold")
     parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
     parser.add_argument("--total", type=int, default=4, help="false accepts over all streams")
+    return parser
+
+
+def defaults_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """Every option's default, for ``results_suffix``."""
+    return {key: parser.get_default(key) for key in vars(args)}
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
+    defaults = defaults_of(parser, args)
     groups = json.loads(GROUPS.read_text())["meta"]["speaker_groups"]
     used = [g for fold in args.folds for g in fold]
     if any(g in TEST_GROUPS or not 0 <= g < len(groups) for g in used) or len(set(used)) < len(used):
@@ -116,14 +144,14 @@ def main() -> None:
                    for encoder in args.encoders]
         system = members[0]
         if len(members) > 1:
-            system = args.work / f"ensemble_cv{name}"
+            system = args.work / f"ensemble_{'+'.join(args.encoders)}_{args.ensemble_threshold:g}_cv{name}"
             if not (system / "config.json").is_file() and cli(
                     ["ensemble", *map(str, members), "--threshold",
                      str(args.ensemble_threshold), "--out", str(system)]) != 0:
                 raise SystemExit(f"ensembling {system} failed")
         data = stream_folder(args.data, set(speakers), args.work / "streams" / name)
         reports += [stream_report(system, data, args.minutes, seed,
-                                  args.work / f"report_cv{name}_seed{seed}.json")
+                                  args.work / f"report_{system.name}_{args.minutes:g}min_seed{seed}.json")
                     for seed in args.seeds]
     reading = subprocess.run([sys.executable, str(READER), *map(str, reports), "--cross-fit",
                               "--per-stream", str(args.per_stream), "--total", str(args.total)],
@@ -136,14 +164,15 @@ def main() -> None:
                "threshold": float(best[1]) if best else None,
                "mean_recall": float(best[2]) if best else None,
                "reports": [str(r) for r in reports]}
+    suffix = results_suffix(args, defaults)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "results.json").write_text(json.dumps(results, indent=2))
+    (HERE / "results" / f"results{suffix}.json").write_text(json.dumps(results, indent=2))
     head = (f"Cross-fitted calibration: {' + '.join(args.encoders)}, spelling the other words; "
             f"folds {', '.join('+'.join(map(str, f)) for f in args.folds)}; seeds "
             f"{', '.join(map(str, args.seeds))}; {args.minutes:g}-min streams; at most "
             f"{args.per_stream} false accept(s) per stream and {args.total} in all")
     text = f"{head}\n\n```\n{reading.stdout.strip()}\n```\n"
-    (HERE / "results" / "results.md").write_text(text)
+    (HERE / "results" / f"results{suffix}.md").write_text(text)
     print(text)
 
 
