@@ -1048,7 +1048,7 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
 
 def finished_run(folder: Path, data: Path, held: list[str]) -> bool:
     """Whether ``folder`` holds a finished ``train`` run on ``data`` holding out ``held`` (a
-    recipe's rerun keeps it); a finished run of other data or speakers is a SystemExit, since
+    recipe's rerun keeps it); a finished run of other data or speakers is a ValueError, since
     scoring it as this fold would test voices it trained on."""
     summary = folder / "train_summary.json"
     if not ((folder / "config.json").is_file() and summary.is_file()):
@@ -1056,7 +1056,7 @@ def finished_run(folder: Path, data: Path, held: list[str]) -> bool:
     found = json.loads(summary.read_text())
     trained = (Path(found.get("data", "")).resolve(), sorted(found.get("test_speakers", [])))
     if trained != (Path(data).resolve(), sorted(held)):
-        raise SystemExit(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
+        raise ValueError(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
                          f"this fold; remove it or give another --work")
     return True
 

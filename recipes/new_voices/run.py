@@ -35,10 +35,11 @@ PATHS = ("fast path", "torch", "head alone")
 def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
     """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
     finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
-    if not finished_run(folder, data, held) and cli(["train", *args, "--out", str(folder)]) != 0:
-        raise SystemExit(f"training {folder} failed")
-    return folder
-    if cli(["train", *args, "--out", str(folder)]) != 0:
+    try:
+        finished = finished_run(folder, data, held)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if not finished and cli(["train", *args, "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
 

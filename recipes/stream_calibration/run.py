@@ -44,13 +44,14 @@ COMMANDS = "yes,no,up,down,left,right,on,off,stop,go"
 TEST_GROUPS = (0, 1)
 
 
-def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
-    """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
-    finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
-    if not finished_run(folder, data, held) and cli(["train", *args, "--out", str(folder)]) != 0:
-        raise SystemExit(f"training {folder} failed")
-    return folder
-    if cli(["train", *args, "--out", str(folder)]) != 0:
+def member(args: argparse.Namespace, encoder: str, name: str, held: list[str]) -> Path:
+    """A fold's member: ``speechxfer train`` spelling the other words, holding out ``held``,
+    unless it finished in ``--work`` before (``jobs.finished_run``)."""
+    folder = args.work / f"{encoder}_cv{name}"
+    if not finished_run(folder, args.data, held) and cli(
+            ["train", "--data", str(args.data), "--commands", COMMANDS, "--spell-others",
+             "--encoder", encoder, *(a for s in held for a in ("--test-speaker", s)),
+             "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
 
@@ -138,10 +139,10 @@ def main() -> None:
         name = "".join(map(str, fold))
         speakers = [s for g in fold for s in groups[g]]
         held = test + speakers
-        members = [train(["--data", str(args.data), "--commands", COMMANDS, "--spell-others",
-                          "--encoder", encoder, *(a for s in held for a in ("--test-speaker", s))],
-                         args.work / f"{encoder}_cv{name}", args.data, held)
-                   for encoder in args.encoders]
+        try:
+            members = [member(args, encoder, name, held) for encoder in args.encoders]
+        except ValueError as err:  # a fold folder trained otherwise (finished_run)
+            raise SystemExit(str(err)) from None
         system = members[0]
         if len(members) > 1:
             system = args.work / f"ensemble_{'+'.join(args.encoders)}_{args.ensemble_threshold:g}_cv{name}"
