@@ -72,6 +72,8 @@ def stream_report(system: Path, data: Path, minutes: float, seed: int, out: Path
     """``speechxfer eval-stream --json`` into ``out`` (kept from an earlier run)."""
     if out.is_file():
         return out
+    print(f"{system.name}: a {minutes:g}-min stream of {data}, seed {seed} (a few minutes)",
+          flush=True)  # a line per stream: the eval-stream output is kept for the reading
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPEECHXFER_TORCH": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-m", "speechxfer", "eval-stream", str(system),
                            "--data", str(data), "--minutes", str(minutes), "--seed", str(seed),
