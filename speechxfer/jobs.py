@@ -73,6 +73,7 @@ from .vocab import (
     load_with_silence,
     map_for_model,
     other_words,
+    written_otherwise,
 )
 from .vocab import negatives as vocab_negatives
 from .vocab import shots as keep_shots
@@ -1094,8 +1095,7 @@ def _warn_unmatched_commands(ds: Dataset, labels: list[str], data: str | Path) -
     another model's words) would otherwise pass for a good one."""
     commands = [lab for lab in labels if is_command(lab)]
     mapped = sorted({c.word for c in ds.clips if c.label == UNKNOWN and is_command(c.word)})
-    folded = {lab.casefold() for lab in commands}
-    near = [w for w in mapped if w.casefold() in folded]
+    near = [w for w in mapped if written_otherwise(w, commands)]
     if near:
         LOGGER.warning("%s: labels %s differ from the model's commands only in case; they are "
                        "scored as %s", data, near[:10], UNKNOWN)

@@ -37,7 +37,7 @@ from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
 from .log import LOGGER
 from .stream import file_chunks, file_length
-from .vocab import SILENCE, is_command, load_with_silence
+from .vocab import SILENCE, is_command, load_with_silence, written_otherwise
 
 if TYPE_CHECKING:
     from speechxfer import Recognizer
@@ -243,10 +243,9 @@ def check_label_names(spans: list[Span], labels: list[str], path: str | Path) ->
     """A ``LabelFileError`` for a label written otherwise than the model's command it names
     ("Yes", " yes" for "yes"): its spans would not count as commands, so every event on them
     would read as a false accept and recall would leave them out."""
-    commands = {lab.strip().casefold(): lab for lab in labels if is_command(lab)}
+    commands = [lab for lab in labels if is_command(lab)]
     for span in spans:
-        same = commands.get(span.label.strip().casefold())
-        if same is not None and span.label not in labels:
+        if same := written_otherwise(span.label, commands):
             raise LabelFileError(f"{path}: label {span.label!r} (at {span.start} s) is the "
                                  f"model's command {same!r} written otherwise; write it as "
                                  "the model does")

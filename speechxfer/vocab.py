@@ -109,6 +109,16 @@ def other_words(clips: list[Clip], limit: int = MAX_OTHER_WORDS) -> list[str]:
     return sorted(sorted(counts, key=lambda w: (-counts[w], w))[:limit])
 
 
+def written_otherwise(word: str | None, commands: list[str]) -> str | None:
+    """The command ``word`` writes otherwise ("Yes" or " yes" for "yes"), None when it is one
+    of ``commands`` or none: such a word is no command to the model, so its clips train, score
+    or count as something else without a sign unless the caller says so."""
+    if word is None or word in commands:
+        return None
+    key = word.strip().casefold()
+    return next((c for c in commands if c.strip().casefold() == key), None)
+
+
 def apply_commands(dataset: Dataset, commands: list[str]) -> Dataset:
     """The training vocabulary: ``commands`` plus ``_unknown_`` (and ``_silence_`` where present).
 
@@ -126,9 +136,7 @@ def apply_commands(dataset: Dataset, commands: list[str]) -> Dataset:
             f"{dataset.root}: command word(s) {missing} have no clips; words in the data: "
             f"{[w for w in dataset.labels if w not in RESERVED]}"
         )
-    folded = {w.strip().casefold() for w in commands}
-    near = [w for w in dataset.labels if w not in commands and w not in RESERVED
-            and w.strip().casefold() in folded]
+    near = [w for w in dataset.labels if w not in RESERVED and written_otherwise(w, commands)]
     if near:  # "Yes" beside the command "yes": the word would train as "none of these"
         LOGGER.warning("%s: labels %s differ from the commands only in case; their clips train "
                        "as %s (rename the folders, or list them in --commands)", dataset.root,
