@@ -26,11 +26,12 @@ def test_folds_that_touch_the_test_groups_or_repeat_a_group_are_refused(folds, m
 
 def test_a_stream_folder_holds_the_fold_speakers_clips_only(tmp_path):
     speaker = GROUPS[2][0]
-    folder = run.stream_folder(ROOT / "data" / "speech_commands", {speaker}, tmp_path / "s")
+    clips = run.load_with_silence(ROOT / "data" / "speech_commands").clips
+    folder = run.stream_folder(clips, {speaker}, tmp_path / "s")
     links = [p for p in folder.rglob("*") if p.is_symlink()]
     assert links and all(p.resolve().is_file() for p in links)
     assert all(p.name.startswith(speaker) for p in links if p.parent.name != "_silence_")
-    assert run.stream_folder(ROOT / "data" / "speech_commands", {speaker}, folder) == folder
+    assert run.stream_folder(clips, {speaker}, folder) == folder
 
 
 def curve(recall_at_high: float, fa_low: int) -> list[dict]:

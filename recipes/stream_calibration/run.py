@@ -32,6 +32,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from speechxfer.audio import Clip
 from speechxfer.cli import main as cli
 from speechxfer.jobs import finished_run
 from speechxfer.vocab import load_with_silence
@@ -56,10 +57,11 @@ def member(args: argparse.Namespace, encoder: str, name: str, held: list[str]) -
     return folder
 
 
-def stream_folder(data: Path, speakers: set[str], folder: Path) -> Path:
-    """The speakers' clips (``_silence_`` clips with their pseudo-speaker, as in training) as
-    symlinks in word folders: the data a fold's streams are built from."""
-    for clip in load_with_silence(data).clips:
+def stream_folder(clips: list[Clip], speakers: set[str], folder: Path) -> Path:
+    """The speakers' clips (of ``load_with_silence``: ``_silence_`` clips with their
+    pseudo-speaker, as in training) as symlinks in word folders: the data a fold's streams are
+    built from."""
+    for clip in clips:
         if clip.speaker in speakers:
             link = folder / clip.path.parent.name / clip.path.name
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +138,7 @@ def main() -> None:
         parser.error(f"--folds: each of groups 2-{len(groups) - 1} at most once (0 and 1 are "
                      "the test speakers')")
     test = [s for g in TEST_GROUPS for s in groups[g]]
+    clips = load_with_silence(args.data).clips  # once: every fold's streams draw on them
     reports = []
     for fold in args.folds:
         name = "".join(map(str, fold))
@@ -152,7 +155,7 @@ def main() -> None:
                     ["ensemble", *map(str, members), "--threshold",
                      str(args.ensemble_threshold), "--out", str(system)]) != 0:
                 raise SystemExit(f"ensembling {system} failed")
-        data = stream_folder(args.data, set(speakers), args.work / "streams" / name)
+        data = stream_folder(clips, set(speakers), args.work / "streams" / name)
         reports += [stream_report(system, data, args.minutes, seed,
                                   args.work / f"report_{system.name}_{args.minutes:g}min_seed{seed}.json")
                     for seed in args.seeds]
