@@ -32,7 +32,7 @@ from .recognizer import (
     softmax,
     sub_folder,
 )
-from .store import StoreError, atomic_folder
+from .store import StoreError, atomic_folder, digest_files, is_model_file
 
 KIND = "ensemble"
 MEMBER_FOLDER = "member{}"  # the i-th member's folder inside the ensemble's
@@ -42,13 +42,10 @@ def system_digest(folder: Path) -> str:
     """A digest of what a saved system answers with: its config.json and safetensors files (not
     its exported graphs or reports), so a copy of a folder has the same digest as the folder."""
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_file() and FAST_FOLDER not in rel.parts[:-1] and (
-                path.name == "config.json" or path.suffix == ".safetensors"):
-            digest.update(f"{rel.as_posix()}\0".encode())
-            with path.open("rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+    digest_files(digest, ((path.relative_to(folder).as_posix(), path)
+                          for path in sorted(folder.rglob("*"))
+                          if path.is_file() and is_model_file(path)
+                          and FAST_FOLDER not in path.relative_to(folder).parts[:-1]))
     return digest.hexdigest()
 
 

@@ -12,11 +12,12 @@ POSIX only (``fcntl.flock``, ``os.kill(pid, 0)``).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -25,6 +26,21 @@ LOCK_FILE = "lock"
 CHECKPOINT = "checkpoint"  # the run's checkpoint folder in <out>.partial
 
 _building: set[Path] = set()  # temporary folders being filled by atomic_folder in this process
+
+
+def is_model_file(path: Path) -> bool:
+    """A file that decides a saved system's answers: a config.json or safetensors weights (not
+    a report or an exported graph left beside them)."""
+    return path.name == "config.json" or path.suffix == ".safetensors"
+
+
+def digest_files(digest: hashlib._Hash, files: Iterable[tuple[str, Path]]) -> None:
+    """Add each ``(name, path)`` to ``digest``: the name, then the file's own SHA-256, so two
+    folders digest alike exactly when their files have the same names and contents."""
+    for name, path in files:
+        digest.update(f"{name}\0".encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
 
 
 class StoreError(ValueError):

@@ -43,7 +43,7 @@ from ..recognizer import (
     sub_folder,
     to_waves,
 )
-from ..store import atomic_folder
+from ..store import atomic_folder, digest_files, is_model_file
 from .generative import KIND as GENERATIVE_KIND
 from .scoring import KIND as ZERO_SHOT_KIND
 from .scoring import ZeroShotRecognizer
@@ -205,11 +205,8 @@ def source_fingerprint(directory: Path, config: dict) -> str:
     digest = hashlib.sha256(json.dumps([config.get("weight"), config.get("labels")]).encode())
     for key in ("head", "zero_shot"):
         folder = sub_folder(directory, config, key)
-        for path in sorted(p for p in folder.iterdir() if p.is_file() and (
-                p.name == "config.json" or p.suffix == ".safetensors")):  # not a report left there
-            digest.update(f"{key}/{path.name}\0".encode())
-            with path.open("rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+        digest_files(digest, ((f"{key}/{path.name}", path) for path in sorted(folder.iterdir())
+                              if path.is_file() and is_model_file(path)))
     return digest.hexdigest()
 
 
