@@ -306,6 +306,21 @@ def _open(model: str | Path | Recognizer, device: str = "cpu") -> tuple[Recogniz
     return load_system(model, device), Path(model)
 
 
+def _stored_prints(model_dir: str | Path, embed: Embedder, dim: int,
+                   threshold: float) -> Voiceprints:
+    """The voiceprints beside the model (read under its ``folder_lock``), or an empty set at
+    ``threshold`` when there are none, or none enrolled under another embedding; enrolled ones
+    of another embedding or model are a ModelError: added to or scored with, they mean nothing."""
+    prints = read_voiceprints(model_dir)
+    if prints is None or (not prints.names and prints.source != embed.source):
+        return Voiceprints([], np.zeros((0, dim), np.float32), [], embed.source, threshold)
+    if prints.source != embed.source or prints.vectors.shape[1] != dim:
+        raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
+                         f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
+    check_mark(prints, embed, model_dir)
+    return prints
+
+
 def _embedder(model: str | Path, device: str) -> Embedder:
     system, _ = _open(model, device)
     try:
@@ -349,14 +364,7 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
     vectors = embed(_waves(clips, embed.sample_rate, sample_rate))  # AudioError names the file
     new_cohort = None if cohort is None else cohort_vectors(embed, cohort, files=files)
     with folder_lock(model_dir):
-        prints = read_voiceprints(model_dir)
-        if prints is None or (not prints.names and prints.source != embed.source):
-            prints = Voiceprints([], np.zeros((0, vectors.shape[1]), np.float32), [],
-                                 embed.source, default_threshold())
-        if prints.source != embed.source or prints.vectors.shape[1] != vectors.shape[1]:
-            raise ModelError(f"{model_dir}: its voiceprints were made by {prints.source} "
-                             f"({prints.vectors.shape[1]} dims), not this model's {embed.source}")
-        check_mark(prints, embed, model_dir)
+        prints = _stored_prints(model_dir, embed, vectors.shape[1], default_threshold())
         if new_cohort is not None:
             same = (prints.cohort is not None and prints.cohort.shape == new_cohort.shape
                     and np.allclose(prints.cohort, new_cohort, atol=1e-5))
@@ -743,14 +751,7 @@ def _calibrate(model: str | Path, embed: Embedder, impostors: list[float], data:
     threshold = float(np.quantile(impostors, 1.0 - FALSE_ACCEPT_TARGET))
     mark = embed.mark
     with folder_lock(model):
-        prints = read_voiceprints(model)
-        if prints is None or prints.source != embed.source:
-            if prints is not None and prints.names:
-                raise ModelError(f"{model}: its voiceprints were made by {prints.source}, not "
-                                 f"{embed.source}")
-            prints = Voiceprints([], np.zeros((0, len(mark)), np.float32), [], embed.source,
-                                 threshold)
-        check_mark(prints, embed, model)
+        prints = _stored_prints(model, embed, len(mark), threshold)
         prints.threshold, prints.mark = threshold, mark
         prints.calibration = {"data": str(data), "clips": n_clips,
                               "impostor_trials": len(impostors),
