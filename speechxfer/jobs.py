@@ -1047,19 +1047,31 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     return report
 
 
-def finished_run(folder: Path, data: Path, held: list[str]) -> bool:
-    """Whether ``folder`` holds a finished ``train`` run on ``data`` holding out ``held`` (a
-    recipe's rerun keeps it); a finished run of other data or speakers is a ValueError, since
-    scoring it as this fold would test voices it trained on."""
+def finished_run(folder: Path, wanted: dict) -> dict | None:
+    """The train_summary.json of a ``train`` run finished in ``folder`` whose summary holds
+    ``wanted``'s values (a recipe's rerun keeps it), None when none finished there. A run
+    trained otherwise is a ValueError naming each difference, since scoring it as this fold
+    could test voices it trained on or options it never had. ``data`` is compared as a
+    resolved path, ``test_speakers`` as a set, ``strategy`` by its name."""
     summary = folder / "train_summary.json"
     if not ((folder / "config.json").is_file() and summary.is_file()):
-        return False
-    found = json.loads(summary.read_text())
-    trained = (Path(found.get("data", "")).resolve(), sorted(found.get("test_speakers", [])))
-    if trained != (Path(data).resolve(), sorted(held)):
-        raise ValueError(f"{folder}: trained on {trained[0]} holding out {trained[1]}, not "
-                         f"this fold; remove it or give another --work")
-    return True
+        return None
+    found = json.loads(summary.read_text("utf-8"))
+    differ = []
+    for key, value in wanted.items():
+        got = found.get(key)
+        if key == "data":
+            got, value = str(Path(got or "").resolve()), str(Path(value).resolve())
+        elif key == "test_speakers":
+            got, value = sorted(got or []), sorted(value)
+        elif key == "strategy" and isinstance(got, dict):
+            got = got.get("strategy")
+        if got != value:
+            differ.append(f"{key} {got!r}, not {value!r}")
+    if differ:
+        raise ValueError(f"{folder}: trained with other options ({'; '.join(differ)}); remove "
+                         "it or give another --work")
+    return found
 
 
 def trained_speakers(system: Recognizer, model_dir: str | Path) -> set[str]:

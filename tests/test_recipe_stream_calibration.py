@@ -55,7 +55,10 @@ def test_the_folds_are_trained_holding_out_the_test_groups_and_read_as_one_syste
             held = [argv[i + 1] for i, a in enumerate(argv) if a == "--test-speaker"]
             data = argv[argv.index("--data") + 1]
             (out / "train_summary.json").write_text(json.dumps(
-                {"data": data, "test_speakers": held}))
+                {"data": data, "test_speakers": held, "strategy": {"strategy": "combined"},
+                 "encoder": argv[argv.index("--encoder") + 1],
+                 "commands": argv[argv.index("--commands") + 1].split(","),
+                 "spell_others": "--spell-others" in argv or None}))
         return 0
 
     def stream_report(system, data, minutes, seed, out):
@@ -100,3 +103,28 @@ def test_results_are_named_by_every_option_that_changes_a_figure():
              suffix("--folds", "2,3"), suffix("--total", "2"), suffix("--ensemble-threshold", "0.5")]
     assert names[:2] == ["", ""] and len(set(names)) == len(names) - 1
     assert names[2] == "_seeds-0-1-2" and names[5] == "_folds-2,3"
+
+
+@pytest.mark.parametrize("changes, says", [({"spell_others": None}, "spell_others"),
+                                           ({"encoder": "whisper-base"}, "encoder"),
+                                           ({"commands": ["yes", "no"]}, "commands")])
+def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monkeypatch,
+                                                                 changes, says):
+    held = GROUPS[0] + GROUPS[1] + GROUPS[2] + GROUPS[3]
+    folder = tmp_path / "whisper-tiny.en_cv23"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    summary = {"data": str(ROOT / "data" / "speech_commands"), "test_speakers": held,
+               "strategy": {"strategy": "combined"}, "encoder": "whisper-tiny.en",
+               "commands": run.COMMANDS.split(","), "spell_others": True}
+    (folder / "train_summary.json").write_text(json.dumps({**summary, **changes}))
+
+    def cli(argv):
+        raise AssertionError(f"trained again: {argv}")
+
+    monkeypatch.setattr(run, "cli", cli)
+    args = run.build_parser().parse_args(["--work", str(tmp_path)])
+    with pytest.raises(ValueError, match=f"cv23: trained with other options.*{says}"):
+        run.member(args, "whisper-tiny.en", "23", held)
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+    assert run.member(args, "whisper-tiny.en", "23", held) == folder

@@ -36,10 +36,10 @@ def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
     """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
     finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
     try:
-        finished = finished_run(folder, data, held)
+        finished = finished_run(folder, {"data": data, "test_speakers": held})
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    if not finished and cli(["train", *args, "--out", str(folder)]) != 0:
+    if finished is None and cli(["train", *args, "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
 

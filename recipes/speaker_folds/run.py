@@ -27,7 +27,7 @@ import torch
 from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
-from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, bundled, mean_std, train_job
+from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, bundled, finished_run, mean_std, train_job
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.train import (
     FeatureCache,
@@ -86,25 +86,17 @@ def cached_folds(args: argparse.Namespace) -> list[dict]:
 
 def finished_fold(folder: Path, args: argparse.Namespace, data: Path, speaker: str) -> dict | None:
     """The train summary of a fold a run with these options finished in ``folder`` (a rerun
-    resumes), None when there is none; a folder trained otherwise is an error, not a result."""
-    path = folder / "train_summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    strategy = summary.get("strategy")
-    wanted = {"data": str(data.resolve()), "test_speakers": [speaker],
-              "encoder": args.encoder, "per_class": args.per_class,
-              "strategy": args.strategy}
-    found = {**{k: summary.get(k) for k in wanted},
-             "data": str(Path(summary.get("data", "")).resolve()),
-             "strategy": strategy.get("strategy") if isinstance(strategy, dict) else strategy}
-    if args.window is not None:
-        wanted["window"], found["window"] = args.window, summary.get("window")
-    differ = [f"{k} {found[k]!r}, not {v!r}" for k, v in wanted.items() if found[k] != v]
-    if differ or "test" not in summary:
-        why = "; ".join(differ) or "no test scores"
-        raise SystemExit(f"{folder}: a fold trained with other options ({why}); remove it, or "
-                         "give another --work or --name")
+    resumes), None when there is none; a folder trained otherwise is an error, not a result
+    (``jobs.finished_run``)."""
+    wanted = {"data": data, "test_speakers": [speaker], "encoder": args.encoder,
+              "per_class": args.per_class, "strategy": args.strategy,
+              **({"window": args.window} if args.window is not None else {})}
+    try:
+        summary = finished_run(folder, wanted)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    if summary is not None and "test" not in summary:
+        raise SystemExit(f"{folder}: a fold with no test scores; remove it or give another --work")
     return summary
 
 

@@ -49,7 +49,9 @@ def member(args: argparse.Namespace, encoder: str, name: str, held: list[str]) -
     """A fold's member: ``speechxfer train`` spelling the other words, holding out ``held``,
     unless it finished in ``--work`` before (``jobs.finished_run``)."""
     folder = args.work / f"{encoder}_cv{name}"
-    if not finished_run(folder, args.data, held) and cli(
+    wanted = {"data": args.data, "test_speakers": held, "encoder": encoder,
+              "strategy": "combined", "commands": COMMANDS.split(","), "spell_others": True}
+    if finished_run(folder, wanted) is None and cli(
             ["train", "--data", str(args.data), "--commands", COMMANDS, "--spell-others",
              "--encoder", encoder, *(a for s in held for a in ("--test-speaker", s)),
              "--out", str(folder)]) != 0:
