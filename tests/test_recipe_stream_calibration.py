@@ -100,14 +100,17 @@ def test_results_are_named_by_every_option_that_changes_a_figure():
 
     names = [suffix(), suffix("--work", "elsewhere"), suffix("--seeds", "0", "1", "2"),
              suffix("--minutes", "10"), suffix("--encoders", "whisper-tiny.en"),
-             suffix("--folds", "2,3"), suffix("--total", "2"), suffix("--ensemble-threshold", "0.5")]
+             suffix("--folds", "2,3"), suffix("--total", "2"), suffix("--ensemble-threshold", "0.5"),
+             suffix("--negatives", "data/fsdd")]
     assert names[:2] == ["", ""] and len(set(names)) == len(names) - 1
     assert names[2] == "_seeds-0-1-2" and names[5] == "_folds-2,3"
+    assert names[8] == "_negatives-fsdd"
 
 
 @pytest.mark.parametrize("changes, says", [({"spell_others": None}, "spell_others"),
                                            ({"encoder": "whisper-base"}, "encoder"),
-                                           ({"commands": ["yes", "no"]}, "commands")])
+                                           ({"commands": ["yes", "no"]}, "commands"),
+                                           ({"negatives": ["/elsewhere/fsdd"]}, "negatives")])
 def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monkeypatch,
                                                                  changes, says):
     held = GROUPS[0] + GROUPS[1] + GROUPS[2] + GROUPS[3]

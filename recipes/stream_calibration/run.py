@@ -12,6 +12,7 @@ threshold with the highest mean recall within the false-accept limits.
 
     python recipes/stream_calibration/run.py [--work runs/stream_calibration] [--seeds 0 1]
         [--encoders whisper-tiny.en whisper-base] [--folds 2,3 4,5 6,7 8,9] [--per-stream 1 --total 4]
+        [--negatives data/fsdd]
 
 Every member spells the other words (``--spell-others``), as the README's stream system does.
 Streams run on one thread under torch (``SPEECHXFER_TORCH=1``, the systems as trained). A rerun
@@ -50,10 +51,12 @@ def member(args: argparse.Namespace, encoder: str, name: str, held: list[str]) -
     unless it finished in ``--work`` before (``jobs.finished_run``)."""
     folder = args.work / f"{encoder}_cv{name}"
     wanted = {"data": args.data, "test_speakers": held, "encoder": encoder,
-              "strategy": "combined", "commands": COMMANDS.split(","), "spell_others": True}
+              "strategy": "combined", "commands": COMMANDS.split(","), "spell_others": True,
+              "negatives": [str(p.resolve()) for p in args.negatives] or None}
     if finished_run(folder, wanted) is None and cli(
             ["train", "--data", str(args.data), "--commands", COMMANDS, "--spell-others",
              "--encoder", encoder, *(a for s in held for a in ("--test-speaker", s)),
+             *(a for p in args.negatives for a in ("--negatives", str(p))),
              "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
@@ -120,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--ensemble-threshold", type=float, default=0.65,
                         help="stored in each fold's ensemble; the curves cover every threshold")
+    parser.add_argument("--negatives", type=Path, nargs="+", default=[], metavar="PATH",
+                        help="datasets every member also trains on as _unknown_ (train --negatives)")
     parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
     parser.add_argument("--total", type=int, default=4, help="false accepts over all streams")
     return parser
