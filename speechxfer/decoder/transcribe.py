@@ -48,8 +48,3 @@ def transcribe(system: ZeroShotRecognizer, waves: list[torch.Tensor]) -> list[st
         for i, row in zip(idx, ids):
             texts[i] = system.tokenizer.decode(row)
     return texts
-
-
-def transcribe_labels(system: ZeroShotRecognizer, waves: list[torch.Tensor]) -> list[str | None]:
-    """Each clip's label by free transcription (None: the text names no label)."""
-    return [text_to_label(t, system.aliases) for t in transcribe(system, waves)]
