@@ -93,6 +93,12 @@ def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> to
 
 def _as_float32(samples: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
     """Float samples as float32, integer PCM scaled to [-1, 1]; any other type is an AudioError."""
+    if isinstance(samples, (bytes, bytearray)) or (
+            isinstance(samples, memoryview) and samples.format in ("B", "b", "c")):
+        # numpy reads a bytearray as uint8 samples: int16 PCM would be heard as noise twice as long
+        raise AudioError(source, f"raw bytes ({type(samples).__name__}), not samples: their "
+                                 "sample type is unknown; pass np.frombuffer(data, np.int16) (or "
+                                 "the PCM's own type), or an encoded file's path")
     try:
         if isinstance(samples, torch.Tensor):  # half and bfloat16 have no numpy twin: widen first
             samples = samples.detach().cpu()
@@ -104,7 +110,9 @@ def _as_float32(samples: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "f":
         with np.errstate(over="ignore"):  # beyond float32 becomes inf, which check_wave rejects
-            return array.astype(np.float32, copy=False)
+            array = array.astype(np.float32, copy=False)
+        # a view with negative strides (np.flip, x[::-1]) is no tensor: torch.from_numpy refuses it
+        return array if array.flags.c_contiguous else array.copy()
     if array.dtype in PCM_SCALE:
         offset, scale = PCM_SCALE[array.dtype]
         wave = array.astype(np.float32)
@@ -200,7 +208,9 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Read a file as a mono float32 tensor at ``sample_rate``; raise AudioError if unusable."""
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "a folder, not an audio file" if path.is_dir() else "file not found")
+        raise AudioError(path, "a folder, not an audio file" if path.is_dir() else
+                         "a broken symbolic link (its target is missing, or links loop)"
+                         if path.is_symlink() else "file not found")
     try:
         samples, rate = _read_mono(str(path), path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:

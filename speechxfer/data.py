@@ -16,6 +16,7 @@ import csv
 import json
 import random
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,13 @@ RESERVED_COLUMNS = ("path", "speaker", "split")
 
 class DatasetError(ValueError):
     """A dataset that cannot be read; the message names the path and the problem."""
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode's composed form (NFC), as names are compared everywhere: macOS writes
+    folder and file names decomposed (NFD), so a folder "café" and the word "café" typed in
+    --commands would otherwise be two words. Paths are never folded: files are found as named."""
+    return unicodedata.normalize("NFC", text)
 
 
 @dataclass
@@ -71,7 +79,10 @@ class Dataset:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    """Entries named as audio, broken links included: reading reports them (left out here, a
+    dangling or looping symlink's clip vanished from the run without a word)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -120,7 +131,8 @@ def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
     clips, skipped = [], []
     for p in files:
         if m := FSDD_NAME.match(p.stem):
-            clips.append(Clip(p, {"command": m["label"], "speaker": m["speaker"]}, m["speaker"]))
+            label, speaker = nfc(m["label"]), nfc(m["speaker"])
+            clips.append(Clip(p, {"command": label, "speaker": speaker}, speaker))
         else:
             skipped.append((str(p), "file name is not {label}_{speaker}_{take}"))
     return Dataset(clips, root, "fsdd", skipped=skipped)
@@ -135,8 +147,8 @@ def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
     for d in label_dirs:
         for p in _audio_files(d):
             m = SPEECH_COMMANDS_SPEAKER.match(p.name)
-            speaker = m["speaker"] if m else None
-            labels = {"command": d.name} | ({"speaker": speaker} if speaker else {})
+            speaker = nfc(m["speaker"]) if m else None
+            labels = {"command": nfc(d.name)} | ({"speaker": speaker} if speaker else {})
             clips.append(Clip(p, labels, speaker))
         for sub in sorted(e for e in d.iterdir() if e.is_dir() and not e.name.startswith(".")):
             if nested := sum(p.suffix.lower() in AUDIO_SUFFIXES for p in sub.rglob("*")):
@@ -208,9 +220,9 @@ def _row_values(manifest: Path, n: int, row: object) -> dict[str, str]:
     for k, v in row.items():
         if isinstance(v, (dict, list)):
             raise DatasetError(f"{where}: {k!r} must be a single value, not {JSON_TYPES[type(v)]}")
-        # a label or speaker typed " 4" is "4" (else a class or voice of its own); a path is
-        # taken as written
-        text = "" if v is None else str(v) if k == "path" else str(v).strip()
+        # a label or speaker typed " 4" is "4", "café" in either Unicode form is one (else a
+        # class or voice of its own); a path is taken as written
+        text = "" if v is None else str(v) if k == "path" else nfc(str(v).strip())
         if text:
             values[k] = text
     return values
@@ -310,6 +322,7 @@ def split_dataset(
     nothing), ``val_fraction`` of the speakers whole, chosen by ``seed`` (``validation_speakers``).
     """
     if test_speakers:
+        test_speakers = [nfc(s) for s in test_speakers]
         unknown = sorted(set(test_speakers) - set(data.speakers))
         if unknown:
             raise DatasetError(f"{data.location}: unknown test speaker(s) {unknown}; "
@@ -326,6 +339,15 @@ def split_dataset(
         if both:
             LOGGER.warning("%s: speaker(s) %s have clips in the test split and outside it: the "
                            "test scores voices that trained", data.location, both[:5])
+    # "George" beside the test speaker "george" is another speaker to the data, the same voice
+    # to the test
+    heard = {c.speaker for c in rest if "speaker" in c.labels}
+    near = sorted(f"{s} / {h}" for s in {c.speaker for c in test if "speaker" in c.labels}
+                  for h in heard if s != h and s.casefold() == h.casefold())
+    if near:
+        LOGGER.warning("%s: test and training speakers differ only in case (%s): read as "
+                       "different speakers, so the test may score voices that trained",
+                       data.location, ", ".join(near[:5]))
     given_val = [c for c in rest if data.split.get(c.path) == "validation"]
     if given_val:  # the data's own validation list holds, less any test speaker's clips
         train = [c for c in rest if data.split.get(c.path) != "validation"]

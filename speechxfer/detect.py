@@ -43,6 +43,7 @@ VAD_RATE = 16_000  # the detector's internal rate: silero's and the Whisper enco
 VAD_FRAME = 512  # silero's frame at 16 kHz (32 ms)
 VAD_THRESHOLD = 0.5  # speech probability that opens an utterance (silero's default)
 VAD_HYSTERESIS = 0.15  # it stays open down to VAD_THRESHOLD - this (silero's rule)
+VAD_OFF_FLOOR = 0.01  # but never below this (silero's too): at 0 no pause would ever end it
 VAD_RESET_S = 2.0  # silero's state is reset this often between utterances (see SileroVAD)
 MIN_SILENCE_S = 0.25  # a pause this long ends an utterance; shorter ones are inside a word ("st-op")
 MIN_SPEECH_S = 0.1  # shorter speech is a click or a breath
@@ -244,6 +245,8 @@ class Detector:
             raise ValueError(f"filler_below must be in (0, 1], got {filler_below}")
         if not 0.0 <= pad_s < math.inf:  # a negative pad would cut the word's onset off
             raise ValueError(f"pad_s must be a non-negative number of seconds, got {pad_s}")
+        if not 0.0 < vad_threshold <= 1.0:  # above 1 no speech would ever open an utterance
+            raise ValueError(f"vad_threshold must be in (0, 1], got {vad_threshold}")
         self.filler = None if filler_margin is None else filler_check(model)
         if filler_margin is not None and self.filler is None:
             raise ValueError(f"filler_margin: the filler check needs a model with a Whisper "
@@ -255,25 +258,16 @@ class Detector:
         self.model_threads = torch.get_num_threads()  # the model may use them; the rest runs on one
         self.input_rate = check_rate(sample_rate, "<stream>")
         self.vad = vad if vad is not None else SileroVAD()
-        self.vad.reset()
-        self.vad_on, self.vad_off = vad_threshold, vad_threshold - VAD_HYSTERESIS
+        self.vad_on = vad_threshold
+        self.vad_off = max(vad_threshold - VAD_HYSTERESIS, VAD_OFF_FLOOR)
         frame_s = VAD_FRAME / VAD_RATE
         self.min_quiet = max(1, round(min_silence_s / frame_s))  # frames
         self.min_speech = min_speech_s * VAD_RATE  # samples
         self.max_utterance = max_utterance_s * VAD_RATE
         self.clip, self.pad = round(clip_s * VAD_RATE), round(pad_s * VAD_RATE)
-        self._resampler = StreamResampler(self.input_rate, VAD_RATE)
         self._keep = round((max_utterance_s + clip_s + pad_s + 1.0) * VAD_RATE)  # audio history
-        self._audio = torch.zeros(0)  # the last samples at VAD_RATE
-        self._audio_start = 0  # their index in the stream
-        self._pending = 0  # samples of _audio not yet run through the VAD
-        self._speech_start: int | None = None
-        self._speech_end = 0
-        self._last_end = 0  # where the previous utterance's speech ended: no window reaches it
-        self._quiet = 0
-        self._overlong = False
         self._reset_every = max(1, round(VAD_RESET_S / frame_s))  # frames
-        self._since_reset = 0
+        self._begin(0)
         self.segments: list[Segment] = []
         self.repaired = 0  # non-finite input samples set to zero
         self.overlong = 0  # utterances too long for a command: no event
@@ -283,6 +277,22 @@ class Detector:
         self.compute_s = 0.0  # all processing, feed and flush
         self.cpu_s = 0.0  # the same in CPU seconds of this process: a busy machine's wall clock
         # counts the time other programs held the cores
+
+    def _begin(self, at: int) -> None:
+        """Start a stream at index ``at`` (at VAD_RATE) as a new detector would: after ``flush``
+        the resampler holds its end padding and the VAD frame grid is off by the last partial
+        frame, so a next stream fed on would get shifted times and other probabilities."""
+        self._resampler = StreamResampler(self.input_rate, VAD_RATE)
+        self.vad.reset()
+        self._audio = torch.zeros(0)  # the last samples at VAD_RATE
+        self._audio_start = at  # their index in the stream
+        self._pending = 0  # samples of _audio not yet run through the VAD
+        self._speech_start: int | None = None
+        self._speech_end = at
+        self._last_end = at  # where the previous utterance's speech ended: no window reaches it
+        self._quiet = 0
+        self._overlong = False
+        self._since_reset = 0
 
     @property
     def seconds(self) -> float:
@@ -308,7 +318,8 @@ class Detector:
         return events
 
     def flush(self) -> list[Detection]:
-        """End of the stream: run what is buffered and close an utterance still open."""
+        """End of the stream: run what is buffered and close an utterance still open. A chunk
+        fed after it starts a new stream, timed on from ``seconds``."""
         began, cpu = time.perf_counter(), time.process_time()
         with one_thread():
             events = self._push(self._resampler.flush())
@@ -316,6 +327,7 @@ class Detector:
                 events += self._push(torch.zeros(VAD_FRAME - self._pending))
             if self._speech_start is not None:
                 events += self._close(self._audio_start + self._audio.numel())
+            self._begin(round(self.samples_in * VAD_RATE / self.input_rate))
         self.compute_s += time.perf_counter() - began
         self.cpu_s += time.process_time() - cpu
         return events

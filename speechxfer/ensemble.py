@@ -29,6 +29,7 @@ from .recognizer import (
     info_from,
     is_model_folder,
     load,
+    read_config,
     softmax,
     sub_folder,
 )
@@ -47,6 +48,50 @@ def system_digest(folder: Path) -> str:
                           if path.is_file() and is_model_file(path)
                           and FAST_FOLDER not in path.relative_to(folder).parts[:-1]))
     return digest.hexdigest()
+
+
+def exported_from(config: dict) -> str | None:
+    """The ``system_digest`` of the system an ONNX export was made from (its config's
+    ``source``, as only ``export.export_folder`` writes it); None for any other system, or for
+    an export made before exports recorded it (such an export cannot be told from a system of
+    its own)."""
+    source = config.get("source")
+    digest = source.get("digest") if isinstance(source, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+# how a folder relates to an earlier one of the same digest: (the folder's digest is the
+# system it was exported from, the earlier one's is)
+RELATIONS = {(False, False): "the same system as", (True, False): "an export of",
+             (False, True): "the system exported to",
+             (True, True): "exported from the same system as"}
+
+
+def _check_distinct(leaves: list[tuple[int, Path]]) -> None:
+    """A ModelError naming both folders where two of the single systems ``(member, folder)``
+    are one: a copy, a system and its ONNX export, two exports of one system. Each would count
+    that system twice in the product, its answers silently outweighing the other members'."""
+    first: dict[str, tuple[int, Path, bool]] = {}
+    for i, leaf in leaves:
+        records = [(system_digest(leaf), False)]
+        if origin := exported_from(read_config(leaf)):
+            records.append((origin, True))
+        for digest, exported in records:
+            j, seen, was_exported = first.setdefault(digest, (i, leaf, exported))
+            if (j, seen) != (i, leaf):
+                raise ModelError(f"{leaf}: {RELATIONS[exported, was_exported]} {seen} (members "
+                                 f"{j} and {i}); an ensemble needs different systems")
+
+
+def folder_stamp(folder: Path) -> list[tuple[str, int, int, int]]:
+    """Every file under ``folder`` by name, size, inode and modification time: no file is read,
+    and a folder retrained, replaced or restored from a copy changes it."""
+    stamp = []
+    for path in folder.rglob("*"):
+        if path.is_file():
+            s = path.stat()
+            stamp.append((path.relative_to(folder).as_posix(), s.st_size, s.st_ino, s.st_mtime_ns))
+    return sorted(stamp)
 
 
 def _systems(system: Recognizer, folder: Path) -> list[Path]:
@@ -81,7 +126,18 @@ class EnsembleRecognizer(Recognizer):
         bars = [m.threshold for m in members if m.threshold is not None]
         self.threshold = threshold if threshold is not None else max(bars, default=None)
         self.info: dict = {}
-        self.sources: list[Path | None] = [None] * len(members)  # folders to copy on save
+        self.sources = [None] * len(members)
+
+    @property
+    def sources(self) -> list[Path | None]:
+        """The members' folders, copied on save (None: the member saves itself)."""
+        return self._sources
+
+    @sources.setter
+    def sources(self, folders: list[Path | None]) -> None:
+        # stamped as given: save copies the folders later, which must still hold these members
+        self._sources = list(folders)
+        self._stamps = [None if f is None else folder_stamp(f) for f in self._sources]
 
     def predict_proba(self, waves: list[torch.Tensor]) -> np.ndarray:
         logs = [np.log(np.clip(m.predict_proba(waves)[:, order], 1e-12, None))
@@ -101,6 +157,10 @@ class EnsembleRecognizer(Recognizer):
             if source is not None and directory.resolve().is_relative_to(source.resolve()):
                 raise StoreError(f"{directory}: is or lies inside member {i}'s folder {source}; "
                                  "save the ensemble outside its members")
+            if source is not None and folder_stamp(source) != self._stamps[i]:
+                raise StoreError(f"{source}: member {i}'s folder changed after the ensemble was "
+                                 "built from it, so its copy would not be the system in memory; "
+                                 "build or load the ensemble again")
         with atomic_folder(directory, is_model_folder) as folder:
             for i, (member, source) in enumerate(zip(self.members, self.sources)):
                 target = folder / MEMBER_FOLDER.format(i)
@@ -109,6 +169,7 @@ class EnsembleRecognizer(Recognizer):
                 else:
                     member.save(target)
             (folder / "config.json").write_text(json.dumps(self.config(), indent=2))
+        self.sources = self.sources  # saved over its own folder: its members are now the copies
         return directory
 
     @classmethod
@@ -126,15 +187,9 @@ class EnsembleRecognizer(Recognizer):
         except ValueError as err:
             raise ModelError(f"{', '.join(map(str, folders))}: {err}") from None
         system.sources = [Path(f) for f in folders]
-        # a copy of a folder, or a system inside an ensemble given beside it, would count twice
-        # in the product: its answers would silently outweigh the other members'
-        first: dict[str, tuple[int, Path]] = {}
-        for i, (member, source) in enumerate(zip(members, system.sources)):
-            for leaf in _systems(member, source):
-                j, seen = first.setdefault(system_digest(leaf), (i, leaf))
-                if (j, seen) != (i, leaf):
-                    raise ModelError(f"{leaf}: the same system as {seen} (members {j} and {i}); "
-                                     "an ensemble needs different systems")
+        # a copy of a folder, a system inside an ensemble given beside it, or a system's export
+        _check_distinct([(i, leaf) for i, (member, source) in enumerate(zip(members, folders))
+                         for leaf in _systems(member, Path(source))])
         return system
 
     @classmethod

@@ -432,12 +432,15 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
            check_waves: list[torch.Tensor] | None = None,
            shortlist: torch.Tensor | None = None,
            min_agreement: float | None = None,
-           fingerprint: str | None = None) -> tuple[Path, Parity | None]:
+           fingerprint: str | None = None,
+           digest: str | None = None) -> tuple[Path, Parity | None]:
     """Export ``system`` to the folder ``out`` (model.onnx + config.json), written whole or not
     at all; with ``check_waves`` the parity against the torch system is measured on them before
     the folder is swapped in, and stored in its config; below ``min_agreement`` label
     agreement it is an ExportError and ``out`` is left as it was. ``fingerprint``: the source
-    folder's ``source_fingerprint``, stored for a fast path to be found stale by."""
+    folder's ``source_fingerprint``, stored for a fast path to be found stale by. ``digest``:
+    the source folder's ``ensemble.system_digest``, stored so that an ensemble can tell the
+    export from the model it was made from (the two together would count one system twice)."""
     out = Path(out)
     with atomic_folder(out, is_model_folder) as folder:
         window = export_graph(system, folder / GRAPH, int8, shortlist)
@@ -446,6 +449,8 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
         source["encoder"] = encoder.name
         if fingerprint is not None:
             source["fingerprint"] = fingerprint
+        if digest is not None:
+            source["digest"] = digest
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
                   "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
                   "graph_id": graph_id(folder / GRAPH),
@@ -483,6 +488,7 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
                   data: str | Path | None = None, limit: int = 100) -> tuple[Path, Parity | None]:
     """Export the system saved in ``model_dir`` to ``out``; the parity check runs on ``limit``
     clips of ``data`` (default: the dataset the model was trained on, when it is still there)."""
+    from .ensemble import system_digest
     from .recognizer import load
 
     if Path(model_dir).resolve().is_relative_to(Path(out).resolve()):
@@ -497,7 +503,7 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
         trained_on = getattr(system, "info", {}).get("data", {}).get("data")
         data = trained_on if trained_on and Path(trained_on).exists() else None
     waves = check_clips(data, limit) if data is not None else None
-    return export(system, out, int8, waves)
+    return export(system, out, int8, waves, digest=system_digest(Path(model_dir)))
 
 
 def fast_path_available() -> bool:

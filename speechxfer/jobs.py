@@ -72,6 +72,7 @@ from .vocab import (
     is_command,
     load_with_silence,
     map_for_model,
+    nfc,
     other_words,
     written_otherwise,
 )
@@ -784,9 +785,31 @@ def rank_folder() -> Iterator[Path]:
         yield Path(work)
 
 
+def without_unlabelled(split: Split, tasks: tuple[str, ...]) -> Split:
+    """``split`` less the clips with no label to use (a manifest row with empty cells), listed
+    in its ``skipped``: a training or validation clip with no label of any of ``tasks`` trains
+    nothing (and was counted as trained), a test clip with no command label has no truth to
+    score (and crashed the run after training, losing the model)."""
+    def usable(c, needed) -> bool:
+        return any(t in c.labels for t in needed)
+
+    dropped = [(str(c.path), f"no {'/'.join(needed)} label: {what}")
+               for part, needed, what in (
+                   (split.train + split.validation, tasks, "nothing to train on"),
+                   (split.test, (PRIMARY_TASK,), "nothing to score it against"))
+               for c in part if not usable(c, needed)]
+    if not dropped:
+        return split
+    return replace(split, train=[c for c in split.train if usable(c, tasks)],
+                   validation=[c for c in split.validation if usable(c, tasks)],
+                   test=[c for c in split.test if usable(c, (PRIMARY_TASK,))],
+                   skipped=split.skipped + dropped)
+
+
 def check_trainable(ds: Dataset, split: Split, pool: list, commands: list[str] | None) -> None:
     """Refuse a split that trains nothing, one label, or not every label it is scored on: a
-    label only validation or test clips hold is never learnt, only scored wrong."""
+    label only validation or test clips hold is never learnt, only scored wrong. Labels that
+    differ only in case ("Yes" beside "yes") are warned about: one word split into two classes."""
     if not pool:
         raise DatasetError(f"{ds.location}: every clip is a validation or test clip (test "
                            f"speakers {sorted({str(c.speaker) for c in split.test})[:5]}); "
@@ -800,6 +823,12 @@ def check_trainable(ds: Dataset, split: Split, pool: list, commands: list[str] |
     if len(trained) < 2:
         raise DatasetError(f"{ds.location}: the training clips hold {len(trained)} label(s) "
                            f"{sorted(trained)}; a classifier needs at least 2 labels")
+    twins = sorted(lab for lab in trained
+                   if written_otherwise(lab, [o for o in trained if o != lab]))
+    if twins:
+        LOGGER.warning("%s: labels %s differ only in case: they train as separate classes "
+                       "(rename the folders or manifest cells to make them one word)",
+                       ds.location, twins[:10])
 
 
 def warn_keeps_all(pool: list, per_class_n: int | None, shots: int | None) -> None:
@@ -910,6 +939,7 @@ def train_job(
     replaced whole at the end (``store.atomic_folder``).
     """
     out = Path(out)
+    commands = [nfc(w) for w in commands] if commands else commands  # as the data's labels
     if per_class_n and shots:
         raise ValueError("--per-class and --shots both choose the training clips; give one")
     if keep not in KEEP:
@@ -935,7 +965,8 @@ def train_job(
     with lock as work:
         seed_everything(seed)
         ds = load_training_data(data or default_data(), commands)
-        split = split_dataset(ds, test_speakers or None, seed=seed)
+        split = without_unlabelled(split_dataset(ds, test_speakers or None, seed=seed),
+                                   tuple(tasks))
         pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
         check_trainable(ds, split, pool, commands)
         warn_keeps_all(pool if per_class_n else split.train, per_class_n, shots)
@@ -1109,7 +1140,8 @@ def _warn_unmatched_commands(ds: Dataset, labels: list[str], data: str | Path) -
     mapped = sorted({c.word for c in ds.clips if c.label == UNKNOWN and is_command(c.word)})
     near = [w for w in mapped if written_otherwise(w, commands)]
     if near:
-        LOGGER.warning("%s: labels %s differ from the model's commands only in case; they are "
+        LOGGER.warning("%s: labels %s differ from the model's commands only in case (or in "
+                       "Unicode form: a model saved with a macOS folder's name); they are "
                        "scored as %s", data, near[:10], UNKNOWN)
     elif mapped and not any(c.label in commands for c in ds.clips):
         LOGGER.warning("%s: no clip is one of the model's commands %s; every word (%s) is "

@@ -328,6 +328,12 @@ class Recognizer:
         self, item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None
     ) -> Prediction:
         """Label one clip: a file path, or raw samples with their ``sample_rate``."""
+        if isinstance(item, (list, tuple)) and any(
+                isinstance(x, (str, Path, np.ndarray, torch.Tensor)) for x in item):
+            # equal-length clips would be averaged as the channels of one, with no error
+            raise AudioError("<samples>", f"a list of {len(item)} clip(s), not one clip: "
+                                          "predict_batch takes a list; predict takes one (a "
+                                          "clip's channels: one array, [time, channels])")
         return self.predict_batch([item], sample_rate)[0]
 
     def predict_batch(
@@ -342,14 +348,6 @@ class FolderLoader(Protocol):
 
     def from_folder(self, directory: Path, config: dict, device: str | torch.device) -> Recognizer:
         ...
-
-
-def register_kind(kind: str, target: str) -> None:
-    """Add a kind (``"module:Class"``, the class offering ``from_folder``) to ``KINDS``; an
-    existing kind keeps its class, so a stored folder always means what it meant."""
-    if kind in KINDS and KINDS[kind] != target:
-        raise ValueError(f"model kind {kind!r} is already {KINDS[kind]}")
-    KINDS[kind] = target
 
 
 def loader_of(kind: str, directory: Path | str = "") -> FolderLoader:

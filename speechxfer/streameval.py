@@ -37,7 +37,7 @@ from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
 from .log import LOGGER
 from .stream import file_chunks, file_length
-from .vocab import SILENCE, is_command, load_with_silence, written_otherwise
+from .vocab import SILENCE, is_command, load_with_silence, nfc, written_otherwise
 
 if TYPE_CHECKING:
     from speechxfer import Recognizer
@@ -227,7 +227,7 @@ def read_labels(path: str | Path, seconds: float | None = None) -> list[Span]:
             raise LabelFileError(f"{path}: row {n}: starts at {start} s, not before the end of "
                                  f"the recording ({seconds:.3f} s): labels of another recording, "
                                  "or not in seconds?")
-        spans.append(Span(start, end, cells[2]))
+        spans.append(Span(start, end, nfc(cells[2])))  # as the data's labels (data.nfc)
         rows.append(n)
     if not spans:
         raise LabelFileError(f"{path}: no labelled rows")

@@ -604,7 +604,7 @@ class Checkpointer:
 class TrainResult:
     history: list[dict]
     best_epoch: int
-    resumed_from: int | None
+    resumed_from: int | None  # epochs the checkpoint had done (numbered as the history is)
     train_examples: int = 0  # training examples per epoch: clips plus cached augmented copies
     # the lower-layer features fit used (cached strategies): later fits on subsets reuse them
     train_cache: FeatureCache | None = None
@@ -771,7 +771,10 @@ def fit(
         start_epoch, best_epoch, history, stale = (state["epoch"] + 1, state["best_epoch"],
                                                   state["history"], state["stale"])
         best, best_state = state["best"], state["best_state"]
-        resumed_from = state["epoch"]
+        resumed_from = start_epoch
+        if rank == 0:  # a rerun that only printed later epochs would look like a fresh start
+            LOGGER.info("resuming from the checkpoint in %s: epoch %d of %d done", checkpoint_dir,
+                        start_epoch, config.epochs)
         with warnings.catch_warnings():  # fast-forwarding the schedule before any step
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start_epoch * steps_per_epoch):
@@ -889,6 +892,9 @@ def fit_generative(
                  "data": waves_digest(waves, truth)} if checkpointer else None
     state = checkpointer.load(system.model, optimizer, signature) if checkpointer else None
     losses: list[float] = [] if state is None else [float(x) for x in state["history"]]
+    if state is not None:
+        LOGGER.info("resuming from the checkpoint in %s: step %d of %d done", checkpoint_dir,
+                    len(losses), steps)
     rng = np.random.default_rng(seed)
     system.model.train()
     bar = progress(range(steps), "tuning the decoder")

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .audio import AUDIO_SUFFIXES, Clip
-from .data import Dataset, DatasetError, load_dataset
+from .data import Dataset, DatasetError, load_dataset, nfc
 from .log import LOGGER
 
 UNKNOWN = "_unknown_"
@@ -32,8 +32,9 @@ def is_command(label: str | None) -> bool:
 
 
 def parse_commands(text: str) -> list[str]:
-    """``"yes,no,up"`` -> ``["yes", "no", "up"]``; duplicates, blanks and reserved names refused."""
-    words = [w.strip() for w in text.split(",")]
+    """``"yes,no,up"`` -> ``["yes", "no", "up"]``, each in NFC as the data's labels are
+    (``data.nfc``); duplicates, blanks and reserved names refused."""
+    words = [nfc(w.strip()) for w in text.split(",")]
     if not words or any(not w for w in words):
         raise ValueError(f"--commands {text!r}: give comma-separated words, e.g. yes,no,up")
     reserved = [w for w in words if w in RESERVED]
@@ -110,21 +111,23 @@ def other_words(clips: list[Clip], limit: int = MAX_OTHER_WORDS) -> list[str]:
 
 
 def written_otherwise(word: str | None, commands: list[str]) -> str | None:
-    """The command ``word`` writes otherwise ("Yes" or " yes" for "yes"), None when it is one
-    of ``commands`` or none: such a word is no command to the model, so its clips train, score
-    or count as something else without a sign unless the caller says so."""
+    """The command ``word`` writes otherwise ("Yes" or " yes" for "yes", "café" decomposed for
+    "café" composed: a model saved with a macOS folder's name), None when it is one of
+    ``commands`` or none: such a word is no command to the model, so its clips train, score or
+    count as something else without a sign unless the caller says so."""
     if word is None or word in commands:
         return None
-    key = word.strip().casefold()
-    return next((c for c in commands if c.strip().casefold() == key), None)
+    key = nfc(word).strip().casefold()
+    return next((c for c in commands if nfc(c).strip().casefold() == key), None)
 
 
 def apply_commands(dataset: Dataset, commands: list[str]) -> Dataset:
     """The training vocabulary: ``commands`` plus ``_unknown_`` (and ``_silence_`` where present).
 
     Every listed word must occur in the data: a misspelt command would otherwise silently train a
-    class with no examples.
+    class with no examples. ``commands`` are compared in NFC, as the data's labels are.
     """
+    commands = [nfc(w) for w in commands]
     if not commands:
         raise DatasetError(f"{dataset.root}: no command words given")
     reserved = [w for w in commands if w in RESERVED]

@@ -354,6 +354,12 @@ def enroll(model_dir: str | Path, speaker: str, clips: Sequence[str | Path | tor
     (``cohort_vectors``); a different cohort changes the scores, so a calibrated threshold then
     falls back to the default until calibrated again (a warning says so)."""
     name = _check_name(speaker)
+    if isinstance(clips, (str, Path)) or (isinstance(clips, (np.ndarray, torch.Tensor))
+                                          and clips.ndim < 2):
+        # a path would be read letter by letter, a clip's samples each as a clip
+        raise VoiceprintError(f"enrolling {name!r}: one clip, not a list of them: enroll "
+                              "takes a list of clips")
+    clips = list(clips)  # any iterable, read once: a generator would be spent by the files check
     if not clips:
         raise VoiceprintError(f"enrolling {name!r}: no clips given")
     files = [str(Path(c).resolve()) for c in clips if isinstance(c, (str, Path))]

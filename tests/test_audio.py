@@ -89,6 +89,25 @@ def test_big_endian_integer_pcm_is_scaled_like_native(fsdd):
     assert torch.equal(to_mono_resampled(as_int16.astype(">i2"), rate), expected)
 
 
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_raw_pcm_bytes_are_refused_not_read_as_8_bit(fsdd, wrap):
+    """numpy reads a bytearray or memoryview as uint8: int16 PCM from a socket was heard as
+    noise twice as long, with no error; a typed buffer (memoryview of int16) still is audio."""
+    as_int16, _ = sf.read(fsdd / "7_jackson_32.wav", dtype="int16")
+    with pytest.raises(AudioError, match=r"raw bytes .*np\.frombuffer"):
+        as_mono(wrap(as_int16.tobytes()))
+    assert torch.equal(as_mono(memoryview(as_int16)), as_mono(as_int16))
+
+
+def test_float_views_with_negative_strides_are_samples(fsdd):
+    """np.flip or x[::-1] of float32 samples made torch.from_numpy raise its own ValueError."""
+    samples, _ = sf.read(fsdd / "7_jackson_32.wav", dtype="float32")
+    backwards = samples[::-1].copy()
+    assert torch.equal(as_mono(backwards[::-1]), as_mono(samples))
+    stereo = np.stack([backwards, backwards], 1)
+    assert torch.equal(as_mono(np.flip(stereo, 0)), as_mono(samples))
+
+
 def test_crop_pad_and_batch():
     w = torch.arange(10.0)
     assert crop_or_pad(w, 4).tolist() == [3, 4, 5, 6]

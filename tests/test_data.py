@@ -353,3 +353,57 @@ def test_a_word_folder_beside_flat_fsdd_files_is_reported(small_fsdd, tmp_path):
     assert ds.layout == "fsdd" and len(ds.clips) == 36
     [(where, problem)] = ds.skipped
     assert where == str(small_fsdd / "yes") and problem.startswith("1 audio file(s) in a folder")
+
+
+def test_names_in_either_unicode_form_are_one_label_and_speaker(small_fsdd, tmp_path):
+    """macOS writes folder and file names decomposed (NFD): "café" read from a folder was
+    another word than "café" typed (NFC), so its clips silently counted as none of these."""
+    import unicodedata
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), "café"
+    assert nfd != nfc
+    folders = tmp_path / "folders"
+    for digit, word, speaker in (("1", nfd, "zoe\u0308"), ("4", "tea", "zo\u00eb")):
+        (folders / word).mkdir(parents=True)
+        shutil.copy(small_fsdd / f"{digit}_theo_0.wav", folders / word / f"{speaker}_nohash_0.wav")
+    ds = load_dataset(folders)
+    assert ds.labels == [nfc, "tea"] and ds.speakers == ["zoë"]
+    assert split_dataset(ds, [unicodedata.normalize("NFD", "zoë")]).test == ds.clips
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(small_fsdd / "1_theo_0.wav", flat / f"{nfd}_theo_0.wav")
+    shutil.copy(small_fsdd / "4_theo_0.wav", flat / f"{nfc}_theo_1.wav")
+    assert load_dataset(flat).labels == [nfc]
+    (tmp_path / "m.csv").write_text(f"path,label\n{small_fsdd / '1_theo_0.wav'},{nfd}\n"
+                                    f"{small_fsdd / '4_theo_0.wav'},{nfc}\n")
+    assert load_dataset(tmp_path / "m.csv").labels == [nfc]
+
+
+def test_broken_and_looping_symlinks_are_skipped_and_reported(small_fsdd, tmp_path):
+    """A dangling link (a clip linked from a moved folder) or two links naming each other
+    vanished from the clip list without a word; as in a word folder, they are reported."""
+    (small_fsdd / "4_theo_8.wav").symlink_to(tmp_path / "moved" / "4_theo_8.wav")
+    (small_fsdd / "7_theo_8.wav").symlink_to(small_fsdd / "7_theo_9.wav")
+    (small_fsdd / "7_theo_9.wav").symlink_to(small_fsdd / "7_theo_8.wav")
+    words = tmp_path / "words"
+    shutil.copytree(small_fsdd, words / "yes", symlinks=True)
+    shutil.copytree(small_fsdd, words / "no", ignore=shutil.ignore_patterns("*_theo_[89].wav"))
+    for data, n in ((small_fsdd, 36), (words, 72)):
+        _, kept, skipped = load_waves(load_dataset(data).clips, 16_000)
+        assert len(kept) == n and sorted(Path(p).stem[-6:] for p, _ in skipped) == [
+            "theo_8", "theo_8", "theo_9"]
+        assert all(problem.startswith("a broken symbolic link") for _, problem in skipped)
+
+
+def test_a_training_speaker_differing_from_a_test_speaker_in_case_is_reported(small_fsdd, caplog):
+    """"Theo" trained while "theo" was held out: the test scored a voice it had heard, silently."""
+    caplog.set_level("WARNING", logger="speechxfer")
+    for p in sorted(small_fsdd.glob("*_theo_0.wav")):
+        p.rename(p.with_name(p.name.replace("theo", "Theo")))
+    ds = load_dataset(small_fsdd)
+    split = split_dataset(ds, ["theo"])
+    assert "Theo" in {c.speaker for c in split.train + split.validation}
+    assert "differ only in case (theo / Theo)" in caplog.text
+    caplog.clear()
+    split_dataset(ds, ["jackson"])
+    assert "differ only in case" not in caplog.text

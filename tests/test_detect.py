@@ -105,6 +105,21 @@ def test_odd_chunk_sizes_give_the_same_events_as_one_chunk(svm, session, vad):
     assert len(whole) == len(SAID)
 
 
+def test_a_stream_fed_after_flush_is_heard_as_by_a_new_detector(svm, session, vad):
+    """flush ends a stream; chunks fed after it are a new one, timed on from the first one's
+    end: not shifted by its end padding nor heard through its resampler's leftovers."""
+    model, _ = svm
+    audio, _ = session
+    detector, first = detect(model, audio, vad=vad, threshold=0.0)
+    again = list(detect_chunks(detector, [audio[:4321], audio[4321:]]))
+    shift = len(audio) / RATE
+    assert detector.seconds == pytest.approx(2 * shift)
+    assert [e.label for e in again] == [e.label for e in first] and len(first) == len(SAID)
+    got = [x for e in again for x in (e.probability, e.start, e.end)]
+    assert got == pytest.approx([x for e in first for x in (e.probability, e.start + shift,
+                                                           e.end + shift)], abs=1e-6)
+
+
 def test_stream_resampler_matches_whole_signal_resampling():
     from speechxfer.audio import resample
 
@@ -163,6 +178,28 @@ def test_utterance_too_long_for_a_command_is_dropped(svm, session, vad):
 def test_a_negative_pad_is_refused(svm, vad, pad):
     with pytest.raises(ValueError, match="pad_s"):
         Detector(svm[0], sample_rate=RATE, vad=vad, pad_s=pad)
+
+
+class LoudVAD:
+    """A stand-in VAD: speech where a frame is loud, none at all (0.0) elsewhere."""
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, frame: torch.Tensor) -> float:
+        return float(frame.abs().max() > 0.05)
+
+
+def test_a_low_vad_threshold_still_ends_utterances(session):
+    """At vad_threshold 0.15 or under, the bar that closes an utterance fell to 0 or below:
+    no pause ended one, the first ran overlong and the detector went quiet for good."""
+    audio, _ = session
+    model = Fixed(["_unknown_", "go"], [0.1, 0.9])
+    detector, events = detect(model, audio, vad=LoudVAD(), vad_threshold=0.1)
+    assert len(events) == len(SAID) and detector.overlong == 0
+    for bad in (0.0, 1.5, float("nan")):  # 1.5: no speech would ever open an utterance
+        with pytest.raises(ValueError, match="vad_threshold"):
+            Detector(model, sample_rate=RATE, vad=LoudVAD(), vad_threshold=bad)
 
 
 def test_vad_loads_from_the_wheel_offline_and_keeps_torch_threads(monkeypatch):
@@ -234,6 +271,15 @@ def test_label_file_with_header(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("start,end,label\n3.0,3.5,stop\n1.0, 1.4 ,go\n\n")
     assert read_labels(path) == [Span(1.0, 1.4, "go"), Span(3.0, 3.5, "stop")]
+
+
+def test_a_label_file_names_words_as_the_data_does_in_either_unicode_form(tmp_path):
+    """A label CSV written on macOS (NFD "café") against a model's "café" (NFC): its spans were
+    no command, so every event on them read as a false accept."""
+    path = tmp_path / "labels.csv"
+    path.write_text("0.5,0.9,cafe\u0301\n", encoding="utf-8")
+    assert read_labels(path) == [Span(0.5, 0.9, "caf\u00e9")]
+    check_label_names(read_labels(path), ["caf\u00e9", "tea"], path)
 
 
 @pytest.mark.parametrize("row, problem", [

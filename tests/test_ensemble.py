@@ -156,3 +156,58 @@ def test_an_ensemble_config_naming_a_member_twice_is_refused(make_svm, tmp_path)
     (tmp_path / "ab" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match=r"config.json: 'members' names \['member0'\] twice"):
         load_model(tmp_path / "ab")
+
+
+def test_a_member_folder_changed_before_the_save_is_refused(make_svm, tmp_path):
+    """save copies the members' folders: one retrained after the ensemble was built was saved
+    in place of the system the ensemble answered with, silently."""
+    from speechxfer.store import StoreError
+
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6), speaker="george")
+    ensemble = EnsembleRecognizer.of_folders([a, b])
+    ensemble.save(tmp_path / "ab")
+    reopened = load_model(tmp_path / "ab")
+    reopened.save(tmp_path / "ab")  # over its own folder: its members are now the copies
+    reopened.save(tmp_path / "ab2")
+    make_svm(a, DIGITS, range(6, 9), speaker="theo")  # retrained in place
+    with pytest.raises(StoreError, match="member 0's folder changed after the ensemble was built"):
+        ensemble.save(tmp_path / "ab3")
+    assert not (tmp_path / "ab3").exists()
+
+
+def test_a_system_beside_its_own_onnx_export_is_refused(tmp_path):
+    """An export answers as the system it was made from: the two in one ensemble counted that
+    system twice in the product (and two exports of it likewise)."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    import torch
+
+    from speechxfer import CommandClassifier
+    from speechxfer.encoders import build_encoder
+    from speechxfer.export import export_folder
+
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("whisper-tiny.en", window="2s"),
+                              {"command": list(DIGITS)})
+    model.info = {"strategy": {"strategy": "frozen"}, "metrics": {"accuracy": 0.5}}
+    model.save(tmp_path / "model")
+    export_folder(tmp_path / "model", tmp_path / "onnx")
+    with pytest.raises(ModelError, match="an export of") as err:
+        EnsembleRecognizer.of_folders([tmp_path / "model", tmp_path / "onnx"])
+    assert f"{tmp_path / 'onnx'}: an export of {tmp_path / 'model'} (members 0 and 1)" in str(
+        err.value)
+    with pytest.raises(ModelError, match=f"{tmp_path / 'model'}: the system exported to"):
+        EnsembleRecognizer.of_folders([tmp_path / "onnx", tmp_path / "model"])
+    shutil.copytree(tmp_path / "onnx", tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
+    config["source"]["copied"] = True  # another export of the same model: a digest of its own
+    (tmp_path / "again" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="exported from the same system as"):
+        EnsembleRecognizer.of_folders([tmp_path / "onnx", tmp_path / "again"])
+    # an export made before exports recorded their system still loads and joins
+    del config["source"]["digest"]
+    (tmp_path / "again" / "config.json").write_text(json.dumps(config))
+    both = EnsembleRecognizer.of_folders([tmp_path / "model", tmp_path / "again"])
+    assert len(both.members) == 2

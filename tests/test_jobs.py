@@ -145,7 +145,7 @@ def test_multitask_under_the_default_strategy_keeps_the_speaker_head(make_fsdd, 
     assert report["tasks"]["speaker"]["n"] == 12
 
 
-def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, tmp_path):
+def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, tmp_path, caplog):
     """A run of 12 steps checkpoints at step 10; a second run finds that checkpoint and must end
     with the same weights after only the last 2 steps (batches, optimizer state and all)."""
     import torch
@@ -156,6 +156,7 @@ def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, t
     waves = [load(fsdd / f"{d}_jackson_{t}.wav") for d in ("1", "4") for t in range(3)]
     truth = [d for d in ("1", "4") for _ in range(3)]
     runs = []
+    caplog.set_level("INFO", logger="speechxfer")
     for _ in range(2):
         gen = GenerativeRecognizer(["1", "4"], window="clip")
         info = fit_generative(gen, waves, truth, steps=12, batch_size=4, lr=3e-4, device="cpu",
@@ -163,6 +164,7 @@ def test_generative_loop_resumes_from_its_checkpoint_as_if_never_stopped(fsdd, t
         runs.append((info, {k: v.detach().clone() for k, v in gen.tuned_parameters().items()}))
     (first, weights), (second, again) = runs
     assert first["resumed_from_step"] is None and second["resumed_from_step"] == 10
+    assert caplog.text.count("resuming from the checkpoint") == 1 and "step 10 of 12" in caplog.text
     assert first["last_loss"] == second["last_loss"]
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
@@ -320,3 +322,47 @@ def test_a_label_whose_every_training_clip_is_unreadable_is_refused(strategy, ma
                                            r"training set \(the first, .*9_jackson_0\.wav: not "
                                            r"readable"):
         train_job(data, strategy=strategy, test_speakers=["theo"], epochs=1, out=tmp_path / "m")
+
+
+def test_commands_given_in_another_unicode_form_than_the_data_train_as_those_words(make_fsdd,
+                                                                                  tmp_path):
+    """A library caller's "café" typed decomposed (NFD) named no folder "café" (NFC): the run
+    refused it or, beside the data's words, kept the caller's spelling in the saved model."""
+    import unicodedata
+
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "4"), 2)
+    for p in sorted(data.glob("4_*.wav")):
+        p.rename(p.with_name("caf\u00e9" + p.name[1:]))
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], evaluate=False,
+                        out=tmp_path / "m", commands=[unicodedata.normalize("NFD", "café"), "1"])
+    assert summary["commands"] == ["caf\u00e9", "1"]
+    assert "caf\u00e9" in load_model(tmp_path / "m").labels
+
+
+def test_manifest_rows_without_a_label_are_reported_neither_trained_nor_scored(make_fsdd,
+                                                                               tmp_path):
+    """An empty label cell: the training clip was counted as trained without a word, and the
+    test clip crashed the scoring after training, losing the model."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "theo"), ("1", "4"), 3)
+    rows = [f"{p.name},{'' if p.stem.endswith('_2') else p.name[0]},{p.name.split('_')[1]}"
+            for p in sorted(data.glob("*.wav"))]
+    (data / "manifest.csv").write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    summary = train_job(data, strategy="svm", test_speakers=["theo"], out=tmp_path / "m")
+    assert summary["n_train"] == 4 and summary["test"]["n"] == 4
+    assert {Path(s["path"]).name: s["problem"] for s in summary["skipped"]} == {
+        f"{d}_{s}_2.wav": f"no command label: nothing to {what}"
+        for d in ("1", "4") for s, what in (("jackson", "train on"), ("theo", "score it against"))}
+    assert load_model(tmp_path / "m").labels == ["1", "4"]
+
+
+def test_labels_differing_only_in_case_are_warned_about(make_fsdd, tmp_path, caplog):
+    """Folders "one" and "One" (two sources of one word) trained two classes without a word."""
+    caplog.set_level("WARNING", logger="speechxfer")  # whatever level an earlier CLI test left
+    data = make_fsdd(tmp_path / "data", ("jackson", "george"), ("1", "4"), 2)
+    for p in sorted(data.glob("1_george_*.wav")):
+        p.rename(p.with_name("One" + p.name[1:]))
+    for p in sorted(data.glob("1_jackson_*.wav")):
+        p.rename(p.with_name("one" + p.name[1:]))
+    summary = train_job(data, strategy="svm", evaluate=False, out=tmp_path / "m")
+    assert load_model(tmp_path / "m").labels == ["4", "One", "one"] and summary["n_train"] == 8
+    assert "labels ['One', 'one'] differ only in case" in caplog.text

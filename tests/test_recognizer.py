@@ -81,6 +81,22 @@ def test_predict_batch_names_the_bad_clip_and_refuses_one_clip(folders, waves, f
         system.predict(np.zeros(16_000, np.float32), sample_rate=16_000)
 
 
+def test_predict_refuses_a_list_of_clips(folders, waves, fsdd):
+    """predict([a, b]) of two equal-length clips averaged them as one clip's channels and
+    labelled the mix, with no error; a list of paths was said to need a sample rate."""
+    from speechxfer.audio import AudioError
+
+    system = load(folders["root"] / "svm", "cpu")
+    a, b = waves[0].numpy(), waves[2].numpy()
+    n = min(len(a), len(b))
+    for clips, rate in [([a[:n], b[:n]], 16_000), ((torch.from_numpy(a),), 16_000),
+                        ([fsdd / "1_george_0.wav", str(fsdd / "4_george_0.wav")], None)]:
+        with pytest.raises(AudioError, match="not one clip: predict_batch takes a list"):
+            system.predict(clips, rate)
+    stereo = np.stack([a, a], 1).tolist()  # [time, channels] as nested lists is still one clip
+    assert system.predict(stereo, 16_000).label == system.predict(a, 16_000).label
+
+
 def test_each_class_loads_only_its_own_kind(folders):
     root = folders["root"]
     with pytest.raises(ModelError, match=r"'combined' system, not a CommandClassifier.*load_model"):

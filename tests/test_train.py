@@ -75,7 +75,7 @@ def clips(fsdd):
     return [load(fsdd / n) for n in names], [{"command": n[0]} for n in names]
 
 
-def test_crash_mid_training_resumes_from_checkpoint(clips, tmp_path, monkeypatch):
+def test_crash_mid_training_resumes_from_checkpoint(clips, tmp_path, monkeypatch, caplog):
     waves, labels = clips
     config = TrainConfig(strategy="scratch", epochs=3, batch_size=8, patience=9)
 
@@ -96,8 +96,11 @@ def test_crash_mid_training_resumes_from_checkpoint(clips, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path / "ckpt")
     monkeypatch.setattr(Checkpointer, "save", real_save)
+    caplog.set_level("INFO", logger="speechxfer")
     result = fit(model(), waves, labels, waves[:4], labels[:4], config, tmp_path / "ckpt")
-    assert result.resumed_from == 1
+    assert result.resumed_from == 2  # epochs 1 and 2 were done, as history numbers them
+    # the rerun says it resumed: its first epoch line alone reads like a fresh start
+    assert f"resuming from the checkpoint in {tmp_path / 'ckpt'}: epoch 2 of 3 done" in caplog.text
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 

@@ -15,6 +15,7 @@ from speechxfer.vocab import (
     parse_commands,
     shots,
     with_silence,
+    written_otherwise,
 )
 
 SPEECH_COMMANDS = Path(__file__).resolve().parents[1] / "data" / "speech_commands"
@@ -121,3 +122,28 @@ def test_negatives_that_hold_the_runs_own_clips_are_refused(small_fsdd, tmp_path
     with pytest.raises(DatasetError, match=r"links: negatives hold 12 clip\(s\) of the training "
                                            r"data itself \(first: .*word_anon_0\.wav\)"):
         negatives(links, ["1"], ["theo"], own)
+
+
+def test_a_command_typed_in_another_unicode_form_than_its_folder_is_that_word(small_fsdd, tmp_path):
+    """A macOS folder "café" (NFD) and --commands café (NFC): the clips trained and scored as
+    _unknown_, or the command "had no clips"."""
+    import shutil
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    root = tmp_path / "sc"
+    for digit, word in (("1", nfd), ("4", "tea"), ("7", "dog")):
+        (root / word).mkdir(parents=True)
+        for take in range(2):
+            shutil.copy(small_fsdd / f"{digit}_theo_{take}.wav",
+                        root / word / f"theo_nohash_{take}.wav")
+    data = load_dataset(root)
+    assert parse_commands(f"{nfd},tea") == ["café", "tea"]
+    with pytest.raises(ValueError, match="repeated"):
+        parse_commands(f"café,{nfd}")
+    counts = Counter(c.label for c in apply_commands(data, [nfd, "tea"]).clips)
+    assert counts == {"café": 2, "tea": 2, UNKNOWN: 2}
+    mapped = Counter(c.label for c in map_for_model(data, ["café", "tea", UNKNOWN]).clips)
+    assert mapped == {"café": 2, "tea": 2, UNKNOWN: 2}
+    # a model saved with a decomposed name: its command, written otherwise (eval warns)
+    assert written_otherwise("café", [nfd]) == nfd

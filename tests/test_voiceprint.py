@@ -332,6 +332,24 @@ def test_enrolling_again_or_twice_or_oddly_named_is_said(tmp_path, fsdd, caplog)
     assert np.isfinite(score)
 
 
+def test_enrolling_one_clip_or_a_generator_of_clips(tmp_path, fsdd):
+    """One clip for the list was read letter by letter ("/ is given twice"), a Path or 1-D
+    array was a TypeError/ValueError of Python's; a generator was spent by the duplicate check
+    and then blamed on the model ("voiceprints were made by ... not this model's ...")."""
+    import soundfile as sf
+
+    folder = _ds_cnn(tmp_path / "m")
+    clip = fsdd / "1_theo_0.wav"
+    samples, rate = sf.read(clip, dtype="float32")
+    for one in (str(clip), clip, samples, torch.from_numpy(samples)):
+        with pytest.raises(VoiceprintError, match="one clip, not a list of them"):
+            enroll(folder, "ann", one, sample_rate=rate)
+    assert not (folder / FOLDER).exists()
+    enroll(folder, "ann", [clip, fsdd / "2_theo_0.wav"])
+    prints = enroll(folder, "ann", (fsdd / f"{d}_theo_0.wav" for d in "12"))
+    assert prints.names == ["ann"] and prints.clips == [["1_theo_0.wav", "2_theo_0.wav"]]
+
+
 def test_enrolling_with_the_same_cohort_keeps_the_calibrated_threshold(tmp_path, fsdd, make_fsdd,
                                                                         caplog):
     folder = _ds_cnn(tmp_path / "m")

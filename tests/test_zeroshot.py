@@ -70,6 +70,28 @@ def test_save_load_round_trip(system, clips, tmp_path):
     assert (again.predict_proba(clips[:2]) == system.predict_proba(clips[:2])).all()
 
 
+def test_underscores_are_spelt_as_spaces_and_every_spelling_in_nfc(tmp_path):
+    """Whisper writes "lights on", never "lights_on" (a folder name's underscore); and its
+    tokens spell a composed "é", so a decomposed one (a macOS folder) is another spelling."""
+    from speechxfer.decoder.scoring import default_spellings, other_spellings
+    from speechxfer.vocab import SILENCE, UNKNOWN
+
+    labels = ["lights_on", "off", "cafe\u0301", UNKNOWN, SILENCE]
+    system = ZeroShotRecognizer(labels, aliases={UNKNOWN: ["t\u0065\u0301a"]})
+    assert system.labels == labels  # the labels stay as written
+    assert system.aliases == {"lights_on": ["lights on"], "off": ["off"],
+                              "cafe\u0301": ["caf\u00e9"], UNKNOWN: ["t\u00e9a"]}
+    assert system.options.prompt == "lights on off caf\u00e9"
+    assert text_to_label(" Lights on.", system.aliases) == "lights_on"
+    given = ZeroShotRecognizer(["lights_on", "caf\u00e9"], aliases={"cafe\u0301": ["coffee"]},
+                               model=system.model)  # an alias is found in either form
+    assert given.aliases == {"lights_on": ["lights on"], "caf\u00e9": ["coffee"]}
+    assert default_spellings("8") == ["eight", "8"] and default_spellings("_x__y_") == ["x y"]
+    # another word with an underscore is spelt so too; "lights on" is the command said
+    assert other_spellings(["lights_off", "lights on"], ["lights_on"], "whisper-tiny.en") == (
+        ["lights off"], ["lights on"])
+
+
 def test_text_to_label():
     aliases = {"0": ["zero", "oh"], "4": ["four"]}
     assert text_to_label(" Four.", aliases) == "4"

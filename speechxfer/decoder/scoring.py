@@ -48,7 +48,7 @@ from ..recognizer import (
     to_waves,
 )
 from ..store import atomic_folder
-from ..vocab import MAX_OTHER_WORDS, SILENCE, UNKNOWN, is_command
+from ..vocab import MAX_OTHER_WORDS, SILENCE, UNKNOWN, is_command, nfc
 
 KIND = "zero-shot"
 NONE_LABEL = "none"
@@ -76,23 +76,33 @@ MAX_OTHER_TOKENS = 8  # an other word spelt in more tokens is a transcript, not 
 MAX_UNKNOWN_SPELLINGS = 2 * MAX_OTHER_WORDS  # a word and its digit ("eight", "8") each
 
 
+def default_spellings(label: str) -> list[str]:
+    """How a label no alias names is spelt: a digit as its words (``DIGIT_ALIASES``), any other
+    label as said, in NFC, its underscores spaces: a folder ``lights_on`` means "lights on",
+    which Whisper writes, never "lights_on". The label itself stays as written."""
+    if label in DIGIT_ALIASES:
+        return list(DIGIT_ALIASES[label])
+    return [" ".join(nfc(label).replace("_", " ").split()) or label]
+
+
 def other_spellings(words: list[str], commands: list[str],
                     encoder: str) -> tuple[list[str], list[str]]:
     """``_unknown_``'s spellings for the other ``words`` said beside ``commands``, and the
     words left unspelt.
 
-    A word is spelt as a command would be (``DIGIT_ALIASES``: "8" is also "eight"), less blanks,
-    hesitations, any longer than ``MAX_OTHER_TOKENS`` tokens and any past
-    ``MAX_UNKNOWN_SPELLINGS``, so the words of any data fit the decoder layout and config.json.
+    A word is spelt as a command would be (``default_spellings``: "8" is also "eight",
+    "lights_off" is "lights off"), less blanks, hesitations, any longer than
+    ``MAX_OTHER_TOKENS`` tokens and any past ``MAX_UNKNOWN_SPELLINGS``, so the words of any
+    data fit the decoder layout and config.json.
     A word with a spelling of a command is not spelt at all: "Yes" beside the command "yes",
     or "1" beside "one", is that command, not another word.
     """
     tokenizer = load_tokenizer(encoder)
-    taken = {a.strip().lower() for c in commands for a in DIGIT_ALIASES.get(c, [c])}
+    taken = {a.strip().lower() for c in commands for a in default_spellings(c)}
     spellings: list[str] = []
     unspelt = []
     for word in words:
-        aliases = [a.strip() for a in DIGIT_ALIASES.get(word, [word])]
+        aliases = [a.strip() for a in default_spellings(word)]
         kept = [] if taken & {a.lower() for a in aliases} else [
             a for a in aliases if a and a.lower() not in HESITATIONS
             and len(tokenizer.encode(" " + a, add_special_tokens=False).ids) <= MAX_OTHER_TOKENS]
@@ -172,7 +182,8 @@ class ZeroShotRecognizer(Recognizer):
     ``options`` (``ScoringOptions``) holds the scoring rule; keyword arguments named like its
     fields override single fields (``ZeroShotRecognizer(labels, temperature=0.5)``).
     ``aliases`` maps a label to its spellings; a label it does not name keeps the default
-    (``DIGIT_ALIASES``, else the label itself). ``device`` is where Whisper runs.
+    (``default_spellings``: "lights_on" is spelt "lights on"). Labels and spellings are matched
+    and spelt in NFC (``data.nfc``). ``device`` is where Whisper runs.
 
     ``_unknown_`` and ``_silence_`` have no spelling, so they are scored otherwise and the
     system still gives one column per label (a combined system's prior covers them too):
@@ -216,17 +227,19 @@ class ZeroShotRecognizer(Recognizer):
         if not any(is_command(lab) for lab in labels):
             raise ValueError(f"labels {list(labels)} hold no word to spell")
         self.labels = list(labels)
-        table = {**DIGIT_ALIASES, **(aliases or {})}  # a label it does not name: the default
-        self.aliases = {lab: list(table.get(lab, [lab])) for lab in self.labels if is_command(lab)}
-        if (aliases or {}).get(UNKNOWN):
+        # Whisper's tokens spell composed text: a decomposed "é" would be another spelling
+        given = {nfc(lab): [nfc(a) for a in al] for lab, al in (aliases or {}).items()}
+        self.aliases = {lab: given[nfc(lab)] if nfc(lab) in given else default_spellings(lab)
+                        for lab in self.labels if is_command(lab)}
+        if given.get(UNKNOWN):
             if UNKNOWN not in self.labels:
                 raise ValueError(f"aliases of {UNKNOWN!r} (other words) need it among the labels")
             spelt = {a.strip().lower() for al in self.aliases.values() for a in al}
-            clash = sorted({a for a in aliases[UNKNOWN] if a.strip().lower() in spelt})
+            clash = sorted({a for a in given[UNKNOWN] if a.strip().lower() in spelt})
             if clash:
                 raise ValueError(f"aliases of {UNKNOWN!r}: other words {clash} are also "
                                  "spellings of a command")
-            self.aliases[UNKNOWN] = list(aliases[UNKNOWN])
+            self.aliases[UNKNOWN] = given[UNKNOWN]
         if options.prompt == DEFAULT_PROMPT:
             options = replace(options, prompt=" ".join(
                 a[0] for lab, a in self.aliases.items() if is_command(lab)))
