@@ -93,17 +93,27 @@ def seeded_torch(seed: int) -> Iterator[None]:
         yield
 
 
-def load_noise_folder(folder: str | Path, sample_rate: int = SAMPLE_RATE) -> list[torch.Tensor]:
-    """Every audio file in ``folder`` (any length, any rate) as mono noise at ``sample_rate``."""
+def noise_files(folder: str | Path) -> list[Path]:
+    """The audio files of a noise folder; an AudioError names a broken link (listed, not left
+    out: a noise would vanish without a word) or a folder with none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AudioError(folder, "noise folder not found")
     files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+                   if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise AudioError(folder, f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
-    noises = []
     for path in files:
+        if not path.is_file():  # a pipe named *.wav would block the read
+            raise AudioError(path, "a broken symbolic link (its target is missing, or links "
+                                   "loop)" if path.is_symlink() else "not a regular file")
+    return files
+
+
+def load_noise_folder(folder: str | Path, sample_rate: int = SAMPLE_RATE) -> list[torch.Tensor]:
+    """Every audio file in ``folder`` (any length, any rate) as mono noise at ``sample_rate``."""
+    noises = []
+    for path in noise_files(folder):
         try:
             samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as err:

@@ -18,6 +18,7 @@ import random
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,8 +260,24 @@ def _from_manifest(manifest: Path) -> Dataset:
     return Dataset(clips, manifest.parent, "manifest", split, manifest=manifest)
 
 
-def per_class(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:
-    """Keep ``n`` clips per label per speaker, chosen by ``seed`` (few-shot training sets)."""
+def readable(clip: Clip) -> bool:
+    """True when ``load_waves`` would keep ``clip``."""
+    try:
+        load(clip.path)
+    except AudioError:
+        return False
+    return True
+
+
+def per_class(clips: list[Clip], n: int, seed: int = 0,
+              check: Callable[[Clip], bool] | None = None) -> list[Clip]:
+    """Keep ``n`` clips per label per speaker, chosen by ``seed`` (few-shot training sets).
+
+    With ``check`` (``readable``), a drawn clip that fails it stays in (reading reports it as
+    skipped) and another clip of its group is added, until ``n`` pass or the group is spent,
+    so a bad draw does not leave the group short; replacements come in an order seeded by
+    (``seed``, group), so where every drawn clip passes the choice is that without ``check``.
+    """
     groups: dict[tuple, list[Clip]] = defaultdict(list)
     for c in clips:
         groups[(c.label, c.speaker)].append(c)
@@ -268,7 +285,17 @@ def per_class(clips: list[Clip], n: int, seed: int = 0) -> list[Clip]:
     kept = []
     for key in sorted(groups, key=str):
         group = sorted(groups[key], key=lambda c: str(c.path))
-        kept += rng.sample(group, min(n, len(group)))
+        drawn = rng.sample(group, min(n, len(group)))
+        kept += drawn
+        good = sum(map(check, drawn)) if check else len(drawn)
+        if good < len(drawn):
+            spare = [c for c in group if all(c is not d for d in drawn)]
+            random.Random(f"{seed}/{key}").shuffle(spare)
+            for c in spare:
+                if good == len(drawn):
+                    break
+                kept.append(c)
+                good += check(c)
     return kept
 
 

@@ -26,7 +26,16 @@ import torch
 
 from .audio import SILENCE_PEAK
 from .classic import CLASSIC_KINDS, build_classic
-from .data import Dataset, DatasetError, Split, load_dataset, load_waves, per_class, split_dataset
+from .data import (
+    Dataset,
+    DatasetError,
+    Split,
+    load_dataset,
+    load_waves,
+    per_class,
+    readable,
+    split_dataset,
+)
 from .decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
 from .decoder.generative import GenerativeRecognizer
 from .decoder.scoring import (
@@ -222,6 +231,9 @@ def augment_options(augment: bool, noise: str | Path | None, copies: int | None,
     folder = Path(noise).resolve()
     if not folder.is_dir():
         raise ValueError(f"{noise}: noise folder not found")
+    from .augment import noise_files
+
+    noise_files(folder)  # a broken link fails now, before any clip is read
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
     return {"copies": copies, "seed": seed, "noise": str(folder),
             "noise_files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
@@ -319,12 +331,13 @@ class Run:
 
     def pools(self) -> tuple[list, list]:
         """Training and validation clips: with ``per_class_n``, that many per label per speaker
-        of the data's own and no validation split (too few clips to carve one from); the
-        negatives stay whole."""
+        of the data's own (a drawn clip that does not read is replaced: ``data.per_class``) and
+        no validation split (too few clips to carve one from); the negatives stay whole."""
         if self.per_class_n:
             extra = {id(c) for c in self.negative_clips}
             own = [c for c in self.split.train + self.split.validation if id(c) not in extra]
-            return per_class(own, self.per_class_n, self.seed) + list(self.negative_clips), []
+            drawn = per_class(own, self.per_class_n, self.seed, check=readable)
+            return drawn + list(self.negative_clips), []
         return self.split.train, self.split.validation
 
     def fit_pools(self, calibrate: bool) -> tuple[list, list]:

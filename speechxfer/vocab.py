@@ -11,6 +11,7 @@ carry no ``speaker`` label, so a speaker-identification task never learns noise 
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -47,10 +48,13 @@ def parse_commands(text: str) -> list[str]:
 
 
 def _silence_files(root: Path) -> list[Path]:
+    """Entries named as audio, broken links included, as ``data`` lists a label folder: reading
+    reports them as skipped (left out here, such a clip vanished from the run without a word)."""
     folder = root / SILENCE_DIR
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(p for p in folder.iterdir()
+                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def with_silence(dataset: Dataset) -> Dataset:
@@ -165,8 +169,10 @@ def negatives(path: str | Path, commands: list[str], exclude_speakers: list[str]
     speaker names could otherwise put a test clip into training.
     """
     dataset = load_dataset(path)
-    own = {Path(p).resolve() for p in taken}
-    shared = [c.path for c in dataset.clips if c.path.resolve() in own]
+    # realpath, not Path.resolve: a looping link among the clips (listed, to be reported as
+    # skipped when read) makes resolve raise RuntimeError
+    own = {os.path.realpath(p) for p in taken}
+    shared = [c.path for c in dataset.clips if os.path.realpath(c.path) in own]
     if shared:
         raise DatasetError(f"{dataset.location}: negatives hold {len(shared)} clip(s) of the "
                            f"training data itself (first: {shared[0]})")

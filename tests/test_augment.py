@@ -132,6 +132,11 @@ def test_bad_config_and_noise_folder(tmp_path):
     sf.write(tmp_path / "quiet.wav", np.zeros(800), 8000)
     with pytest.raises(AudioError, match="quiet.wav"):
         load_noise_folder(tmp_path)
+    (tmp_path / "quiet.wav").unlink()
+    # a dangling link was left out of the noises without a word: named, as an unreadable file
+    (tmp_path / "moved.wav").symlink_to(tmp_path / "gone" / "moved.wav")
+    with pytest.raises(AudioError, match=r"moved\.wav: a broken symbolic link"):
+        load_noise_folder(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
+from speechxfer.data import (
+    DatasetError,
+    load_dataset,
+    load_waves,
+    per_class,
+    readable,
+    split_dataset,
+)
 
 
 def test_fsdd_layout(small_fsdd):
@@ -32,6 +39,23 @@ def test_per_class_is_seeded(small_fsdd):
     a, b = per_class(clips, 2, seed=1), per_class(clips, 2, seed=1)
     assert len(a) == 2 * 3 * 3 and [c.path for c in a] == [c.path for c in b]
     assert [c.path for c in per_class(clips, 2, seed=2)] != [c.path for c in a]
+
+
+def test_per_class_replaces_a_drawn_clip_that_does_not_read(small_fsdd):
+    """A corrupt clip drawn by --per-class 1 left its (label, speaker) group with no clip,
+    though three readable takes were there; it stays in (reading reports it) beside a readable
+    take of its group. Where every drawn clip reads, the seed chooses as without the check."""
+    clips = load_dataset(small_fsdd).clips
+    plain = per_class(clips, 1, seed=3)
+    assert [c.path for c in per_class(clips, 1, seed=3, check=readable)] == [c.path for c in plain]
+    bad = plain[0]
+    bad.path.write_bytes(b"RIFF junk")
+    drawn = per_class(clips, 1, seed=3, check=readable)
+    assert drawn[0] is bad and drawn[2:] == plain[1:]  # the other groups draw as before
+    assert (drawn[1].label, drawn[1].speaker) == (bad.label, bad.speaker)
+    _, kept, skipped = load_waves(drawn, 16_000)
+    assert [str(p) for p, _ in skipped] == [str(bad.path)] and len(kept) == len(plain)
+    assert per_class(clips, 1, seed=3, check=readable) == drawn  # seeded
 
 
 def test_label_folders_with_split_lists(small_fsdd, tmp_path):

@@ -366,3 +366,30 @@ def test_labels_differing_only_in_case_are_warned_about(make_fsdd, tmp_path, cap
     summary = train_job(data, strategy="svm", evaluate=False, out=tmp_path / "m")
     assert load_model(tmp_path / "m").labels == ["4", "One", "one"] and summary["n_train"] == 8
     assert "labels ['One', 'one'] differ only in case" in caplog.text
+
+
+def test_per_class_trains_a_readable_clip_where_a_corrupt_one_was_drawn(make_fsdd, tmp_path):
+    """--per-class 1 drew a corrupt take and that (label, speaker) group trained with none,
+    though a readable take was there; a broken link in --noise stopped the run only after
+    every clip was read (or not at all: it was left out of the noises)."""
+    from speechxfer.audio import AudioError
+    from speechxfer.data import load_dataset, load_waves, per_class, split_dataset
+
+    data = make_fsdd(tmp_path / "data", ("jackson", "george"), ("1", "4"), 2)
+    ds = load_dataset(data)
+    split = split_dataset(ds)
+    bad = per_class(split.train + split.validation, 1, seed=0)[0]
+    bad.path.write_bytes(b"RIFF junk")
+    run = jobs.Run(ds=ds, split=split, out=tmp_path / "m", work=tmp_path / "w",
+                   strategy="svm", per_class_n=1)
+    train, val = run.pools()
+    _, kept, skipped = load_waves(train, 16_000)
+    assert val == [] and [str(p) for p, _ in skipped] == [str(bad.path)]
+    assert sorted((c.label, c.speaker) for c in kept) == sorted(
+        (d, s) for d in "14" for s in ("george", "jackson"))
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    (noise / "hum.wav").write_bytes((data / "1_jackson_0.wav").read_bytes())
+    (noise / "fan.wav").symlink_to(tmp_path / "gone.wav")
+    with pytest.raises(AudioError, match=r"fan\.wav: a broken symbolic link"):
+        jobs.augment_options(True, noise, None, 0)

@@ -147,3 +147,28 @@ def test_a_command_typed_in_another_unicode_form_than_its_folder_is_that_word(sm
     assert mapped == {"café": 2, "tea": 2, UNKNOWN: 2}
     # a model saved with a decomposed name: its command, written otherwise (eval warns)
     assert written_otherwise("café", [nfd]) == nfd
+
+
+def test_broken_and_looping_silence_links_are_listed_and_reported(small_fsdd, tmp_path):
+    """Listing only files, ``_silence_/`` dropped a dangling link, or two links naming each
+    other, without a word: now read and reported as skipped, as in a word folder; and a looping
+    link among the run's clips no longer crashes --negatives (Path.resolve raised)."""
+    from speechxfer.data import load_waves
+
+    silence = small_fsdd / SILENCE
+    silence.mkdir()
+    (silence / "hum.wav").write_bytes((small_fsdd / "1_theo_0.wav").read_bytes())
+    (silence / "gone.wav").symlink_to(tmp_path / "moved.wav")
+    (silence / "a.wav").symlink_to(silence / "b.wav")
+    (silence / "b.wav").symlink_to(silence / "a.wav")
+    data = load_with_silence(small_fsdd)
+    quiet = [c for c in data.clips if c.label == SILENCE]
+    assert sorted(c.path.name for c in quiet) == ["a.wav", "b.wav", "gone.wav", "hum.wav"]
+    _, kept, skipped = load_waves(quiet, 16_000)
+    assert [c.path.name for c in kept] == ["hum.wav"]
+    assert sorted(Path(p).name for p, _ in skipped) == ["a.wav", "b.wav", "gone.wav"]
+    assert all(problem.startswith("a broken symbolic link") for _, problem in skipped)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "9_ann_0.wav").write_bytes((small_fsdd / "1_theo_1.wav").read_bytes())
+    assert len(negatives(other, ["1"], [], [c.path for c in data.clips])) == 1
