@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 import unicodedata
@@ -128,6 +129,27 @@ def load_dataset(path: str | Path) -> Dataset:
     raise DatasetError(f"{path}: no audio files, label folders or manifest found{hint}")
 
 
+def _each_file_once(clips: list[Clip], skipped: list, split: dict | None = None) -> list[Clip]:
+    """``clips`` with each file once: one reached again through a symbolic link (a label folder
+    linked to another, a file linked under another name) would train under both labels, or
+    train as the copy of a test clip. The clip not reached through a link is kept (else the
+    first); the others are added to ``skipped``, and a split list naming one of them puts the
+    kept clip in that split (the test before validation). Manifests refuse a file listed twice."""
+    by_file: dict[str, list[Clip]] = {}
+    for c in clips:
+        by_file.setdefault(os.path.realpath(c.path), []).append(c)
+    kept = set()
+    for real, group in by_file.items():
+        keep = next((c for c in group if os.path.abspath(c.path) == real), group[0])
+        kept.add(id(keep))
+        why = f"the same file as {keep.path} (a symbolic link): read once, as {keep.label}"
+        skipped += [(str(c.path), why) for c in group if c is not keep]
+        named = {split[c.path] for c in group if split is not None and c.path in split}
+        if named:
+            split[keep.path] = min(named, key=list(SPLIT_LISTS)[::-1].index)
+    return [c for c in clips if id(c) in kept]
+
+
 def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
     clips, skipped = [], []
     for p in files:
@@ -136,7 +158,7 @@ def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
             clips.append(Clip(p, {"command": label, "speaker": speaker}, speaker))
         else:
             skipped.append((str(p), "file name is not {label}_{speaker}_{take}"))
-    return Dataset(clips, root, "fsdd", skipped=skipped)
+    return Dataset(_each_file_once(clips, skipped), root, "fsdd", skipped=skipped)
 
 
 def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
@@ -174,7 +196,7 @@ def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
                        "them")
             skipped.append((str(root / list_file), problem))
         split |= {root / entry: name for _, entry in lines}
-    return Dataset(clips, root, "folders", split, skipped)
+    return Dataset(_each_file_once(clips, skipped, split), root, "folders", split, skipped)
 
 
 def _read_manifest_rows(manifest: Path) -> list[tuple[int, object]]:
@@ -240,7 +262,7 @@ def _from_manifest(manifest: Path) -> Dataset:
         p = Path(values["path"])
         p = p if p.is_absolute() else manifest.parent / p
         # a clip listed twice could train under one row and validate or test under the other
-        if (same := lines.setdefault(p.resolve(), n)) != n:
+        if (same := lines.setdefault(os.path.realpath(p), n)) != n:  # a looping link: no error
             raise DatasetError(f"{manifest}: line {n}: {values['path']} is already listed on "
                                f"line {same}")
         if values.get("split", "train") not in SPLITS:  # a typo would silently train a test clip

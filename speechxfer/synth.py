@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -454,7 +455,7 @@ def _included_rows(include: Sequence[str | Path], datasets: list[Dataset], out: 
                              "spelt otherwise: two classes of one word; spell the word as the "
                              "data does")
         for c in dataset.clips:
-            path = c.path.resolve()
+            path = Path(os.path.realpath(c.path))  # a looping link raises no error here
             if path == target or target in path.parents:
                 raise SynthError(f"{name}: clip {c.path} lies in --out {out}, which the new "
                                  "dataset replaces whole; move it out or choose another --out")

@@ -431,3 +431,23 @@ def test_a_training_speaker_differing_from_a_test_speaker_in_case_is_reported(sm
     caplog.clear()
     split_dataset(ds, ["jackson"])
     assert "differ only in case" not in caplog.text
+
+
+def test_a_file_reached_twice_through_a_link_is_read_once(tmp_path):
+    """A label folder linked to another (or a file linked under another name) made each clip
+    train under both labels, and a test-listed clip train as its own copy."""
+    fsdd = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+    src = sorted(fsdd.glob("*_jackson_*.wav"))[:2] + sorted(fsdd.glob("*_theo_*.wav"))[:2]
+    for word, clips in (("one", src[:2]), ("two", src[2:])):
+        (tmp_path / word).mkdir()
+        for i, clip in enumerate(clips):
+            shutil.copy(clip, tmp_path / word / f"ann_nohash_{i}.wav")
+    (tmp_path / "uno").symlink_to(tmp_path / "one", target_is_directory=True)
+    (tmp_path / "testing_list.txt").write_text("uno/ann_nohash_0.wav\n")
+    ds = load_dataset(tmp_path)
+    assert sorted(c.label for c in ds.clips) == ["one", "one", "two", "two"]
+    assert all("uno" not in c.path.parts for c in ds.clips)
+    linked = [problem for path, problem in ds.skipped if "uno" in Path(path).parts]
+    assert len(linked) == 2 and all("read once, as one" in p for p in linked)
+    # the test list named the clip through the link: the clip itself is a test clip
+    assert ds.split[tmp_path / "one" / "ann_nohash_0.wav"] == "test"
