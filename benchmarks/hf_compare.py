@@ -29,6 +29,7 @@ from speechxfer.audio import SAMPLE_RATE, batch_waves, load
 FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 LABELS = [str(d) for d in range(10)]
 WARMUP = 1
+MAX_BATCH = 500  # clips(): jackson's 50 takes of each digit
 
 
 def clips(n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -134,14 +135,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    for name, value, most in (("steps", args.steps, None), ("batch", args.batch, MAX_BATCH),
+                              ("threads", args.threads, None)):
+        if value < 1 or (most is not None and value > most):
+            parser.error(f"--{name} must be 1{f'..{most}' if most else ' or more'}, got {value}")
     results = {}
     ctx = mp.get_context("spawn")
     for which in ("ours", "hf"):
         queue = ctx.Queue()
         proc = ctx.Process(target=measure, args=(which, args.steps, args.batch, args.threads, queue))
         proc.start()
+        proc.join()  # the result is one small dict: the child's put never blocks its exit
+        if proc.exitcode != 0:  # queue.get() would wait for ever
+            raise SystemExit(f"hf_compare.py: measuring {which} failed (exit code "
+                             f"{proc.exitcode}); its error is above")
         results[which] = queue.get()
-        proc.join()
     print(f"full fine-tuning, batch {args.batch} real 1-s-or-shorter clips, {args.threads} "
           f"thread(s), median of {args.steps} steps; latency: 1 clip, 1 thread, median of 10")
     print(f"{'':<28}{'ours (2-s window)':>20}{'transformers (30 s)':>22}{'ratio':>8}")

@@ -172,6 +172,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path,
                         help="with --model: score these clips (default: its test speakers')")
     args = parser.parse_args()
+    if (args.only_model or args.data) and not args.model:  # else ignored: the encoder table runs
+        parser.error(f"{'--only-model' if args.only_model else '--data'} needs --model DIR")
+    if args.model:  # a wrong folder is said now, not after minutes of the encoder table
+        from speechxfer.recognizer import ModelError, read_config
+
+        try:
+            read_config(args.model)
+        except ModelError as err:
+            parser.error(str(err))
+    if args.data and not args.data.exists():
+        parser.error(f"--data {args.data}: no such file or folder")
     torch.set_num_threads(1)
     if args.model and args.only_model:
         model_report(args.model, args.data)

@@ -10,6 +10,7 @@ Run: ``python benchmarks/stream.py MODEL_DIR [--data DIR] [--minutes M]``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -31,8 +32,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.minutes <= 0:
-        parser.error(f"--minutes must be positive, got {args.minutes}")
+    if not 0 < args.minutes < math.inf:  # NaN and inf too: a traceback after the model loaded
+        parser.error(f"--minutes must be positive and finite, got {args.minutes}")
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
     torch.set_num_threads(1)
     try:  # the model first: a wrong folder is said before minutes of stream are built
         model = load_model(args.model)

@@ -303,8 +303,11 @@ def stamp_graph(path: Path, config: dict) -> None:
 
 def check_stamp(graph: Path, stamp: str | None, config: dict) -> None:
     """A ModelError unless the graph's stamp agrees with ``config`` (a graph exported before
-    stamps existed has none and is taken on trust)."""
+    stamps existed has none and is taken on trust, unless ``config`` was written with one)."""
     if stamp is None:
+        if "graph_id" in config:  # an older export's graph put beside a newer config
+            raise ModelError(f"{graph}: carries no export record, but config.json beside it "
+                             "names one (a graph of another export?); export the model again")
         return
     try:
         stamped = json.loads(stamp)
@@ -417,13 +420,16 @@ class Parity:
 
 
 def parity(system: Recognizer, exported: Recognizer, waves: list[torch.Tensor]) -> Parity:
-    """Label agreement and largest probability difference of ``exported`` against ``system``."""
+    """Label agreement and largest probability difference of ``exported`` against ``system``.
+    The labels are those predict gives, after ``system``'s rejection where it has a threshold:
+    an int8 graph can take a clip across it and keep its most probable label."""
     start = time.perf_counter()
     ref = system.predict_proba(waves)
     mid = time.perf_counter()
     got = exported.predict_proba(waves)
     end = time.perf_counter()
-    return Parity(len(waves), float((ref.argmax(1) == got.argmax(1)).mean()),
+    agree = np.mean([a == b for a, b in zip(system.decide(ref), system.decide(got))])
+    return Parity(len(waves), float(agree),
                   float(np.abs(ref - got).max()), 1000 * (mid - start) / len(waves),
                   1000 * (end - mid) / len(waves))
 
@@ -491,14 +497,18 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
     from .ensemble import system_digest
     from .recognizer import load
 
-    if Path(model_dir).resolve().is_relative_to(Path(out).resolve()):
-        raise ExportError(f"{out}: is or holds the model folder {model_dir}, which the export "
-                          "would replace; export to another folder")
+    source, target = Path(model_dir).resolve(), Path(out).resolve()
+    if source.is_relative_to(target) or target.is_relative_to(source):  # inside: head/ replaced
+        raise ExportError(f"{out}: is, holds or lies inside the model folder {model_dir}, which "
+                          "the export would replace or change; export to another folder "
+                          "(--fast writes MODEL/fast)")
     system = load(model_dir, "cpu")
     try:
         _graph_of(system)  # before any parity clip is read; the error names the model
     except ExportError as err:
         raise ExportError(f"{model_dir}: {err}") from None
+    if isinstance(system, CombinedRecognizer):
+        system.fast = None  # the parity reference is torch, not the int8 graph in fast/
     if data is None:
         trained_on = getattr(system, "info", {}).get("data", {}).get("data")
         data = trained_on if trained_on and Path(trained_on).exists() else None

@@ -53,7 +53,8 @@ def cache() -> dict:
     root = ct2.cache_root()
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
     return {"path": str(root), "exists": root.is_dir(), "files": len(files),
-            "bytes": sum(p.stat().st_size for p in files)}
+            "bytes": sum(p.stat().st_size for p in files),
+            "not_a_folder": root.exists() and not root.is_dir()}  # converting there fails
 
 
 def espeak() -> dict:
@@ -125,7 +126,8 @@ def format_text(info: dict) -> str:
         rows.append((f"weights {name}", state))
     k = info["cache"]
     rows.append(("cache", f"{k['path']} ({k['files']} files, {_size(k['bytes'])})"
-                 if k["exists"] else f"{k['path']} (empty; filled on first use)"))
+                 if k["exists"] else f"{k['path']} (not a folder: set SPEECHXFER_CACHE to one)"
+                 if k["not_a_folder"] else f"{k['path']} (empty; filled on first use)"))
     s = info["espeak_ng"]
     rows.append(("espeak-ng", f"{s['version'] or 'unknown version'} ({s['path']})" if s["path"]
                  else "not found (apt-get install espeak-ng)"))

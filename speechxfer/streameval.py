@@ -112,6 +112,8 @@ def build_stream(data: str | Path, minutes: float, seed: int = 0,
     """A ``minutes``-long stream from the clips of ``data`` and the recordings under ``talk``
     (see the module docstring); one too long to build in the memory available is a ValueError,
     not a machine out of memory."""
+    if not 0 < minutes < math.inf:  # int() of inf or NaN: a bare OverflowError from eval-stream
+        raise ValueError(f"minutes must be a positive finite number, got {minutes}")
     total = int(minutes * 60 * RATE)
     free = _available_memory()
     if free is not None and total * BUILD_BYTES > free:

@@ -12,6 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stream.py"
 @pytest.mark.parametrize("argv, says", [
     (["{tmp}/no_model"], "no_model: not a model folder"),
     (["{tmp}/no_model", "--minutes", "0"], "--minutes must be positive"),
+    (["{tmp}/no_model", "--minutes", "nan"], "--minutes must be positive"),  # were tracebacks
+    (["{tmp}/no_model", "--minutes", "inf"], "--minutes must be positive"),
+    (["{tmp}/no_model", "--seed", "-1"], "--seed must be 0 or more"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, argv, says):
     done = subprocess.run([sys.executable, str(SCRIPT), *(a.format(tmp=tmp_path) for a in argv)],

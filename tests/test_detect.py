@@ -337,6 +337,12 @@ def test_built_stream_is_seeded_and_places_every_clip(folder):
     assert not np.array_equal(a.audio, build_stream(folder, 2.0, seed=5).audio)
 
 
+@pytest.mark.parametrize("minutes", [float("inf"), float("nan"), 0.0])
+def test_a_stream_of_no_finite_positive_length_is_refused(folder, minutes):
+    with pytest.raises(ValueError, match="minutes must be a positive finite number"):
+        build_stream(folder, minutes)  # eval-stream --minutes inf: an OverflowError traceback
+
+
 def test_talk_joins_the_stream_as_speech_that_is_no_command(folder, fsdd, tmp_path):
     talk = tmp_path / "talk" / "nested"
     talk.mkdir(parents=True)

@@ -127,6 +127,25 @@ def test_a_graph_and_config_of_different_exports_are_refused(exported, tmp_path,
         load_model(folder)
 
 
+def test_a_graph_without_a_record_beside_a_config_with_one_is_refused(exported, tmp_path):
+    """A graph of an export from before stamps (the shipped default's fast/model.onnx) copied
+    over a newer export's graph was run with exit 0 under that export's config."""
+    import onnx
+
+    folder = Path(shutil.copytree(exported[0], tmp_path / "swapped"))
+    graph = onnx.load(str(folder / "model.onnx"))
+    kept = [p for p in graph.metadata_props if p.key != "speechxfer"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(folder / "model.onnx"))
+    with pytest.raises(ModelError, match="model.onnx: carries no export record"):
+        load_model(folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["graph_id"]  # an export from before stamps: taken on trust, as before
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_model(folder).labels == list(DIGITS)
+
+
 def test_the_same_model_exports_to_the_same_graph_id(frozen, exported, tmp_path):
     """Same command, same folder: the stamp is the exported graph's digest, not a random id."""
     again, _ = export(load_model(frozen), tmp_path / "again")
@@ -148,8 +167,8 @@ def test_cuda_without_a_cuda_provider_runs_on_the_cpu_and_says_so(exported, capl
 
 def test_export_never_replaces_the_model_it_exports(frozen, capsys):
     before = sorted(p.name for p in frozen.iterdir())
-    for out in (frozen, frozen.parent):
-        assert main(["export", str(frozen), "--out", str(out)]) == 2
+    for out in (frozen, frozen.parent, frozen / "onnx"):  # inside: a combined model's head/
+        assert main(["export", str(frozen), "--out", str(out)]) == 2  # was replaced, exit 0
         assert "would replace" in capsys.readouterr().err
     assert sorted(p.name for p in frozen.iterdir()) == before
     assert load_model(frozen).model_kind == "neural"
@@ -299,6 +318,34 @@ def test_a_fast_path_of_an_older_head_is_passed_over(fast_combined, tmp_path, re
     monkeypatch.setenv("SPEECHXFER_TORCH", "1")
     torch_probs = load_model(folder).predict_proba([real_clip])
     assert np.allclose(system.predict_proba([real_clip]), torch_probs)
+
+
+def test_the_parity_of_an_export_is_against_torch_not_the_fast_path(fast_combined, tmp_path):
+    """A folder with fast/ (the default model) loads on its int8 graph: an fp32 export's parity
+    was measured against that graph, its int8 differences reported as the export's."""
+    from speechxfer.export import export_folder
+
+    _, result = export_folder(fast_combined[0], tmp_path / "fp32", limit=4)
+    assert result.n == 4 and result.max_probability_difference < 1e-4, result.line()
+
+
+def test_parity_counts_a_clip_moved_across_the_threshold_as_a_disagreement(frozen, fsdd):
+    """Label agreement is over the labels predict gives: an int8 graph that keeps a clip's most
+    probable command but takes it under the rejection threshold answers otherwise (the fast
+    path's floor was met by argmax agreement alone)."""
+    system = load_model(frozen)  # threshold 0.4
+    waves, _ = clips(fsdd, ("theo",), range(2))
+    ref = system.predict_proba(waves)
+    assert (ref.max(1) >= 0.4).any()
+
+    class UnderTheThreshold:  # the same argmax everywhere, every clip rejected
+        def predict_proba(self, waves):
+            out = np.full_like(ref, 0.31)
+            out[np.arange(len(ref)), ref.argmax(1)] = 0.38
+            return out
+
+    result = parity(system, UnderTheThreshold(), waves)
+    assert result.label_agreement == float((ref.max(1) < 0.4).mean()) < 1.0
 
 
 def test_an_export_under_the_agreement_floor_is_not_written(frozen, fsdd, tmp_path):

@@ -55,6 +55,10 @@ def test_info_text_reports_an_empty_cache(tmp_path: Path, monkeypatch, capsys) -
     out = capsys.readouterr().out
     assert re.search(rf"^cache +{re.escape(str(tmp_path / 'cache'))} \(empty", out, re.MULTILINE)
     assert re.search(r"^weights whisper-tiny\.en +installed .*converted: on first use", out, re.MULTILINE)
+    (tmp_path / "cache").write_text("")  # a file there: nothing can ever be converted into it
+    assert main(["info"]) == 0  # was "(empty; filled on first use)"
+    assert re.search(r"^cache +\S+ \(not a folder: set SPEECHXFER_CACHE", capsys.readouterr().out,
+                     re.MULTILINE)
 
 
 class _Terminal(io.StringIO):
