@@ -174,13 +174,17 @@ def main() -> None:
     args = parser.parse_args()
     if (args.only_model or args.data) and not args.model:  # else ignored: the encoder table runs
         parser.error(f"{'--only-model' if args.only_model else '--data'} needs --model DIR")
-    if args.model:  # a wrong folder is said now, not after minutes of the encoder table
-        from speechxfer.recognizer import ModelError, read_config
+    if args.model:  # a wrong folder, or a kind with no ONNX form (the model table times its
+        # exports: a classic one), is said now, not after minutes of the encoder table
+        from speechxfer.export import ExportError, _graph_of
+        from speechxfer.recognizer import ModelError, load
 
         try:
-            read_config(args.model)
+            _graph_of(load(args.model))
         except ModelError as err:
             parser.error(str(err))
+        except ExportError as err:
+            parser.error(f"--model {args.model}: {err}; the model table times its ONNX exports")
     if args.data and not args.data.exists():
         parser.error(f"--data {args.data}: no such file or folder")
     torch.set_num_threads(1)

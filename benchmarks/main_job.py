@@ -11,6 +11,8 @@ import resource
 import time
 
 from speechxfer.jobs import train_job
+from speechxfer.recognizer import is_model_folder
+from speechxfer.store import StoreError, check_replaceable
 
 TARGET_SECONDS = 300.0
 
@@ -19,6 +21,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench_main")
     args = parser.parse_args()
+    try:  # a folder the run may not replace is said now, as a line, not a traceback
+        check_replaceable(args.out, is_model_folder)
+    except StoreError as err:
+        parser.error(f"--out {err}")
     start = time.perf_counter()
     summary = train_job(out=args.out)
     seconds = time.perf_counter() - start

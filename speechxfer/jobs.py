@@ -130,8 +130,10 @@ def default_data() -> Path:
 
 
 def skipped_records(pairs) -> list[dict[str, str]]:
-    """(path, problem) pairs of unusable files as the JSON rows summaries and reports list."""
-    return [{"path": str(path), "problem": problem} for path, problem in pairs]
+    """(path, problem) pairs of unusable files as the JSON rows summaries and reports list;
+    each path absolute (not resolved: a looping link is one of them), as a summary is read
+    from other working directories than the one it was written in."""
+    return [{"path": os.path.abspath(path), "problem": problem} for path, problem in pairs]
 
 
 def read_clips(clips, sample_rate: int, what: str, every_label: bool = False):
@@ -358,7 +360,8 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
     decoder_based = run.strategy in DECODER_STRATEGIES
     classic = run.strategy in CLASSIC_KINDS
     return {
-        "data": str(run.ds.location), "layout": run.ds.layout,
+        # absolute: export, recipes' reruns and benchmarks read it again from other folders
+        "data": str(Path(run.ds.location).resolve()), "layout": run.ds.layout,
         "encoder": None if classic else run.encoder,
         "window": None if classic else (run.decoder_window if decoder_based else run.window),
         "strategy": strategy, "per_class": run.per_class_n, "commands": run.commands,

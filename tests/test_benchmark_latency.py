@@ -20,3 +20,12 @@ def test_bad_arguments_are_one_clear_line(tmp_path, argv, says):
                           check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_model_with_no_onnx_form_is_one_clear_line(tmp_path, make_svm):
+    """The model table times ONNX exports: a classic model was a traceback from the exporter."""
+    model = make_svm(tmp_path / "svm", ("1", "2"), range(2))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--model", str(model), "--only-model"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not 'classic-svm'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -247,6 +247,22 @@ def test_training_reports_a_misnamed_file_it_skipped(small_fsdd, tmp_path):
     assert summary["n_test"] == 12  # theo's 3 digits x 4 takes; foo.wav is in no split
 
 
+def test_a_relative_data_path_is_recorded_absolute(small_fsdd, tmp_path, monkeypatch):
+    """Export's parity data, recipes' reruns and benchmarks read the recorded data again from
+    other folders: a path recorded as typed (``fsdd``) would point nowhere from there."""
+    from speechxfer.jobs import finished_run, train_job
+
+    (small_fsdd / "foo.wav").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    summary = train_job("fsdd", strategy="svm", test_speakers=["theo"], out="m")
+    saved = json.loads((tmp_path / "m" / "train_summary.json").read_text())
+    assert saved["data"] == summary["data"] == str(small_fsdd)
+    assert [s["path"] for s in summary["skipped"]] == [str(small_fsdd / "foo.wav")]
+    monkeypatch.chdir(small_fsdd)
+    assert len(load_dataset(summary["data"]).clips) == 36
+    assert finished_run(tmp_path / "m", {"data": small_fsdd})["data"] == str(small_fsdd)
+
+
 def test_a_model_trained_on_a_manifest_names_the_manifest(small_fsdd, tmp_path):
     """The summary's data is what reads the clips again (the fast path's parity check does):
     the manifest file, not its folder, which need hold no dataset of its own."""
