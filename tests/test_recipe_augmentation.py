@@ -37,3 +37,16 @@ def test_sign_test_counts_the_clips_that_changed():
     assert run.sign_test(mine, base) == {"gained": 2, "lost": 1, "p": 1.0}
     assert run.sign_test(base, base)["p"] == 1.0
     assert run.sign_test(np.ones(8, bool), np.zeros(8, bool))["p"] < 0.01
+
+
+@pytest.mark.parametrize("option, says", [
+    (["--tasks", "digit"], "--tasks: no task digit"),  # ran nothing, wrote empty results, exit 0
+    (["--copies", "0"], "'0' is out of range"),  # a traceback after the first condition
+    (["--max-false-accept", "nan"], "'nan' is out of range"),
+])
+def test_bad_options_are_refused_before_any_condition(tmp_path, monkeypatch, capsys, option, says):
+    monkeypatch.setattr(run, "Study", lambda *a, **k: pytest.fail("a study started"))
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--out", str(tmp_path / "out"), *option])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """The multi-task recipe's protocol pieces: speaker split, scarce labels, threshold, pairing."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -84,3 +85,37 @@ def test_an_unknown_condition_is_named():
     with pytest.raises(SystemExit) as stop:
         run.main(["--only", "no_such_condition"])
     assert stop.value.code == 2
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--epochs", "-1"], ["--seeds", "-1"]])
+def test_bad_counts_are_refused_before_the_data_load(tmp_path, monkeypatch, capsys, option):
+    # --epochs 0 ran the default epochs and -1 none (untrained heads scored), both with exit 0
+    monkeypatch.setattr(run, "Data", lambda *a: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--out", str(tmp_path), "--only", "command only", *option])
+    assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_skip_base_leaving_no_condition_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "Data", lambda *a: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as stop:  # was an empty results file, exit 0
+        run.main(["--out", str(tmp_path), "--only", "base: command only", "--skip-base"])
+    assert stop.value.code == 2 and "leaves none of the --only" in capsys.readouterr().err
+
+
+def test_continuing_a_tag_on_other_data_is_refused(tmp_path, monkeypatch):
+    # a --quick --tag X run continued without --quick mixed quick and full rows in one table
+    (tmp_path / "results_x.json").write_text(json.dumps({
+        "seeds": [0], "base_epochs": 4, "per_seed": {},
+        "split": {"n": {"train_singles": 336}}}))
+
+    class Data:
+        def __init__(self, *args):
+            self.counts = {"train_singles": 4000}
+
+    monkeypatch.setattr(run, "Data", Data)
+    monkeypatch.setattr(run, "run_one", lambda *a: pytest.fail("a condition ran"))
+    with pytest.raises(SystemExit, match="earlier results used other data"):
+        run.main(["--out", str(tmp_path), "--tag", "x", "--continue", "--seeds", "0",
+                  "--epochs", "4", "--only", "command only"])

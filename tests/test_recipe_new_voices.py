@@ -40,3 +40,10 @@ def test_a_folder_of_another_fold_is_refused(tmp_path, no_training, data, held):
     folder = finished(tmp_path / "half0", tmp_path / data, held)
     with pytest.raises(SystemExit, match="half0: trained with other options.*(data|test_speakers)"):
         run.train(["--seed", "0"], folder, tmp_path / "digits.csv", ["a", "b"])
+
+
+def test_a_seed_given_twice_is_refused(monkeypatch, no_training):
+    monkeypatch.setattr(sys, "argv", ["run.py", "--seeds", "0", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2

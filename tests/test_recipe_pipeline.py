@@ -42,3 +42,70 @@ def test_summary_table_reports_mean_and_spread():
     assert abs(row["accuracy_std"] - 0.1) < 1e-9
     meta = {"run": "test", "test_takes": "0-4", "wall_minutes": 0.1, "skipped_blocks": []}
     assert "| svm | 0.600 ± 0.100 |" in run.markdown([row], meta)
+
+
+class Stop(Exception):
+    """Stands for a Ctrl-C (KeyboardInterrupt would stop pytest itself)."""
+
+
+def fake_run(tmp_path, monkeypatch, argv: list[str], stop_at: int | None = None) -> Path:
+    """``main`` with every block a stub: the results folder under tmp_path, holding an earlier
+    finished run's results; the runner raises Stop at the ``stop_at``-th job."""
+    import pytest
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results_quick.json").write_text("earlier")
+    jobs = []
+
+    class Runner:
+        def __init__(self, *args):
+            pass
+
+        def run(self, *args):
+            jobs.append(args)
+            if len(jobs) == stop_at:
+                raise Stop
+            return {"accuracy": 0.5, "train_s": 1.0, "ms_per_clip": 2.0, "params": 10}
+
+    def write_outputs(runs, meta, suffix):
+        for path in run.output_files(suffix):
+            path.write_text(f"{len(runs)} runs")
+
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(run, "Runner", Runner)
+    monkeypatch.setattr(run, "read_clips", lambda clips, rate, how: ([None] * len(clips), clips, []))
+    monkeypatch.setattr(run, "write_outputs", write_outputs)
+    monkeypatch.setattr(run, "markdown", lambda rows, meta: "")
+    monkeypatch.setattr(sys, "argv", ["run.py", "--quick", *argv])
+    if stop_at is None:
+        run.main()
+    else:
+        with pytest.raises(Stop):
+            run.main()
+    return results
+
+
+def test_a_cut_run_leaves_the_finished_results_and_keeps_its_own_beside(tmp_path, monkeypatch):
+    results = fake_run(tmp_path, monkeypatch, [], stop_at=3)  # in the second block
+    assert (results / "results_quick.json").read_text() == "earlier"  # was replaced
+    assert (results / "results_quick_partial.json").read_text() == "2 runs"
+
+
+def test_a_finished_run_replaces_the_results_and_leaves_no_partial(tmp_path, monkeypatch):
+    results = fake_run(tmp_path, monkeypatch, [])
+    assert (results / "results_quick.json").read_text() != "earlier"
+    assert not list(results.glob("*partial*"))
+
+
+def test_a_budget_that_runs_nothing_writes_nothing(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit, match="no block ran within --max-minutes 0"):
+        fake_run(tmp_path, monkeypatch, ["--max-minutes", "0"])  # was the default budget
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["results_quick.json"]
+    for bad in ("-1", "nan"):  # -1 emptied results_quick.csv, then a traceback
+        monkeypatch.setattr(sys, "argv", ["run.py", "--max-minutes", bad])
+        with pytest.raises(SystemExit) as stop:
+            run.main()
+        assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err

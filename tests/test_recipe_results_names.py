@@ -51,3 +51,12 @@ def test_redrawing_results_that_are_not_there_is_one_clear_line(tmp_path, capsys
         synthetic.main(["--redraw", "--seed", "3", "--out", str(tmp_path)])
     assert stop.value.code == 2
     assert "results_seed3.json: no results to redraw" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--seed", "-1"], ["--max-false-accept", "nan"]])
+def test_synthetic_refuses_bad_values_before_loading_data(tmp_path, monkeypatch, capsys, option):
+    synthetic = load("synthetic")  # --seed -1 was a traceback once Speech Commands had loaded
+    monkeypatch.setattr(synthetic, "Bank", lambda *a: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as stop:
+        synthetic.main(["--out", str(tmp_path), *option])
+    assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err

@@ -92,3 +92,44 @@ def test_data_without_the_fold_speakers_is_refused_before_any_fold(tmp_path, mon
         run.main()
     assert stop.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("option, says", [
+    (["--epochs", "0"], "'0' is out of range"),  # was the strategy's default epochs, silently
+    (["--per-class", "0"], "'0' is out of range"),  # was every clip, silently
+    (["--per-class", "-1"], "'-1' is out of range"),  # was a traceback after the cache pass
+    (["--seed", "-1"], "'-1' is out of range"),
+    (["--encoder", "bogus"], "unknown encoder 'bogus'"),  # was a traceback from the first fold
+    (["--window", "0s"], "window must be 'clip' or 'Ns'"),
+    (["--strategy", "svm", "--pooling", "attentive"], "the svm strategy does not use it"),
+    (["--strategy", "combined", "--k", "3"], "the combined strategy does not use it"),
+    (["--work", "{file}"], "exists and is not a folder"),  # was a NotADirectoryError traceback
+])
+def test_bad_values_are_refused_before_any_fold(tmp_path, monkeypatch, capsys, option, says):
+    (tmp_path / "file").write_text("")
+    option = [o.format(file=tmp_path / "file") for o in option]
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "work"), *option])
+    monkeypatch.setattr(run, "cached_folds", lambda args: pytest.fail("a fold ran"))
+    monkeypatch.setattr(run, "job_folds", lambda args: pytest.fail("a fold ran"))
+    with pytest.raises(SystemExit) as stop:
+        run.main()
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_k_names_the_results_of_every_strategy_that_reads_it():
+    # reinit-k with --k 3 shared k 2's name: its folds kept, its results written over
+    assert run.results_name(options(strategy="reinit-k", k=3), True) != \
+        run.results_name(options(strategy="reinit-k"), True)
+
+
+def test_a_name_given_again_with_another_seed_is_refused_not_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "train_job", lambda *_, **__: pytest.fail("trained"))
+    data = Path(run.load_dataset(bundled("fsdd")).location)
+    for speaker in SPEAKERS:
+        write_fold(tmp_path / speaker, speaker, data)
+    assert len(run.job_folds(options(work=tmp_path))) == 4  # the run that trained them
+    assert len(run.job_folds(options(work=tmp_path))) == 4  # its rerun keeps them
+    for changes in ({"seed": 1}, {"epochs": 9}, {"pooling": "attentive"}):
+        with pytest.raises(SystemExit, match=f"folds of other options \\({next(iter(changes))}"):
+            run.job_folds(options(work=tmp_path, **changes))

@@ -111,3 +111,58 @@ def test_quick_run_writes_every_system(tmp_path):
     frozen = [r for r in saved["runs"] if r["system"] == "frozen" and r["point"] == "10"]
     assert frozen and frozen[0]["accuracy"] > 0.5  # far above 12-class chance on new speakers
     assert (tmp_path / "results_quick.md").exists() and (tmp_path / "speech_commands_quick.png").exists()
+
+
+class Stop(Exception):
+    """Stands for a Ctrl-C (KeyboardInterrupt would stop pytest itself)."""
+
+
+def fake_main(tmp_path, monkeypatch, argv: list[str], stop_at: int | None = None) -> None:
+    """``main --quick`` with stub blocks over an earlier finished run's results in tmp_path;
+    the ``stop_at``-th block raises Stop."""
+    (tmp_path / "results_quick.json").write_text("earlier")
+    done = []
+
+    class Runner:
+        groups, cost = [], {}
+
+        def __init__(self, *args):
+            pass
+
+        def run_block(self, kind, aug, fold):
+            done.append(kind)
+            if len(done) == stop_at:
+                raise Stop
+            return [{"system": kind, "point": "3", "fold": fold, "accuracy": 0.5,
+                     "command_recall": 0.5, "unknown_false_accept": 0.0,
+                     "silence_false_accept": 0.0}]
+
+    def write_outputs(runs, meta, suffix, out):
+        for path in run.output_files(suffix, out):
+            path.write_text(f"{len(runs)} runs")
+
+    monkeypatch.setattr(run, "Runner", Runner)
+    monkeypatch.setattr(run, "write_outputs", write_outputs)
+    monkeypatch.setattr(run, "markdown", lambda rows, meta: "")
+    monkeypatch.setattr(run, "summarise", lambda runs: [])
+    run.main(["--quick", "--out", str(tmp_path), *argv])
+
+
+def test_a_cut_run_leaves_the_finished_results_and_keeps_its_own_beside(tmp_path, monkeypatch):
+    with pytest.raises(Stop):
+        fake_main(tmp_path, monkeypatch, [], stop_at=2)
+    assert (tmp_path / "results_quick.json").read_text() == "earlier"  # was replaced
+    assert (tmp_path / "results_quick_partial.json").read_text() == "1 runs"
+    fake_main(tmp_path, monkeypatch, [])  # the rerun finishes: its results, no partial left
+    assert (tmp_path / "results_quick.json").read_text() != "earlier"
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def test_a_budget_that_runs_nothing_writes_nothing(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="no block ran within --max-minutes 0"):
+        fake_main(tmp_path, monkeypatch, ["--max-minutes", "0"])  # was the default budget
+    assert [p.name for p in tmp_path.iterdir()] == ["results_quick.json"]
+    for bad in (["--max-minutes", "-1"], ["--max-false-accept", "nan"]):  # -1: empty results
+        with pytest.raises(SystemExit) as stop:
+            run.main(["--out", str(tmp_path), *bad])
+        assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,3 +133,45 @@ def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monke
         run.member(args, "whisper-tiny.en", "23", held)
     (folder / "train_summary.json").write_text(json.dumps(summary))
     assert run.member(args, "whisper-tiny.en", "23", held) == folder
+
+
+@pytest.mark.parametrize("option, says", [
+    # each was refused only by eval-stream, ensemble or the reader, after every member trained
+    (["--minutes", "0"], "'0' is out of range"),
+    (["--minutes", "nan"], "'nan' is out of range"),
+    (["--seeds", "0", "-1"], "'-1' is out of range"),
+    (["--ensemble-threshold", "1.5"], "'1.5' is out of range"),
+    (["--per-stream", "-1"], "'-1' is out of range"),  # read "no threshold", exit 0
+    (["--data", "{tmp}/none"], "none: no such file or folder"),  # was a traceback
+])
+def test_bad_values_are_refused_before_any_training(tmp_path, monkeypatch, capsys, option, says):
+    monkeypatch.setattr(sys, "argv", ["run.py", *(o.format(tmp=tmp_path) for o in option),
+                                      "--work", str(tmp_path / "work")])
+    monkeypatch.setattr(run, "cli", lambda argv: pytest.fail(f"trained: {argv}"))
+    with pytest.raises(SystemExit) as stop:
+        run.main()
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_report_or_ensemble_older_than_a_retrained_member_is_made_again(tmp_path, monkeypatch):
+    # a member refused for other options and removed, as the refusal says, trains again: the
+    # ensemble and reports of the earlier member were kept and read as the new run's
+    member = tmp_path / "whisper-tiny.en_cv23"
+    member.mkdir()
+    (member / "config.json").write_text("{}")
+    ensemble = tmp_path / "ensemble"
+    ensemble.mkdir()
+    (ensemble / "config.json").write_text("{}")
+    report = tmp_path / "report.json"
+    report.write_text("earlier")
+    for old in (ensemble / "config.json", report):
+        os.utime(old, (1, 1))  # written before the member
+    assert not run.made_after(ensemble / "config.json", [member])
+    assert run.made_after(member / "config.json", [member])
+    runs = []
+    monkeypatch.setattr(run.subprocess, "run", lambda argv, **kw: runs.append(argv) or
+                        subprocess.CompletedProcess(argv, 0, stdout="new", stderr=""))
+    assert run.stream_report(member, tmp_path, 30.0, 0, report).read_text() == "new"
+    assert run.stream_report(member, tmp_path, 30.0, 0, report).read_text() == "new"
+    assert len(runs) == 1  # the fresh report is kept

@@ -50,6 +50,7 @@ import torch
 from scipy.stats import binomtest
 
 from speechxfer.augment import AugmentConfig, Augmenter
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import load_dataset, load_waves, per_class
 from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -358,13 +359,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="5 clips/digit/speaker, 10 test clips/digit, SC 10 shots, K=1")
     parser.add_argument("--tasks", default="digits,speech_commands")
-    parser.add_argument("--copies", type=int, help="K augmented copies (default 2; quick 1)")
+    parser.add_argument("--copies", type=bounded(int, 1),
+                        help="K augmented copies (default 2; quick 1)")
     parser.add_argument("--max-minutes", type=float, help="budget (default 28; quick 4.5)")
-    parser.add_argument("--max-false-accept", type=float, default=DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
+                        default=DEFAULT_MAX_FALSE_ACCEPT)
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
+    if unknown := set(tasks) - {"digits", "speech_commands"}:  # not an empty results file
+        parser.error(f"--tasks: no task {', '.join(sorted(unknown))} (there are: digits, "
+                     "speech_commands)")
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     if args.copies is not None:
@@ -373,7 +380,6 @@ def main(argv: list[str] | None = None) -> None:
         plan = replace(plan, max_minutes=args.max_minutes)
     study = Study(plan, args.seed, args.max_false_accept, log=lambda m: print(m, flush=True))
     result: dict = {"plan": {**plan.__dict__}, "seed": args.seed}
-    tasks = args.tasks.split(",")
     turns = []
     for task in ("digits", "speech_commands"):
         if task in tasks:

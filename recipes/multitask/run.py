@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import Clip
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import eer_of_pairs
@@ -277,9 +278,10 @@ def mean_prob(probs: np.ndarray, values: list[str], classes: list[str]) -> float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    # as train's ranges: --epochs 0 read as the default, -1 scored untrained heads
+    parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=None)
     parser.add_argument("--only", nargs="+", default=None, help="condition names to run")
-    parser.add_argument("--epochs", type=int, default=None, help="base epochs")
+    parser.add_argument("--epochs", type=bounded(int, 1), default=None, help="base epochs")
     parser.add_argument("--skip-base", action="store_true", help="leave out the whisper-base rows")
     parser.add_argument("--work", default="runs/multitask", help="generated audio goes here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -304,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"{', '.join(CONDITIONS)})")
     if args.skip_base:
         names = [n for n in names if CONDITIONS[n].encoder != "whisper-base"]
+        if not names:  # else the data load, then an empty results file
+            parser.error("--skip-base leaves none of the --only conditions")
     tag = args.tag or ("quick" if args.quick else "full")
     earlier_path = args.out / f"results_{tag}.json"
     args.earlier = {}
@@ -324,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     print("data", json.dumps(data.counts), flush=True)
     results: dict[str, list[dict]] = {}
     if args.earlier:
+        if args.earlier["split"]["n"] != data.counts:  # --continue --tag X, --quick or not
+            raise SystemExit("--continue: the earlier results used other data (--quick?)")
         results = dict(args.earlier["per_seed"])
         names = [n for n in names if n not in results]
         print("continuing after:", ", ".join(results), flush=True)

@@ -11,7 +11,8 @@ Every figure is given for the int8 fast path ``predict`` uses, the torch system 
 alone, summed over the two halves (87 clips), per training seed and their mean (a seed draws
 the head's initialisation and batches; the validation takes are fixed). Nothing is chosen here:
 the runs are the defaults.
-Writes results/results.json and results/results.md next to this file.
+Writes results/results.json and results/results.md next to this file (seed 0), or
+results_seeds-0-1-2.{json,md} for other seeds, so a variant never replaces the default figures.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="training seeds (default: 0)")
     args = parser.parse_args()
+    if len(set(args.seeds)) < len(args.seeds):  # a seed twice would count its folds twice
+        parser.error(f"--seeds: each seed once, got {args.seeds}")
+    # results named by the seeds unless the default's: a variant never replaces its figures
+    name = "results" if args.seeds == [0] else f"results_seeds-{'-'.join(map(str, args.seeds))}"
     fsdd_set = load_dataset(bundled("fsdd"))
     fsdd, fsdd_data = set(fsdd_set.speakers), Path(fsdd_set.location)
     clips = [c for c in load_dataset(default_data()).clips if c.speaker not in fsdd]
@@ -94,7 +99,7 @@ def main() -> None:
                                    for p, by_seed in acc.items()}
                             for name, acc in accuracy.items()}}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "results.json").write_text(json.dumps(results, indent=2))
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2))
     lines = [(f"{len(clips)} digit clips of {len(speakers)} Speech Commands speakers, each "
               "scored by a model that never heard its speaker"), "",
              "| training set | " + " | ".join(PATHS) + " |", "|---|" + "---|" * len(PATHS)]
@@ -105,7 +110,7 @@ def main() -> None:
     lines[0] += f"; seeds {', '.join(map(str, args.seeds))}"
     lines += [f"| {name} | " + " | ".join(cell(acc[p]) for p in PATHS) + " |"
               for name, acc in results["accuracy"].items()]
-    (HERE / "results" / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

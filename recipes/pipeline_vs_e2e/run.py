@@ -40,6 +40,7 @@ from safetensors.numpy import load_file
 
 from speechxfer.audio import Clip
 from speechxfer.classic import build_classic
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips
@@ -274,6 +275,13 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def output_files(suffix: str) -> list[Path]:
+    """The files ``write_outputs`` writes for ``suffix``."""
+    out = HERE / "results"
+    return [*(out / f"results{suffix}.{ext}" for ext in ("csv", "json", "md")),
+            out / f"learning_curve{suffix}.png"]
+
+
 def write_outputs(runs: list[dict], meta: dict, suffix: str) -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -292,12 +300,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 fold, n in {1, 5}, 1 seed")
-    parser.add_argument("--max-minutes", type=float, help="budget (default: 85 full, 4.5 quick)")
+    parser.add_argument("--max-minutes", type=bounded(float, 0.0),
+                        help="budget (default: 85 full, 4.5 quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
-    budget = 60 * (args.max_minutes or plan.max_minutes)
+    budget = 60 * (plan.max_minutes if args.max_minutes is None else args.max_minutes)
     suffix = "_quick" if args.quick else ""
     started = time.perf_counter()
 
@@ -345,9 +354,14 @@ def main() -> None:
             block_cost[name] = max(block_cost[name],
                                    (time.perf_counter() - block_start) * 6 / len(block))
         meta["wall_minutes"] = (time.perf_counter() - started) / 60
-        write_outputs(runs, meta, suffix)
+        # a cut run keeps what it measured beside, not over, the last finished run's results
+        write_outputs(runs, meta, f"{suffix}_partial")
+    if not runs:
+        raise SystemExit(f"no block ran within --max-minutes {budget / 60:g}; nothing written")
     meta["wall_minutes"] = (time.perf_counter() - started) / 60
     write_outputs(runs, meta, suffix)
+    for path in output_files(f"{suffix}_partial"):
+        path.unlink(missing_ok=True)
     print(markdown(summarise(runs), meta))
 
 

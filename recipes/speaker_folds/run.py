@@ -24,10 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
-from speechxfer.jobs import DEFAULT_STRATEGY, JOBS, bundled, finished_run, mean_std, train_job
+from speechxfer.jobs import (
+    DEFAULT_STRATEGY,
+    JOBS,
+    bundled,
+    check_options,
+    finished_run,
+    mean_std,
+    train_job,
+)
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.train import (
     FeatureCache,
@@ -100,9 +109,26 @@ def finished_fold(folder: Path, args: argparse.Namespace, data: Path, speaker: s
     return summary
 
 
+def same_options(args: argparse.Namespace) -> None:
+    """Keep the seed, epochs, k and pooling in ``--work``/NAME/options.json, and refuse a run
+    with others there: the train summary does not record them, so a ``--name`` given again
+    with another seed would score the earlier folds as this run's."""
+    options = {key: getattr(args, key) for key in ("seed", "epochs", "k", "pooling")}
+    path = args.work / "options.json"
+    if not path.is_file():
+        args.work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(options))
+    elif differ := [f"{key} {value!r}, not {options[key]!r}"
+                    for key, value in json.loads(path.read_text()).items()
+                    if options.get(key) != value]:
+        raise SystemExit(f"{args.work}: folds of other options ({'; '.join(differ)}); remove "
+                         "it or give another --name or --work")
+
+
 def job_folds(args: argparse.Namespace) -> list[dict]:
     """All folds through the main job itself (strategies that train the whole encoder); a
     fold finished by an earlier run of the same options is kept."""
+    same_options(args)
     folds = []
     data = Path(load_dataset(args.data).location)
     for speaker in load_dataset(bundled("fsdd")).speakers:
@@ -128,7 +154,7 @@ def results_name(args: argparse.Namespace, on_fsdd: bool) -> str:
     name = f"{args.strategy}_pc{args.per_class or 'all'}_{args.window or 'default'}"
     others = [("" if on_fsdd else f"data-{args.data.stem}"),
               ("" if args.encoder == "whisper-tiny.en" else args.encoder),
-              ("" if args.k == 2 or args.strategy != "top-k" else f"k{args.k}"),
+              ("" if args.k == 2 else f"k{args.k}"),  # main refuses --k where it is not read
               ("" if args.epochs == default_epochs(args.strategy) else f"ep{args.epochs}"),
               ("" if args.pooling == "mean" else args.pooling),
               ("" if args.seed == 0 else f"seed{args.seed}")]
@@ -139,13 +165,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(JOBS))
-    parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--per-class", type=int)
-    parser.add_argument("--epochs", type=int, help="default: the strategy's (as the CLI)")
+    # the CLI's ranges: 0 would read as the default (all clips, the strategy's epochs)
+    parser.add_argument("--k", type=bounded(int, 1), default=2)
+    parser.add_argument("--per-class", type=bounded(int, 1))
+    parser.add_argument("--epochs", type=bounded(int, 1), help="default: the strategy's (as the CLI)")
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     fsdd = bundled("fsdd")
     parser.add_argument("--data", type=Path, default=fsdd,
                         help="training set holding the FSDD speakers (the folds), e.g. "
@@ -153,6 +180,13 @@ def main() -> None:
     parser.add_argument("--name", help="results file name (default: derived from the options)")
     parser.add_argument("--work", type=Path, default=Path("runs/speaker_folds"))
     args = parser.parse_args()
+    try:  # an unknown encoder, a bad window or an option the strategy ignores: said now
+        build_encoder(args.encoder, window=args.window, pretrained=False)
+        check_options(args.strategy, k=args.k, epochs=args.epochs, keep="best", layer=None,
+                      pooling=args.pooling, head_options=None, window=args.window,
+                      encoder=args.encoder)
+    except ValueError as err:
+        parser.error(str(err))
     args.epochs = args.epochs or default_epochs(args.strategy)
     on_fsdd = args.data.resolve() == fsdd.resolve()  # however the path is spelt
     if args.strategy in CACHED and not on_fsdd:
@@ -165,6 +199,8 @@ def main() -> None:
         parser.error(f"--data {args.data}: no clips of {', '.join(sorted(held))}, the FSDD "
                      "speakers the folds hold out")
 
+    if args.work.exists() and not args.work.is_dir():  # else a traceback from the first fold
+        parser.error(f"--work {args.work}: exists and is not a folder")
     name = args.name or results_name(args, on_fsdd)
     args.work = args.work / name
     started = time.perf_counter()

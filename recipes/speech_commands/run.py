@@ -54,6 +54,7 @@ import torch
 from speechxfer.audio import batch_waves, batches_by_length
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.classic import build_classic
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
@@ -539,6 +540,12 @@ def plot(rows: list[dict], path: Path, max_false_accept: float = DEFAULT_MAX_FAL
     plt.close(fig)
 
 
+def output_files(suffix: str, out: Path) -> list[Path]:
+    """The files ``write_outputs`` writes for ``suffix``."""
+    return [out / f"results{suffix}.json", out / f"results{suffix}.md",
+            out / f"speech_commands{suffix}.png"]
+
+
 def write_outputs(runs: list[dict], meta: dict, suffix: str, out: Path) -> None:
     out.mkdir(exist_ok=True)
     rows = summarise(runs)
@@ -561,15 +568,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fold 0, 3 and 10 shots, K=1")
-    parser.add_argument("--max-minutes", type=float, help="budget (default: 40 full, 4.5 quick)")
-    parser.add_argument("--max-false-accept", type=float, default=DEFAULT_MAX_FALSE_ACCEPT)
+    parser.add_argument("--max-minutes", type=bounded(float, 0.0),
+                        help="budget (default: 40 full, 4.5 quick)")
+    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
+                        default=DEFAULT_MAX_FALSE_ACCEPT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
-    budget = 60 * (args.max_minutes or plan.max_minutes)
+    budget = 60 * (plan.max_minutes if args.max_minutes is None else args.max_minutes)
     suffix = results_suffix(args)
     started = time.perf_counter()
 
@@ -602,9 +611,14 @@ def main(argv: list[str] | None = None) -> None:
         meta["folds_run"] = sorted({r["fold"] for r in runs})
         meta["costs_s"] = dict(runner.cost)
         meta["wall_minutes"] = (time.perf_counter() - started) / 60
-        write_outputs(runs, meta, suffix, args.out)
+        # a cut run keeps what it measured beside, not over, the last finished run's results
+        write_outputs(runs, meta, f"{suffix}_partial", args.out)
+    if not runs:
+        raise SystemExit(f"no block ran within --max-minutes {budget / 60:g}; nothing written")
     meta["wall_minutes"] = (time.perf_counter() - started) / 60
     write_outputs(runs, meta, suffix, args.out)
+    for path in output_files(f"{suffix}_partial", args.out):
+        path.unlink(missing_ok=True)
     print(markdown(summarise(runs), meta))
 
 

@@ -34,7 +34,9 @@ import sys
 from pathlib import Path
 
 from speechxfer.audio import Clip
+from speechxfer.cli import _bounded as bounded
 from speechxfer.cli import main as cli
+from speechxfer.data import DatasetError
 from speechxfer.jobs import finished_run
 from speechxfer.vocab import load_with_silence
 
@@ -75,9 +77,16 @@ def stream_folder(clips: list[Clip], speakers: set[str], folder: Path) -> Path:
     return folder
 
 
+def made_after(path: Path, models: list[Path]) -> bool:
+    """``path`` exists and was written after every model folder's config.json: an ensemble or a
+    stream report of a member trained again since (a refused folder removed) is stale."""
+    return path.exists() and all(path.stat().st_mtime >= (m / "config.json").stat().st_mtime
+                                 for m in models)
+
+
 def stream_report(system: Path, data: Path, minutes: float, seed: int, out: Path) -> Path:
-    """``speechxfer eval-stream --json`` into ``out`` (kept from an earlier run)."""
-    if out.is_file():
+    """``speechxfer eval-stream --json`` into ``out`` (kept from an earlier run of this system)."""
+    if made_after(out, [system]):
         return out
     print(f"{system.name}: a {minutes:g}-min stream of {data}, seed {seed} (a few minutes)",
           flush=True)  # a line per stream: the eval-stream output is kept for the reading
@@ -119,14 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, default=Path("runs/stream_calibration"))
     parser.add_argument("--encoders", nargs="+", default=["whisper-tiny.en", "whisper-base"])
     parser.add_argument("--folds", nargs="+", type=pair, default=[(2, 3), (4, 5), (6, 7), (8, 9)])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--ensemble-threshold", type=float, default=0.65,
+    # the ranges of eval-stream, ensemble and the reader: refused now, not after the training
+    parser.add_argument("--seeds", nargs="+", type=bounded(int, 0, 2**32 - 1), default=[0, 1])
+    parser.add_argument("--minutes", type=bounded(float, 0.01), default=30.0)
+    parser.add_argument("--ensemble-threshold", type=bounded(float, 0.0, 1.0), default=0.65,
                         help="stored in each fold's ensemble; the curves cover every threshold")
     parser.add_argument("--negatives", type=Path, nargs="+", default=[], metavar="PATH",
                         help="datasets every member also trains on as _unknown_ (train --negatives)")
-    parser.add_argument("--per-stream", type=int, default=1, help="false accepts on any stream")
-    parser.add_argument("--total", type=int, default=4, help="false accepts over all streams")
+    parser.add_argument("--per-stream", type=bounded(int, 0), default=1,
+                        help="false accepts on any stream")
+    parser.add_argument("--total", type=bounded(int, 0), default=4,
+                        help="false accepts over all streams")
     return parser
 
 
@@ -145,7 +157,10 @@ def main() -> None:
         parser.error(f"--folds: each of groups 2-{len(groups) - 1} at most once (0 and 1 are "
                      "the test speakers')")
     test = [s for g in TEST_GROUPS for s in groups[g]]
-    clips = load_with_silence(args.data).clips  # once: every fold's streams draw on them
+    try:
+        clips = load_with_silence(args.data).clips  # once: every fold's streams draw on them
+    except DatasetError as err:
+        parser.error(f"--data: {err}")
     reports = []
     for fold in args.folds:
         name = "".join(map(str, fold))
@@ -158,7 +173,7 @@ def main() -> None:
         system = members[0]
         if len(members) > 1:
             system = args.work / f"ensemble_{'+'.join(args.encoders)}_{args.ensemble_threshold:g}_cv{name}"
-            if not (system / "config.json").is_file() and cli(
+            if not made_after(system / "config.json", members) and cli(
                     ["ensemble", *map(str, members), "--threshold",
                      str(args.ensemble_threshold), "--out", str(system)]) != 0:
                 raise SystemExit(f"ensembling {system} failed")

@@ -46,6 +46,7 @@ import torch
 from speechxfer import CommandClassifier
 from speechxfer.audio import batch_waves
 from speechxfer.augment import synthetic_noise
+from speechxfer.cli import _bounded as bounded
 from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -482,8 +483,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few clips per word")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-false-accept", type=float, default=sc.DEFAULT_MAX_FALSE_ACCEPT)
+    # synth's and train's ranges: a negative seed was a traceback once the data had loaded
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
+    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
+                        default=sc.DEFAULT_MAX_FALSE_ACCEPT)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--work", type=Path, default=Path("runs/synthetic"),
                         help="where the synthetic datasets are written")

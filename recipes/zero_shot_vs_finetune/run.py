@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import load
+from speechxfer.cli import _bounded as bounded
 from speechxfer.decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
 from speechxfer.decoder.generative import DecoderCache, GenerativeRecognizer
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -309,7 +310,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="zero-shot vs free transcription on all four speakers")
     m.add_argument("--window", default="2s", help="clip, 30s or a padded Ns window")
-    m.add_argument("--takes", type=int, default=10, help="takes per digit per speaker (max 50)")
+    m.add_argument("--takes", type=bounded(int, 1, 50), default=10,
+                   help="takes per digit per speaker (max 50)")
     m.add_argument("--encoder", default="whisper-tiny.en")
     m.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings)")
     c = sub.add_parser("compare", help="zero-shot vs head-only vs generative vs combined")
@@ -317,9 +319,17 @@ def main() -> None:
     c.add_argument("--window", default=WHISPER_DEFAULT_WINDOW)
     c.add_argument("--encoder", default="whisper-tiny.en")
     c.add_argument("--threads", type=int, default=1)
-    c.add_argument("--test-takes", type=int, help="takes per held-out digit scored (default 10)")
+    c.add_argument("--test-takes", type=bounded(int, 1, 50),
+                   help="takes per held-out digit scored (default 10; quick: 5, at most 10)")
     c.add_argument("--budgets", help="comma-separated subset of 1,3,10,all (default: every one)")
     args = parser.parse_args()
+    if args.command == "compare":  # else scored fewer clips or budgets than the name says
+        if args.quick and (args.test_takes or 0) > 10:
+            parser.error("--test-takes: --quick holds takes 0-9 only")
+        known = ["1", "3", "all"] if args.quick else ["1", "3", "10", "all"]  # quick: all = 10
+        if args.budgets and (unknown := set(args.budgets.split(",")) - set(known)):
+            parser.error(f"--budgets: no budget {', '.join(sorted(unknown))} (there are: "
+                         f"{', '.join(known)})")
     torch.set_num_threads(args.threads)
     if args.command == "compare":
         only = ([None if b == "all" else int(b) for b in args.budgets.split(",")]
