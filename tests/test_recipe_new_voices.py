@@ -47,3 +47,15 @@ def test_a_seed_given_twice_is_refused(monkeypatch, no_training):
     with pytest.raises(SystemExit) as exit_:
         run.main()
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("seeds, stem", [(["0"], "results"), (["0", "1"], "results_seeds-0-1")])
+def test_results_are_named_by_the_seeds(tmp_path, monkeypatch, seeds, stem):
+    """Only seed 0's run writes results.json: the five-seed figures must not be replaced."""
+    monkeypatch.setattr(run, "train", lambda args, folder, data, held: folder)
+    monkeypatch.setattr(run, "right", lambda folder, clips: dict.fromkeys(run.PATHS, len(clips)))
+    monkeypatch.setattr(run, "HERE", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "w"), "--seeds", *seeds])
+    run.main()
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{stem}.json",
+                                                                         f"{stem}.md"]

@@ -70,7 +70,7 @@ def main() -> None:
     if len(set(args.seeds)) < len(args.seeds):  # a seed twice would count its folds twice
         parser.error(f"--seeds: each seed once, got {args.seeds}")
     # results named by the seeds unless the default's: a variant never replaces its figures
-    name = "results" if args.seeds == [0] else f"results_seeds-{'-'.join(map(str, args.seeds))}"
+    stem = "results" if args.seeds == [0] else f"results_seeds-{'-'.join(map(str, args.seeds))}"
     fsdd_set = load_dataset(bundled("fsdd"))
     fsdd, fsdd_data = set(fsdd_set.speakers), Path(fsdd_set.location)
     clips = [c for c in load_dataset(default_data()).clips if c.speaker not in fsdd]
@@ -99,7 +99,7 @@ def main() -> None:
                                    for p, by_seed in acc.items()}
                             for name, acc in accuracy.items()}}
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (HERE / "results" / f"{stem}.json").write_text(json.dumps(results, indent=2))
     lines = [(f"{len(clips)} digit clips of {len(speakers)} Speech Commands speakers, each "
               "scored by a model that never heard its speaker"), "",
              "| training set | " + " | ".join(PATHS) + " |", "|---|" + "---|" * len(PATHS)]
@@ -110,7 +110,7 @@ def main() -> None:
     lines[0] += f"; seeds {', '.join(map(str, args.seeds))}"
     lines += [f"| {name} | " + " | ".join(cell(acc[p]) for p in PATHS) + " |"
               for name, acc in results["accuracy"].items()]
-    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
