@@ -26,7 +26,7 @@ COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFound
                   MissingWeightsError, MicrophoneError)
 
 
-def _bounded(cast, low: float, high: float | None = None):
+def bounded(cast, low: float, high: float | None = None):
     """An argparse ``type=``: the number, or an error naming the range (exit 2 at parse time)."""
     def parse(text: str):
         try:
@@ -120,7 +120,12 @@ def _train(args: argparse.Namespace) -> None:
     from .jobs import check_options, train_job
 
     specs = [spec.partition(":") for spec in args.task or ["command"]]
-    if "command" not in [name for name, _, _ in specs]:
+    names = [name for name, _, _ in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # one head per task: a second kind silently replaced the first
+        raise ValueError(f"--task {', '.join(repeated)}: given more than once "
+                         f"({', '.join(args.task)}); give each task once, NAME[:KIND]")
+    if "command" not in names:
         specs.insert(0, ("command", "", ""))
     head_options = {name: {"kind": kind} for name, _, kind in specs if kind}
     for task, key, value in args.head_option or []:
@@ -195,8 +200,10 @@ def _print_open_set(report: dict) -> None:
 
 
 def _print_tasks(tasks: dict[str, dict]) -> None:
+    """One line a task; the counts (n_known, n_unseen) say over which clips each figure is."""
     for task, m in tasks.items():
-        figures = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        figures = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in m.items() if k not in ("kind", "n"))
         print(f"  {task} ({m['kind']}, {m['n']} labelled clips): {figures}")
 
 
@@ -292,9 +299,9 @@ def _add_speaker_parsers(sub) -> None:
                                  "MFCC GMM-UBM fitted on that folder's clips")
     v.add_argument("--data", type=Path, required=True,
                    help="clips of speakers (Speech Commands layout, FSDD names, or a manifest)")
-    v.add_argument("--enroll", type=_bounded(int, 1), default=3, metavar="K",
+    v.add_argument("--enroll", type=bounded(int, 1), default=3, metavar="K",
                    help="enrolment clips per speaker (default %(default)s)")
-    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
+    v.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
                    help="enrolment draw(s); several: the figures are their means")
     v.add_argument("--calibrate", action="store_true",
                    help="store, in MODEL/voiceprints, the accept threshold that lets 1%% of "
@@ -350,12 +357,12 @@ def _add_synth_parser(sub) -> None:
     y.add_argument("--unknown-words", metavar="FILE|N",
                    help="distractor words for _unknown_: a file (one a line) or N words of the "
                         "shipped list (default: none)")
-    y.add_argument("--unknown-clips", type=_bounded(int, 0), metavar="N",
+    y.add_argument("--unknown-clips", type=bounded(int, 0), metavar="N",
                    help="_unknown_ clips in all (default: 2 x --per-word)")
     y.add_argument("--out", type=_out_dir, required=True,
                    help="folder for the clips (a folder per word) and their manifest")
-    y.add_argument("--per-word", type=_bounded(int, 1), default=20, help="clips per word")
-    y.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+    y.add_argument("--per-word", type=bounded(int, 1), default=20, help="clips per word")
+    y.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
                    help="draws the voices, rates and distractors: the same seed, the same "
                         "clips (default %(default)s)")
     y.add_argument("--engines", type=engines, default=ENGINES, metavar="espeak,piper",
@@ -418,7 +425,7 @@ def _add_listen_parser(sub, name: str = "listen") -> None:
     source.add_argument("file", nargs="?", help="read this recording in 100-ms blocks")
     source.add_argument("--mic", action="store_true",
                         help="listen to the default microphone (pip install 'speechxfer[mic]')")
-    n.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+    n.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar on the command's probability (default: the model's own)")
     _add_filler_argument(n)
     _add_pad_argument(n)
@@ -469,11 +476,11 @@ def _print_stream_report(report: dict, target_fa: float | None) -> None:
 def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
     from .detect import FILLER_BELOW
 
-    parser.add_argument("--filler-margin", type=_bounded(float, 0.0), metavar="NATS",
+    parser.add_argument("--filler-margin", type=bounded(float, 0.0), metavar="NATS",
                         help="drop an unsure command when Whisper's own first word beats it by "
                              "more than this (default: off; detect.FILLER_MARGIN is calibrated); "
                              "an ensemble drops it only when every member's decoder does")
-    parser.add_argument("--filler-below", type=_bounded(float, 0.0, 1.0), default=FILLER_BELOW,
+    parser.add_argument("--filler-below", type=bounded(float, 0.0, 1.0), default=FILLER_BELOW,
                         metavar="P", help="with --filler-margin: check commands accepted with "
                                           "a probability under this (default %(default)s)")
 
@@ -481,7 +488,7 @@ def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
 def _add_pad_argument(parser: argparse.ArgumentParser) -> None:
     from .detect import PAD_S
 
-    parser.add_argument("--pad", type=_bounded(float, 0.0, 1.0), default=PAD_S, metavar="SECONDS",
+    parser.add_argument("--pad", type=bounded(float, 0.0, 1.0), default=PAD_S, metavar="SECONDS",
                         help="audio before the speech onset the model also hears, where an "
                              "utterance outgrows the 1-s window (default %(default)s)")
 
@@ -494,17 +501,17 @@ def _add_eval_stream_parser(sub) -> None:
                         "with --labels a long recording")
     v.add_argument("--labels", type=Path, metavar="CSV",
                    help="the recording's words: start,end,label rows (seconds)")
-    v.add_argument("--minutes", type=_bounded(float, 0.01), default=30.0,
+    v.add_argument("--minutes", type=bounded(float, 0.01), default=30.0,
                    help="length of the built stream (default %(default)s)")
     v.add_argument("--talk", type=Path, metavar="DIR",
                    help="mix these recordings of running speech (any layout, e.g. sentences from "
                         "speechxfer synth) into the built stream: an event on them is a false "
                         "accept")
-    v.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+    v.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
                    help="draws the built stream's clips and gaps (default %(default)s)")
-    v.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+    v.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the model's own)")
-    v.add_argument("--target-fa", type=_bounded(float, 0.0), metavar="PER_HOUR",
+    v.add_argument("--target-fa", type=bounded(float, 0.0), metavar="PER_HOUR",
                    help="also report the lowest threshold with at most this many false accepts "
                         "per hour on this stream (calibrate on your training speakers or room)")
     _add_filler_argument(v)
@@ -532,7 +539,7 @@ def _add_serve_parser(sub) -> None:
     v.add_argument("model", type=Path, help=MODEL_HELP)
     v.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default %(default)s: this machine only)")
-    v.add_argument("--port", type=_bounded(int, 0, 65535), default=8000,
+    v.add_argument("--port", type=bounded(int, 0, 65535), default=8000,
                    help="TCP port to listen on (default %(default)s)")
     v.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     v.set_defaults(func=_serve)
@@ -552,7 +559,7 @@ def _add_ensemble_parser(sub) -> None:
                                         "geometric mean of their probabilities")
     x.add_argument("models", type=Path, nargs="+", help="two or more model folders")
     x.add_argument("--out", type=_out_dir, required=True, help="folder for the ensemble model")
-    x.add_argument("--threshold", type=_bounded(float, 0.0, 1.0),
+    x.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the strictest member's)")
     x.set_defaults(func=_ensemble)
 
@@ -587,7 +594,7 @@ def _add_export_parser(sub) -> None:
                         "train writes: int8, checked on the training speakers' clips)")
     x.add_argument("--data", type=Path,
                    help="clips for the parity check (default: the model's training data)")
-    x.add_argument("--check-clips", type=_bounded(int, 1), default=100, metavar="N",
+    x.add_argument("--check-clips", type=bounded(int, 1), default=100, metavar="N",
                    help="clips drawn for the parity check (default %(default)s)")
     x.set_defaults(func=_export)
 
@@ -626,12 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=tuple(JOBS), metavar="NAME",
                    help=" | ".join(JOBS) + " (gmm-hmm, dtw and svm: classic MFCC pipelines; "
                         "--task beyond command needs a head: a neural strategy or combined)")
-    t.add_argument("--k", type=_bounded(int, 1), default=2,
+    t.add_argument("--k", type=bounded(int, 1), default=2,
                    help="blocks tuned (top-k) or re-initialised")
-    t.add_argument("--per-class", type=_bounded(int, 1), help="keep N clips per label per speaker")
-    t.add_argument("--epochs", type=_bounded(int, 1),
+    t.add_argument("--per-class", type=bounded(int, 1), help="keep N clips per label per speaker")
+    t.add_argument("--epochs", type=bounded(int, 1),
                    help="default: 30 for a head on a frozen encoder, 4 when encoder blocks train")
-    t.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1), default=0,
+    t.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
                    help="draws the validation speakers, clips kept and initial weights: the "
                         "same seed, the same model (default %(default)s)")
     t.add_argument("--out", type=_out_dir, default=Path("runs/default"),
@@ -670,20 +677,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --commands, zero-shot and combined: Whisper's decoder also spells "
                         "the other words the training speakers said; one scoring above every "
                         "command is _unknown_")
-    t.add_argument("--shots", type=_bounded(int, 1), metavar="N",
+    t.add_argument("--shots", type=bounded(int, 1), metavar="N",
                    help="keep N training clips per command in total, from as many speakers as "
                         "possible (unknown and silence clips are kept)")
-    t.add_argument("--max-false-accept", type=_bounded(float, 0.0, 1.0),
-                   default=DEFAULT_MAX_FALSE_ACCEPT, metavar="RATE",
+    t.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0), metavar="RATE",
                    help="rejection threshold: at most this fraction of the validation speakers' "
                         "unknown words and silence taken for a command (with _unknown_/_silence_"
-                        " labels; default %(default)s)")
+                        f" labels; default {DEFAULT_MAX_FALSE_ACCEPT})")
     t.add_argument("--augment", action="store_true",
                    help="train on seeded augmented copies too: speed, shift, simulated rooms, "
                         "noise from the training _silence_ clips, --noise and synthetic")
     t.add_argument("--noise", type=Path, metavar="DIR",
                    help="with --augment: also mix in the audio files of this folder")
-    t.add_argument("--augment-copies", type=_bounded(int, 1), metavar="K",
+    t.add_argument("--augment-copies", type=bounded(int, 1), metavar="K",
                    help=f"with --augment: augmented copies per training clip "
                         f"(default {DEFAULT_AUGMENT_COPIES})")
     t.set_defaults(func=_train)

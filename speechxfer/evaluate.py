@@ -32,8 +32,11 @@ def score_predictions(labels: list[str], truth: list[str], predicted: list[str])
 
     Classes are the model's labels plus any other label in the truth or the predictions, so a
     rejection class the model has no column for (``_unknown_`` of a decoder) is still scored.
+    Macro-F1 averages the classes that occur (in the truth or the predictions): a label the
+    data lacks and the model never chose was not got wrong.
     """
     classes = labels + sorted((set(truth) | set(predicted)) - set(labels))
+    occurring = [c for c in classes if c in set(truth) | set(predicted)]
     p, r, f, support = precision_recall_fscore_support(
         truth, predicted, labels=classes, zero_division=0
     )
@@ -41,8 +44,8 @@ def score_predictions(labels: list[str], truth: list[str], predicted: list[str])
     return {
         "n": len(truth),
         "accuracy": float(np.mean([a == b for a, b in zip(truth, predicted)])) if truth else 0.0,
-        "macro_f1": float(f1_score(truth, predicted, labels=classes, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(f1_score(truth, predicted, labels=occurring, average="macro",
+                                   zero_division=0)) if occurring else 0.0,
         "labels": classes,
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),

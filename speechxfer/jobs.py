@@ -899,7 +899,7 @@ def train_job(
     evaluate: bool = True,
     commands: list[str] | None = None,
     shots: int | None = None,
-    max_false_accept: float = DEFAULT_MAX_FALSE_ACCEPT,
+    max_false_accept: float | None = None,
     augment: bool = False,
     noise: str | Path | None = None,
     augment_copies: int | None = None,
@@ -914,8 +914,9 @@ def train_job(
     ``commands`` makes the listed words the classes, every other word ``_unknown_`` and the
     clips of ``_silence_/`` ``_silence_`` (``load_training_data``). Then, for every strategy,
     a rejection threshold is calibrated on the validation clips of the training speakers for
-    at most ``max_false_accept`` of their unknown words and silence taken for a command, and
-    saved with the model: ``predict`` returns ``_unknown_`` / ``_silence_`` below it.
+    at most ``max_false_accept`` (default DEFAULT_MAX_FALSE_ACCEPT) of their unknown words and
+    silence taken for a command, and saved with the model: ``predict`` returns ``_unknown_`` /
+    ``_silence_`` below it. Given for data without such clips, it is refused, not ignored.
 
     ``shots`` keeps that many clips per command in total in the training pool, from as many
     speakers as possible (``vocab.shots``); unknown and silence clips, and validation, stay.
@@ -981,6 +982,9 @@ def train_job(
     with lock as work:
         seed_everything(seed)
         ds = load_training_data(data or default_data(), commands)
+        if max_false_accept is not None and not open_set(ds.labels):
+            raise ValueError(f"--max-false-accept {max_false_accept}: {ds.location} has no _unknown_"
+                             " or _silence_ clips to reject (--commands makes them)")
         split = without_unlabelled(split_dataset(ds, test_speakers or None, seed=seed),
                                    tuple(tasks))
         pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
@@ -996,10 +1000,22 @@ def train_job(
             tasks=tuple(tasks), pooling=pooling, layer=layer, device=device,
             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
             head_options=head_options, task_weights=task_weights, evaluate=evaluate,
-            commands=commands, shots=shots, max_false_accept=max_false_accept,
-            augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
+            commands=commands, shots=shots,
+            max_false_accept=DEFAULT_MAX_FALSE_ACCEPT if max_false_accept is None
+            else max_false_accept, augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
             negatives=tuple(str(Path(p).resolve()) for p in negatives),
             negative_clips=tuple(extra), spell_others=spell_others))
+
+
+def system_task_metrics(system: Recognizer, waves: list[torch.Tensor], clips: list,
+                        report: dict) -> dict[str, dict]:
+    """Every head's metrics (``multitask.task_metrics``), the command task's accuracy being
+    ``report``'s: the system's own decision (after rejection, with a combined model's prior),
+    not its head's bare argmax, so the two figures of one clip set never disagree."""
+    tasks = task_metrics(system.task_model(), waves, clips)
+    if PRIMARY_TASK in tasks:
+        tasks[PRIMARY_TASK].update(n=report["n"], accuracy=report["accuracy"])
+    return tasks
 
 
 def system_info(summary: dict) -> dict:
@@ -1033,7 +1049,7 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
                                                       "seconds_per_clip", "threshold", "open_set")
                                if k in report}
             if system.task_model() is not None:
-                summary["test"]["tasks"] = task_metrics(system.task_model(), test_w, test)
+                summary["test"]["tasks"] = system_task_metrics(system, test_w, test, report)
         else:  # the system is trained: saved unscored rather than lost
             LOGGER.warning("no usable clips left in the test set (%d skipped): the model is "
                            "saved without a test report", len(skipped))
@@ -1088,7 +1104,7 @@ def eval_job(model_dir: str | Path, data: str | Path, report_dir: str | Path | N
     report = evaluate_system(system, waves, [c.label for c in kept])
     report["skipped"] = skipped_records(ds.skipped + unlabeled + skipped)
     if system.task_model() is not None:
-        report["tasks"] = task_metrics(system.task_model(), waves, kept)
+        report["tasks"] = system_task_metrics(system, waves, kept, report)
     if report_dir:
         write_report(report, Path(report_dir), "eval_report", f"Evaluation on {data}")
     return report

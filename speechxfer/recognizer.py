@@ -313,7 +313,9 @@ class Recognizer:
 
     def predictions(self, probs: np.ndarray) -> list[Prediction]:
         """A Prediction per row: the decided label, its probability (for a rejection the model
-        has no column for, the rejected command's) and every label's probability."""
+        has no column for, the rejected command's) and every label's probability, also as the
+        command task's (every kind answers ``tasks["command"]``, a classifier's other heads
+        beside it)."""
         out = []
         for row, label in zip(probs, self.decide(probs)):
             dist = {lab: float(p) for lab, p in zip(self.labels, row)}
@@ -321,7 +323,7 @@ class Recognizer:
                 label_p = max(p for lab, p in dist.items() if is_command(lab))
             else:
                 label_p = dist[label]
-            out.append(Prediction(label, label_p, dist))
+            out.append(Prediction(label, label_p, dist, {"command": dict(dist)}))
         return out
 
     def predict(

@@ -241,3 +241,30 @@ def test_eval_shows_progress_on_a_terminal_only(svm, small_fsdd, monkeypatch, ca
     assert main(["eval", str(svm), "--data", str(small_fsdd), "--json"]) == piped == 0
     assert "scoring" in terminal.getvalue() and "scoring" not in in_log.err
     assert json.loads(capsys.readouterr().out) == json.loads(in_log.out)  # slices change nothing
+
+
+def test_task_lines_say_over_which_clips_each_figure_is(capsys):
+    """An accuracy over the 18 clips of known speakers is not read as over all 24, and a task
+    with no figure to compute says why rather than printing nothing after the colon."""
+    from speechxfer.cli import _print_tasks
+
+    _print_tasks({"speaker": {"kind": "single", "n": 24, "n_known": 18, "accuracy": 0.5,
+                              "n_unseen": 6},
+                  "voice": {"kind": "single", "n": 6, "n_known": 0, "n_unseen": 6}})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("  speaker (single, 24 labelled clips): n_known 18  accuracy 0.5000  "
+                        "n_unseen 6")
+    assert lines[1] == "  voice (single, 6 labelled clips): n_known 0  n_unseen 6"
+
+
+@pytest.mark.parametrize("tasks", [["speaker:single", "speaker:embedding"],
+                                   ["speaker", "speaker"], ["command", "command:single"]])
+def test_a_task_given_twice_is_refused(tasks, tmp_path, capsys):
+    """`--task speaker:single --task speaker:embedding` trained an embedding head alone and
+    recorded tasks [command, speaker, speaker]: refused before any data is read."""
+    args = [a for t in tasks for a in ("--task", t)]
+    assert main(["train", "--data", str(tmp_path / "none"), *args,
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert f"--task {tasks[0].partition(':')[0]}: given more than once" in err
+    assert not (tmp_path / "m").exists()

@@ -393,3 +393,38 @@ def test_per_class_trains_a_readable_clip_where_a_corrupt_one_was_drawn(make_fsd
     (noise / "fan.wav").symlink_to(tmp_path / "gone.wav")
     with pytest.raises(AudioError, match=r"fan\.wav: a broken symbolic link"):
         jobs.augment_options(True, noise, None, 0)
+
+
+def test_the_command_task_figure_is_the_systems_decision_not_the_heads_argmax():
+    """With a threshold every command is rejected, so every `_unknown_` clip is right: the
+    command task's accuracy (beside the speaker head's) is the headline's, not the bare argmax's
+    of a head that often puts a command first (a combined model's prior is likewise counted)."""
+    import torch
+
+    from speechxfer.encoders import build_encoder
+    from speechxfer.model import CommandClassifier
+
+    torch.manual_seed(0)
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                              {"command": ["_unknown_", "no", "yes"], "speaker": ["a", "b"]}).eval()
+    model.threshold = 1.0 + 1e-9  # rejects every command
+    waves = [torch.randn(8000) * 0.1 for _ in range(8)]
+    clips = [Clip(Path(f"{i}.wav"), {"command": "_unknown_", "speaker": "ab"[i % 2]}, "ab"[i % 2])
+             for i in range(8)]
+    report = jobs.evaluate_system(model, waves, [c.label for c in clips])
+    assert report["accuracy"] == 1.0
+    argmax = model.predict_proba(waves).argmax(1)
+    assert (argmax != 0).any()  # the head alone gets some wrong
+    tasks = jobs.system_task_metrics(model, waves, clips, report)
+    assert tasks["command"]["accuracy"] == 1.0 and tasks["command"]["n"] == 8
+    assert set(tasks["speaker"]) >= {"accuracy", "n_known"}
+
+
+def test_max_false_accept_on_data_with_nothing_to_reject_is_refused(small_fsdd, tmp_path,
+                                                                      capsys):
+    """Digits alone have no _unknown_ or _silence_ clip: the rate was silently ignored and the
+    model saved without a threshold; refused now, nothing written."""
+    assert main(["train", "--data", str(small_fsdd), "--strategy", "svm", "--max-false-accept",
+                 "0.1", "--out", str(tmp_path / "m")]) == 2
+    assert "--max-false-accept 0.1:" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()

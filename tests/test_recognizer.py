@@ -81,6 +81,16 @@ def test_predict_batch_names_the_bad_clip_and_refuses_one_clip(folders, waves, f
         system.predict(np.zeros(16_000, np.float32), sample_rate=16_000)
 
 
+@pytest.mark.parametrize("folder", ["neural", "zero-shot", "generative", "combined", "svm"])
+def test_every_kind_answers_the_command_task_in_predict_json(folders, waves, folder):
+    """`predict --json` of a neural model had tasks.command, the default (combined) and every
+    other kind an empty tasks: a client reading tasks["command"] broke on a change of model."""
+    pred = load(folders["root"] / folder, "cpu").predict_batch(waves[:1], sample_rate=16_000)[0]
+    answer = pred.to_dict()
+    assert set(answer) == {"label", "probability", "probabilities", "tasks", "embeddings"}
+    assert answer["tasks"] == {"command": answer["probabilities"]}
+
+
 def test_predict_refuses_a_list_of_clips(folders, waves, fsdd):
     """predict([a, b]) of two equal-length clips averaged them as one clip's channels and
     labelled the mix, with no error; a list of paths was said to need a sample rate."""

@@ -50,7 +50,7 @@ import torch
 from scipy.stats import binomtest
 
 from speechxfer.augment import AugmentConfig, Augmenter
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import load_dataset, load_waves, per_class
 from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import Clip
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import eer_of_pairs

@@ -40,7 +40,7 @@ from safetensors.numpy import load_file
 
 from speechxfer.audio import Clip
 from speechxfer.classic import build_classic
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips

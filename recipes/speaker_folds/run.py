@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score

@@ -54,7 +54,7 @@ import torch
 from speechxfer.audio import batch_waves, batches_by_length
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.classic import build_classic
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from speechxfer.audio import Clip
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.cli import main as cli
 from speechxfer.data import DatasetError
 from speechxfer.jobs import finished_run

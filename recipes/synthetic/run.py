@@ -46,7 +46,7 @@ import torch
 from speechxfer import CommandClassifier
 from speechxfer.audio import batch_waves
 from speechxfer.augment import synthetic_noise
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import load
-from speechxfer.cli import _bounded as bounded
+from speechxfer.cli import bounded
 from speechxfer.decoder.combined import CombinedRecognizer, choose_weight, combine_log_linear
 from speechxfer.decoder.generative import DecoderCache, GenerativeRecognizer
 from speechxfer.decoder.scoring import ZeroShotRecognizer
