@@ -1001,8 +1001,9 @@ def train_job(
             lr_encoder=lr_encoder, lr_head=lr_head, batch_size=batch_size,
             head_options=head_options, task_weights=task_weights, evaluate=evaluate,
             commands=commands, shots=shots,
-            max_false_accept=DEFAULT_MAX_FALSE_ACCEPT if max_false_accept is None
-            else max_false_accept, augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
+            max_false_accept=(DEFAULT_MAX_FALSE_ACCEPT if max_false_accept is None
+                              else max_false_accept),
+            augment=augment_spec, keep=keep, speaker_speeds=tuple(speaker_speeds),
             negatives=tuple(str(Path(p).resolve()) for p in negatives),
             negative_clips=tuple(extra), spell_others=spell_others))
 
