@@ -23,6 +23,7 @@ from speechxfer.audio import SAMPLE_RATE
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
 from speechxfer.jobs import bundled, default_data
+from speechxfer.log import run_script
 
 FSDD = bundled("fsdd")
 
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from speechxfer.audio import SAMPLE_RATE, batch_waves, load
+from speechxfer.log import run_script
 
 FSDD = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
 LABELS = [str(d) for d in range(10)]
@@ -164,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -29,6 +29,7 @@ import torch
 from speechxfer import CommandClassifier
 from speechxfer.audio import SAMPLE_RATE
 from speechxfer.encoders import build_encoder
+from speechxfer.log import run_script
 
 CLIP_SECONDS = 1.0  # a typical spoken command
 WARMUP_RUNS = 3
@@ -225,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,6 +11,7 @@ import resource
 import time
 
 from speechxfer.jobs import train_job
+from speechxfer.log import run_script
 from speechxfer.recognizer import is_model_folder
 from speechxfer.store import StoreError, check_replaceable
 
@@ -39,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -19,6 +19,7 @@ from speechxfer import load_model
 from speechxfer.audio import AudioError
 from speechxfer.data import DatasetError
 from speechxfer.detect import VAD_FRAME, Detector, SileroVAD
+from speechxfer.log import run_script
 from speechxfer.recognizer import ModelError
 from speechxfer.streameval import CHUNK_S, build_stream
 
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -20,6 +20,8 @@ import json
 import math
 from pathlib import Path
 
+from speechxfer.log import run_script
+
 # The model (eval-stream names it; older reports do not) and the detector options that change
 # which utterances a threshold lets through: the reports of one system agree on them.
 SYSTEM_KEYS = ("model", "threshold", "pad_s", "filler_margin", "filler_below")
@@ -131,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

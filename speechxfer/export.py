@@ -34,6 +34,7 @@ from torch import nn
 from .audio import SAMPLE_RATE, batches_by_length
 from .decoder.combined import FAST_FOLDER, CombinedRecognizer, source_fingerprint
 from .decoder.scoring import ZeroShotRecognizer
+from .encoders.registry import weights_identity
 from .encoders.whisper import (
     DYNAMIC_RANGE,
     HOP_SAMPLES,
@@ -56,7 +57,7 @@ from .recognizer import (
     is_model_folder,
     read_config,
 )
-from .store import atomic_folder
+from .store import atomic_folder, check_replaceable
 from .vocab import SILENCE, UNKNOWN
 
 KIND = "onnx"
@@ -439,16 +440,21 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
            shortlist: torch.Tensor | None = None,
            min_agreement: float | None = None,
            fingerprint: str | None = None,
-           digest: str | None = None) -> tuple[Path, Parity | None]:
+           digest: str | None = None, part: bool = False,
+           weights: dict | None = None) -> tuple[Path, Parity | None]:
     """Export ``system`` to the folder ``out`` (model.onnx + config.json), written whole or not
     at all; with ``check_waves`` the parity against the torch system is measured on them before
     the folder is swapped in, and stored in its config; below ``min_agreement`` label
     agreement it is an ExportError and ``out`` is left as it was. ``fingerprint``: the source
     folder's ``source_fingerprint``, stored for a fast path to be found stale by. ``digest``:
     the source folder's ``ensemble.system_digest``, stored so that an ensemble can tell the
-    export from the model it was made from (the two together would count one system twice)."""
+    export from the model it was made from (the two together would count one system twice).
+    ``part``: ``out`` is a part of the saved system it lies in (its fast path); any other folder
+    inside a saved system is refused, as it would change that system. ``weights``: the
+    ``registry.weights_identity`` of the installed Whisper weights the system loaded and no
+    source file holds, stored for a fast path to be found stale by too."""
     out = Path(out)
-    with atomic_folder(out, is_model_folder) as folder:
+    with atomic_folder(out, is_model_folder, part) as folder:
         window = export_graph(system, folder / GRAPH, int8, shortlist)
         source = {"kind": system.model_kind}
         encoder = system.head.encoder if isinstance(system, CombinedRecognizer) else system.encoder
@@ -457,6 +463,8 @@ def export(system: Recognizer, out: str | Path, int8: bool = False,
             source["fingerprint"] = fingerprint
         if digest is not None:
             source["digest"] = digest
+        if weights is not None:
+            source["weights"] = weights
         config = {**OnnxRecognizer.config_header(), "labels": list(system.labels),
                   "sample_rate": system.sample_rate, "window": window, "int8": int8, "opset": OPSET,
                   "graph_id": graph_id(folder / GRAPH),
@@ -502,6 +510,7 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
         raise ExportError(f"{out}: is, holds or lies inside the model folder {model_dir}, which "
                           "the export would replace or change; export to another folder "
                           "(--fast writes MODEL/fast)")
+    check_replaceable(out, is_model_folder)  # before the model loads and the clips are read
     system = load(model_dir, "cpu")
     try:
         _graph_of(system)  # before any parity clip is read; the error names the model
@@ -557,4 +566,5 @@ def write_fast_path(model_dir: str | Path, data: str | Path | None = None,
     return export(system, model_dir / FAST_FOLDER, int8=True,
                   check_waves=[waves[i] for i in order[half:]], shortlist=shortlist,
                   min_agreement=FAST_MIN_AGREEMENT,
-                  fingerprint=source_fingerprint(model_dir, read_config(model_dir)))[1]
+                  fingerprint=source_fingerprint(model_dir, read_config(model_dir)), part=True,
+                  weights=weights_identity(system.zero.encoder_name))[1]

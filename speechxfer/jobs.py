@@ -43,6 +43,8 @@ from .decoder.scoring import (
     MAX_UNKNOWN_SPELLINGS,
     UNKNOWN_SCORE,
     ZeroShotRecognizer,
+    check_distinct_spellings,
+    default_spellings,
     other_spellings,
 )
 from .encoders import build_encoder
@@ -989,6 +991,12 @@ def train_job(
                                    tuple(tasks))
         pool = split.train + (split.validation if per_class_n else [])  # ``Run.pools``
         check_trainable(ds, split, pool, commands)
+        if strategy in DECODER_STRATEGIES:  # now, not when the prior is built after the head
+            try:
+                check_distinct_spellings({lab: default_spellings(lab) for lab in
+                                          decoder_labels(pool) if is_command(lab)})
+            except ValueError as err:
+                raise DatasetError(f"{ds.location}: {err}") from None
         warn_keeps_all(pool if per_class_n else split.train, per_class_n, shots)
         if shots:
             split = replace(split, train=keep_shots(split.train, shots, seed))

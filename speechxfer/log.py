@@ -6,7 +6,9 @@ one line per epoch instead of thousands of progress-bar fragments:
 
 - progress bars only when stderr is a terminal (tqdm's ``disable=None``), never when quiet;
 - INFO: one line per epoch, skipped clips; DEBUG (``--verbose``): timings and other detail;
-- ``--quiet``: errors only, so only the results are printed.
+- ``--quiet``: errors only, so only the results are printed;
+- Ctrl-C: one line and exit status 130, not a traceback (the CLI's ``main``; ``run_script`` for
+  recipes and benchmarks).
 
 As a library the logger stays silent below WARNING until the application configures logging
 (``configure()`` or ``logging.basicConfig(level=logging.INFO)``).
@@ -14,9 +16,11 @@ As a library the logger stays silent below WARNING until the application configu
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tqdm.auto import tqdm
 
@@ -67,3 +71,18 @@ def configure(verbosity: int = NORMAL) -> None:
 def progress(iterable: Iterable, desc: str, **kwargs) -> tqdm:
     """A transient progress bar over ``iterable``: drawn on a terminal only, never when quiet."""
     return tqdm(iterable, desc=desc, leave=False, disable=True if _quiet else None, **kwargs)
+
+
+def run_script(main: Callable[[], object]) -> None:
+    """Run a recipe's or benchmark's ``main`` and end a Ctrl-C as the ``speechxfer`` command does:
+    one line naming the script, exit status 130. Scripts write their results only when done (a
+    cut run's ``*_partial`` files aside), so the folders hold what they held before."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        script = os.path.relpath(inspect.getfile(main))
+        if script.startswith(".."):  # run from elsewhere: the full path says which script
+            script = os.path.abspath(script)
+        print(f"{script}: interrupted; output folders and results are as they were",
+              file=sys.stderr)
+        raise SystemExit(130) from None

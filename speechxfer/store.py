@@ -84,10 +84,17 @@ def recover(directory: str | Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def check_replaceable(directory: str | Path, owned: Callable[[Path], bool]) -> None:
+def check_replaceable(directory: str | Path, owned: Callable[[Path], bool],
+                      part: bool = False) -> None:
     """Refuse to replace what no save of ours wrote: a file, or a folder of other files that
-    ``owned`` does not recognise (an empty folder is fine)."""
+    ``owned`` does not recognise (an empty folder is fine); and a folder inside a saved one of
+    the same kind (its config.json recognised by ``owned``), which it would change: MODEL/head
+    is a part of MODEL. ``part``: ``directory`` is a part its owner writes (MODEL/fast)."""
     directory = _absolute(Path(directory))
+    parent = directory.parent
+    if not part and (parent / "config.json").is_file() and owned(parent):
+        raise StoreError(f"{directory}: lies inside the saved folder {parent}, which writing it "
+                         "would change; choose a folder outside it")
     if not directory.exists():
         return
     if not directory.is_dir():
@@ -102,13 +109,15 @@ def check_replaceable(directory: str | Path, owned: Callable[[Path], bool]) -> N
 
 
 @contextmanager
-def atomic_folder(directory: str | Path, owned: Callable[[Path], bool]) -> Iterator[Path]:
+def atomic_folder(directory: str | Path, owned: Callable[[Path], bool],
+                  part: bool = False) -> Iterator[Path]:
     """Yield an empty folder to fill; when the block ends without error it replaces
     ``directory`` whole (on error it is removed and ``directory`` is left as it was).
 
     ``owned`` tells an existing folder this kind of save wrote (only such a folder, or an
-    empty one, is replaced). A folder opened inside another ``atomic_folder`` is written in
-    place: the outer swap already makes it appear at once.
+    empty one, is replaced; ``part``: see ``check_replaceable``). A folder opened inside
+    another ``atomic_folder`` is written in place: the outer swap already makes it appear at
+    once.
     """
     directory = _absolute(Path(directory))
     if any(b == directory or b in directory.parents for b in _building):
@@ -116,7 +125,7 @@ def atomic_folder(directory: str | Path, owned: Callable[[Path], bool]) -> Itera
         yield directory
         return
     recover(directory)
-    check_replaceable(directory, owned)
+    check_replaceable(directory, owned, part)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

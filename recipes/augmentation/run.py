@@ -56,6 +56,7 @@ from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import bundled
+from speechxfer.log import run_script
 from speechxfer.model import CommandClassifier
 from speechxfer.openset import DEFAULT_MAX_FALSE_ACCEPT, decide
 from speechxfer.train import FeatureCache, TrainConfig, default_epochs, fit, masked_features
@@ -399,4 +400,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

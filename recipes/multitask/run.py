@@ -42,6 +42,7 @@ from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import eer_of_pairs
 from speechxfer.jobs import read_clips
+from speechxfer.log import run_script
 from speechxfer.model import CommandClassifier
 from speechxfer.multitask import MULTI_TASK, make_concatenations, multilabel_micro_f1
 from speechxfer.train import FeatureCache, TrainConfig, fit, frozen_blocks, pick_device
@@ -471,4 +472,4 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

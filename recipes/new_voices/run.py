@@ -28,6 +28,7 @@ from speechxfer.audio import SAMPLE_RATE
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
 from speechxfer.jobs import bundled, default_data, finished_run
+from speechxfer.log import run_script
 
 HERE = Path(__file__).resolve().parent
 PATHS = ("fast path", "torch", "head alone")
@@ -115,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -44,6 +44,7 @@ from speechxfer.cli import bounded
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
 from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips
+from speechxfer.log import run_script
 from speechxfer.model import CommandClassifier
 from speechxfer.recognizer import Recognizer
 from speechxfer.train import FeatureCache, TrainConfig, fit, frozen_blocks, pick_device
@@ -366,4 +367,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -37,6 +37,7 @@ from speechxfer.jobs import (
     mean_std,
     train_job,
 )
+from speechxfer.log import run_script
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.train import (
     FeatureCache,
@@ -231,4 +232,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

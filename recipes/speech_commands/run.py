@@ -59,6 +59,7 @@ from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
+from speechxfer.log import run_script
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.openset import (
     DEFAULT_MAX_FALSE_ACCEPT,
@@ -623,4 +624,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -38,6 +38,7 @@ from speechxfer.cli import bounded
 from speechxfer.cli import main as cli
 from speechxfer.data import DatasetError
 from speechxfer.jobs import finished_run
+from speechxfer.log import run_script
 from speechxfer.vocab import load_with_silence
 
 HERE = Path(__file__).resolve().parent
@@ -205,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

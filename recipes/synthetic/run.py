@@ -51,6 +51,7 @@ from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
+from speechxfer.log import run_script
 from speechxfer.openset import acceptance
 from speechxfer.synth import SynthConfig, distractors, synthesise
 from speechxfer.train import FeatureCache, TrainConfig, default_epochs, fit, frozen_blocks
@@ -531,4 +532,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -38,6 +38,7 @@ from speechxfer.decoder.generative import DecoderCache, GenerativeRecognizer
 from speechxfer.decoder.scoring import ZeroShotRecognizer
 from speechxfer.decoder.transcribe import text_to_label, transcribe
 from speechxfer.encoders.registry import WHISPER_DEFAULT_WINDOW, build_whisper
+from speechxfer.log import run_script
 from speechxfer.model import CommandClassifier
 from speechxfer.recognizer import softmax
 from speechxfer.train import FeatureCache, TrainConfig, fit, fit_generative, forward_cached
@@ -348,4 +349,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..audio import batch_waves, batches_by_length
+from ..encoders.registry import weights_identity
 from ..heads import check_real
 from ..log import LOGGER
 from ..model import KIND as NEURAL_KIND
@@ -194,7 +195,7 @@ class CombinedRecognizer(Recognizer):
         system.load_rejection(config, directory)
         system.info = info_from(config)
         if torch.device(device).type == "cpu":
-            system.fast = fast_path(directory, system.labels, config)
+            system.fast = fast_path(directory, system.labels, config, system.zero.encoder_name)
         return system
 
 
@@ -210,11 +211,14 @@ def source_fingerprint(directory: Path, config: dict) -> str:
     return digest.hexdigest()
 
 
-def fast_path(directory: Path, labels: list[str], config: dict) -> Recognizer | None:
+def fast_path(directory: Path, labels: list[str], config: dict,
+              encoder: str) -> Recognizer | None:
     """The exported graph in ``directory/fast`` when it can run here: ONNX Runtime installed and
     ``SPEECHXFER_TORCH`` not "1". A broken, mismatched or stale one (exported from another head
-    or prior: ``source_fingerprint``) is logged and passed over: the torch system beside it
-    gives the answers, only slower."""
+    or prior: ``source_fingerprint``; or from other installed weights of the prior's Whisper
+    ``encoder``, which zero_shot/ does not hold: ``weights_identity``, in fast paths written
+    since it was recorded) is logged and passed over: the torch system beside it gives the
+    answers, only slower."""
     folder = directory / FAST_FOLDER
     if (os.environ.get(TORCH_ONLY_ENV) == "1" or not (folder / "config.json").is_file()
             or importlib.util.find_spec("onnxruntime") is None):
@@ -228,6 +232,11 @@ def fast_path(directory: Path, labels: list[str], config: dict) -> Recognizer | 
         if written_for is not None and written_for != source_fingerprint(directory, config):
             raise ModelError(f"{folder}: stale, exported before the head or prior beside it "
                              f"changed (speechxfer export {directory} --fast writes a new one)")
+        baked = source.get("weights") if isinstance(source, dict) else None
+        if baked is not None and baked != weights_identity(encoder):
+            raise ModelError(f"{folder}: stale, exported with other installed {encoder} weights "
+                             f"({baked!r:.120}) than now (speechxfer export {directory} --fast "
+                             "writes a new one)")
         fast = load(folder, "cpu")
     except (ModelError, OSError) as err:
         LOGGER.warning("%s; predicting with torch", err)

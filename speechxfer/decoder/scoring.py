@@ -85,6 +85,20 @@ def default_spellings(label: str) -> list[str]:
     return [" ".join(nfc(label).replace("_", " ").split()) or label]
 
 
+def check_distinct_spellings(aliases: dict[str, list[str]]) -> None:
+    """Refuse two labels sharing a spelling (stripped and case-folded: " Eight" is scored for
+    "eight" too). A clip of it would score both columns alike, so the decoder could never tell
+    them apart: "lights_on" beside "lights on", "Yes" beside "yes", "8" beside "eight"."""
+    owner: dict[str, str] = {}
+    for label, spellings in aliases.items():
+        for spelling in spellings:
+            key = spelling.strip().lower()
+            other = owner.setdefault(key, label)
+            if other != label:
+                raise ValueError(f"labels {other!r} and {label!r} share the spelling {key!r}: the "
+                                 "decoder cannot tell them apart (merge or rename one of them)")
+
+
 def other_spellings(words: list[str], commands: list[str],
                     encoder: str) -> tuple[list[str], list[str]]:
     """``_unknown_``'s spellings for the other ``words`` said beside ``commands``, and the
@@ -231,6 +245,7 @@ class ZeroShotRecognizer(Recognizer):
         given = {nfc(lab): [nfc(a) for a in al] for lab, al in (aliases or {}).items()}
         self.aliases = {lab: given[nfc(lab)] if nfc(lab) in given else default_spellings(lab)
                         for lab in self.labels if is_command(lab)}
+        check_distinct_spellings(self.aliases)
         if given.get(UNKNOWN):
             if UNKNOWN not in self.labels:
                 raise ValueError(f"aliases of {UNKNOWN!r} (other words) need it among the labels")

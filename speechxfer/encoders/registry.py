@@ -7,6 +7,7 @@ Weights only ever come from installed packages or the local cache; nothing is do
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 from collections.abc import Callable
@@ -239,6 +240,22 @@ def build_whisper(name: str, pretrained: bool = True, window: str = "30s") -> Wh
     if pretrained:
         _load(model, _whisper_state(spec))
     return model.eval()
+
+
+def weights_identity(name: str) -> dict:
+    """What tells the installed weights of a Whisper model apart, without reading them: the
+    versions of the packages carrying them, the size of their ``model.bin`` and the converted
+    cache's format. A graph baked from them (a combined model's fast path) stores it, so one
+    baked from other weights is found stale."""
+    spec = _whisper_spec(name)
+    versions = {}
+    for package in spec.packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"encoder": spec.name, "packages": versions, "format": ct2.CACHE_FORMAT,
+            "size": (spec.weight_source() / "model.bin").stat().st_size}
 
 
 def load_tokenizer(name: str) -> Tokenizer:
