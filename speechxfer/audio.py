@@ -72,6 +72,14 @@ class Clip:
         return self.labels.get("command")
 
 
+def audio_files(folder: Path) -> list[Path]:
+    """The entries of ``folder`` named as audio, sorted, broken links included: reading
+    reports those (left out here, a dangling or looping symlink's clip would vanish from a run
+    without a word)."""
+    return sorted(p for p in folder.iterdir()
+                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
 def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> torch.Tensor:
     """Samples as [time] or [time, channels] (or [channels, time]) -> mono float32 tensor.
 

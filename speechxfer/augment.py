@@ -30,7 +30,16 @@ from speechbrain.augment.freq_domain import SpectrogramDrop
 from speechbrain.augment.time_domain import AddNoise, SpeedPerturb, pink_noise_like
 from speechbrain.processing.signal_processing import reverberate
 
-from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, SILENCE_PEAK, AudioError, Clip, as_mono, resample
+from .audio import (
+    AUDIO_SUFFIXES,
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    AudioError,
+    Clip,
+    as_mono,
+    audio_files,
+    resample,
+)
 
 # speechbrain's pink_noise_like shapes the amplitude spectrum by 1/f**alpha: alpha 0.5 gives a
 # 1/f power spectrum (pink), alpha 1 gives 1/f**2 (brown).
@@ -99,8 +108,7 @@ def noise_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise AudioError(folder, "noise folder not found")
-    files = sorted(p for p in folder.iterdir()
-                   if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = audio_files(folder)
     if not files:
         raise AudioError(folder, f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in it")
     for path in files:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
+from .audio import AUDIO_SUFFIXES, AudioError, Clip, audio_files, load
 from .log import LOGGER
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -80,13 +80,6 @@ class Dataset:
         return sorted({c.speaker for c in self.clips if c.speaker is not None})
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    """Entries named as audio, broken links included: reading reports them (left out here, a
-    dangling or looping symlink's clip vanished from the run without a word)."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
-
-
 def load_dataset(path: str | Path) -> Dataset:
     """Find the layout of ``path`` and list its clips (audio is read later, by ``load_waves``)."""
     path = Path(path)
@@ -100,15 +93,15 @@ def load_dataset(path: str | Path) -> Dataset:
         if (path / name).is_file():
             return _from_manifest(path / name)
     flat_root = path / "recordings" if (path / "recordings").is_dir() else path
-    flat = _audio_files(flat_root)
+    flat = audio_files(flat_root)
     bad = [p for p in flat if not FSDD_NAME.match(p.stem)]
     label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and d != flat_root
                   and (d.name == UNKNOWN_DIR or not d.name.startswith(("_", ".")))
-                  and _audio_files(d)]
+                  and audio_files(d)]
     if flat and (not bad or (not label_dirs and 2 * len(bad) <= len(flat))):
         data = _from_fsdd(flat_root, flat)
         for d in label_dirs:
-            problem = (f"{len(_audio_files(d))} audio file(s) in a folder beside "
+            problem = (f"{len(audio_files(d))} audio file(s) in a folder beside "
                        "{label}_{speaker}_{take} files, not read: one layout a dataset")
             data.skipped.append((str(d), problem))
         return data
@@ -168,7 +161,7 @@ def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
     none of whose lines names a file is a DatasetError."""
     clips, skipped = [], []
     for d in label_dirs:
-        for p in _audio_files(d):
+        for p in audio_files(d):
             m = SPEECH_COMMANDS_SPEAKER.match(p.name)
             speaker = nfc(m["speaker"]) if m else None
             labels = {"command": nfc(d.name)} | ({"speaker": speaker} if speaker else {})

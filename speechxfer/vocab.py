@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from .audio import AUDIO_SUFFIXES, Clip
+from .audio import Clip, audio_files
 from .data import Dataset, DatasetError, load_dataset, nfc
 from .log import LOGGER
 
@@ -48,13 +48,9 @@ def parse_commands(text: str) -> list[str]:
 
 
 def _silence_files(root: Path) -> list[Path]:
-    """Entries named as audio, broken links included, as ``data`` lists a label folder: reading
-    reports them as skipped (left out here, such a clip vanished from the run without a word)."""
+    """The ``_silence_/`` folder's audio, listed as a label folder is (``audio.audio_files``)."""
     folder = root / SILENCE_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return audio_files(folder) if folder.is_dir() else []
 
 
 def with_silence(dataset: Dataset) -> Dataset:
