@@ -5,7 +5,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+
+from speechxfer.audio import Clip
 
 RUN = Path(__file__).resolve().parents[1] / "recipes" / "new_voices" / "run.py"
 spec = importlib.util.spec_from_file_location("new_voices_run", RUN)
@@ -49,13 +53,44 @@ def test_a_seed_given_twice_is_refused(monkeypatch, no_training):
     assert exit_.value.code == 2
 
 
-@pytest.mark.parametrize("seeds, stem", [(["0"], "results"), (["0", "1"], "results_seeds-0-1")])
-def test_results_are_named_by_the_seeds(tmp_path, monkeypatch, seeds, stem):
-    """Only seed 0's run writes results.json: the five-seed figures must not be replaced."""
+@pytest.mark.parametrize("options, stem", [
+    (["--seeds", "0"], "results"), (["--seeds", "0", "1"], "results_seeds-0-1"),
+    (["--channel-rate", "8000"], "results_channel-8000"),
+    (["--seeds", "0", "1", "--channel-rate", "8000"], "results_seeds-0-1_channel-8000")])
+def test_results_are_named_by_the_options(tmp_path, monkeypatch, options, stem):
+    """Only the default run writes results.json: the five-seed figures must not be replaced."""
     monkeypatch.setattr(run, "train", lambda args, folder, data, held: folder)
-    monkeypatch.setattr(run, "right", lambda folder, clips: dict.fromkeys(run.PATHS, len(clips)))
+    monkeypatch.setattr(run, "right",
+                        lambda folder, clips, rate: dict.fromkeys(run.PATHS, len(clips)))
     monkeypatch.setattr(run, "HERE", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "w"), "--seeds", *seeds])
+    monkeypatch.setattr(sys, "argv", ["run.py", "--work", str(tmp_path / "w"), *options])
     run.main()
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{stem}.json",
                                                                          f"{stem}.md"]
+
+
+def test_the_channel_removes_the_band_above_its_nyquist(tmp_path, monkeypatch):
+    """--channel-rate 8000 must score clips without energy above 4 kHz (FSDD's band)."""
+    heard = []
+
+    class System:
+        fast = object()
+        labels = tuple(str(d) for d in range(10))
+
+        def predict_proba(self, waves):
+            heard.extend(waves)
+            return np.eye(10)[[0] * len(waves)]
+
+    monkeypatch.setattr(run, "load_model", lambda folder: System())
+    rate = run.SAMPLE_RATE
+    t = np.arange(rate) / rate
+    clip = tmp_path / "0_x_0.wav"
+    sf.write(clip, (0.3 * np.sin(2 * np.pi * 440 * t) + 0.3 * np.sin(2 * np.pi * 6000 * t))
+             .astype(np.float32), rate)
+    clips = [Clip(path=clip, labels={"command": "0"}, speaker="x")]
+    for channel in (None, 8000):
+        heard.clear()
+        run.right(tmp_path, clips, channel)
+        spectrum = np.abs(np.fft.rfft(heard[0].numpy()))
+        high = spectrum[5000:7000].sum() / spectrum.sum()
+        assert (high > 0.3) if channel is None else (high < 0.05)  # from about half

@@ -2,7 +2,7 @@
 FSDD's four speakers and 38 Speech Commands speakers) against FSDD alone, on speakers that
 training never heard.
 
-    python recipes/new_voices/run.py [--work runs/new_voices] [--seeds 0 1 2]
+    python recipes/new_voices/run.py [--work runs/new_voices] [--seeds 0 1 2] [--channel-rate 8000]
 
 The 38 Speech Commands speakers are dealt, sorted, into two halves. Each fold is the main job
 holding one half out (``speechxfer train --test-speaker ...``, one flag per speaker of the half)
@@ -10,9 +10,11 @@ and scores that half; the FSDD-only model (``speechxfer train --data data/fsdd``
 Every figure is given for the int8 fast path ``predict`` uses, the torch system and the head
 alone, summed over the two halves (87 clips), per training seed and their mean (a seed draws
 the head's initialisation and batches; the validation takes are fixed). Nothing is chosen here:
-the runs are the defaults.
+the runs are the defaults. ``--channel-rate 8000`` scores the same folds on the clips heard
+through an 8-kHz channel (resampled down and back up), the band FSDD's recordings have.
 Writes results/results.json and results/results.md next to this file (seed 0), or
-results_seeds-0-1-2.{json,md} for other seeds, so a variant never replaces the default figures.
+results_seeds-0-1-2.{json,md} for other seeds and results_channel-8000.{json,md} for a channel,
+so a variant never replaces the default figures.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from speechxfer import load_model
-from speechxfer.audio import SAMPLE_RATE
+from speechxfer.audio import SAMPLE_RATE, resample
+from speechxfer.cli import bounded
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
 from speechxfer.jobs import bundled, default_data, finished_run
@@ -46,13 +49,17 @@ def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
     return folder
 
 
-def right(folder: Path, clips: list) -> dict[str, int]:
-    """Clips right under each path of the saved system in ``folder``."""
+def right(folder: Path, clips: list, channel_rate: int | None = None) -> dict[str, int]:
+    """Clips right under each path of the saved system in ``folder``, each clip heard through
+    a ``channel_rate`` channel first when one is given."""
     system = load_model(folder)
     if system.fast is None:
         raise SystemExit(f"{folder}: no fast path was written (its training printed why: ONNX "
                          "missing, or the parity check refused the graph)")
     waves, kept, _ = load_waves(clips, SAMPLE_RATE)
+    if channel_rate:
+        waves = [resample(resample(w, SAMPLE_RATE, channel_rate), channel_rate, SAMPLE_RATE)
+                 for w in waves]
     truth = np.array([system.labels.index(c.label) for c in kept])
     fast = system.predict_proba(waves)
     system.fast = None  # the same system on torch
@@ -67,11 +74,16 @@ def main() -> None:
                         help="the trained folds; a finished one is kept (a rerun resumes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
                         help="training seeds (default: 0)")
+    parser.add_argument("--channel-rate", type=bounded(int, 1000, SAMPLE_RATE - 1), metavar="HZ",
+                        help="hear every scored clip through a channel of this sample rate "
+                             "(resampled down and back up; 8000: FSDD's band)")
     args = parser.parse_args()
     if len(set(args.seeds)) < len(args.seeds):  # a seed twice would count its folds twice
         parser.error(f"--seeds: each seed once, got {args.seeds}")
-    # results named by the seeds unless the default's: a variant never replaces its figures
-    stem = "results" if args.seeds == [0] else f"results_seeds-{'-'.join(map(str, args.seeds))}"
+    # results named by the options unless the default's: a variant never replaces its figures
+    parts = ([] if args.seeds == [0] else [f"seeds-{'-'.join(map(str, args.seeds))}"]) + (
+        [f"channel-{args.channel_rate}"] if args.channel_rate else [])
+    stem = "_".join(["results", *parts])
     fsdd_set = load_dataset(bundled("fsdd"))
     fsdd, fsdd_data = set(fsdd_set.speakers), Path(fsdd_set.location)
     clips = [c for c in load_dataset(default_data()).clips if c.speaker not in fsdd]
@@ -89,13 +101,13 @@ def main() -> None:
             fold = train([a for s in half for a in ("--test-speaker", s)] + ["--seed", str(seed)],
                          args.work / f"half{k}{suffix}", default_data(), half)
             for name, folder in zip(names, (fold, fsdd_only)):
-                for path, n in right(folder, held).items():
+                for path, n in right(folder, held, args.channel_rate).items():
                     rows[name][path] += n
         for name in names:
             for path in PATHS:
                 accuracy[name][path][str(seed)] = rows[name][path] / len(clips)
     results = {"n_clips": len(clips), "n_speakers": len(speakers), "halves": halves,
-               "seeds": args.seeds,
+               "seeds": args.seeds, "channel_rate": args.channel_rate,
                "accuracy": {name: {p: {"mean": float(np.mean(list(by_seed.values()))), **by_seed}
                                    for p, by_seed in acc.items()}
                             for name, acc in accuracy.items()}}
@@ -108,7 +120,8 @@ def main() -> None:
         seeds = [f"{by_seed[str(s)]:.3f}" for s in args.seeds]
         return f"{by_seed['mean']:.3f}" + (f" ({', '.join(seeds)})" if len(seeds) > 1 else "")
 
-    lines[0] += f"; seeds {', '.join(map(str, args.seeds))}"
+    lines[0] += f"; seeds {', '.join(map(str, args.seeds))}" + (
+        f"; heard through a {args.channel_rate}-Hz channel" if args.channel_rate else "")
     lines += [f"| {name} | " + " | ".join(cell(acc[p]) for p in PATHS) + " |"
               for name, acc in results["accuracy"].items()]
     (HERE / "results" / f"{stem}.md").write_text("\n".join(lines) + "\n")
