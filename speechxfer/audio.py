@@ -8,6 +8,8 @@ Policy (documented in the README):
 - clips longer than ``MAX_SECONDS`` are rejected rather than silently truncated: a command
   recogniser fed a 40-s recording is almost always a mistake worth reporting; a file's length
   is checked from its header, before anything is decoded;
+- a file cut short (a WAV's data chunk, or an MP3's Xing/Info frame count, announcing more than
+  the file holds) is rejected rather than read in part; streaming placeholders are not sizes;
 - for batching, clips are right-padded with zeros and their true lengths travel alongside,
   so pooling only sees real audio; ``crop_or_pad`` centre-crops when a fixed length is asked.
 """
@@ -17,9 +19,12 @@ from __future__ import annotations
 import io
 import math
 import numbers
-from collections.abc import Iterator
+import os
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -39,12 +44,18 @@ MAX_SAMPLE_RATE = 768_000  # Hz, the highest rate audio hardware records at
 # would need gigabytes, so past this size the rate is rounded to a multiple of RATE_STEP first.
 MAX_RESAMPLE_RATIO_PRODUCT = 10_000_000
 RATE_STEP = 50  # Hz
+# a WAV chunk size from here up is a streaming writer's "unknown length" (ffmpeg 0xFFFFFFFF,
+# arecord 0x7FFFFFFF, sox 0x7FFFF000), not a clip's finalised size (2 GiB of audio)
+WAV_PLACEHOLDER = 0x7F000000
 READ_BLOCK = 1 << 20  # samples decoded at a time (all channels), down-mixed before the next
 # integer PCM -> (offset, full scale), as soundfile reads WAV; 8-bit WAV is unsigned
 PCM_SCALE = {
     np.dtype(np.int8): (0, 2**7), np.dtype(np.uint8): (2**7, 2**7),
     np.dtype(np.int16): (0, 2**15), np.dtype(np.int32): (0, 2**31),
 }
+
+
+T = TypeVar("T")
 
 
 class AudioError(ValueError):
@@ -245,6 +256,11 @@ def _read_mono(file: str | io.BytesIO, source: str | Path) -> tuple[np.ndarray, 
     whole, so memory stays near one ``MAX_SECONDS`` mono clip.
     """
     with sf.SoundFile(file) as f:
+        # libsndfile reads what survives of a file cut short without a word: "seven" cut to
+        # "se" would be trained on or recognised as a whole clip (a cut FLAC fails to decode)
+        if (problem := _from_start(file, _wav_truncation)) is not None:
+            raise AudioError(source, problem)
+        mp3_frame = _from_start(file, _mp3_counted_frame) if f.format == "MP3" else 0
         rate = check_rate(f.samplerate, str(source))
         limit = int(MAX_SECONDS * rate)
         if f.frames > limit:
@@ -255,7 +271,82 @@ def _read_mono(file: str | io.BytesIO, source: str | Path) -> tuple[np.ndarray, 
             n += len(block)
             if n > limit:  # the header understated the length
                 raise AudioError(source, _too_long(n / rate))
+        if mp3_frame and n < f.frames - mp3_frame:  # a decoder may stop up to a frame short
+            raise AudioError(source, _cut_short(f"{f.frames / rate:.3f} s of audio",
+                                                f"{n / rate:.3f} s"))
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
+
+
+def _from_start(file: str | io.BytesIO, read: Callable[[BinaryIO, int], T]) -> T:
+    """``read(stream, size)`` over the file's bytes from its start; an upload, which soundfile
+    is reading too, gets its position back."""
+    if isinstance(file, io.BytesIO):
+        position = file.tell()
+        try:
+            size = file.seek(0, io.SEEK_END)
+            file.seek(0)
+            return read(file, size)
+        finally:
+            file.seek(position)
+    with open(file, "rb") as f:
+        return read(f, os.fstat(f.fileno()).st_size)
+
+
+def _cut_short(announced: str, held: str) -> str:
+    return (f"truncated: the header announces {announced}, the file holds {held}; was it cut "
+            "short while being written or copied?")
+
+
+def _wav_truncation(f: BinaryIO, size: int) -> str | None:
+    """Why a WAV is cut short (its data chunk announces more bytes than the file holds), or None.
+
+    Only a finalised header counts: streaming writers, which cannot seek back, leave placeholder
+    sizes (0, 0xFFFFFFFF, 0x7FFFFFFF, a RIFF size that covers no data); those files are read as
+    before. Other formats, and WAVs whose chunks do not parse, are left to libsndfile.
+    """
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    riff = struct.unpack(order + "I", head[4:8])[0]
+    position, bytes_per_second = 12, 0
+    while len(chunk := f.read(8)) == 8:
+        name, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+        start = position + 8
+        if name == b"fmt " and len(body := f.read(16)) == 16:
+            bytes_per_second = struct.unpack(order + "I", body[8:12])[0]
+        elif name == b"data":
+            held = size - start
+            finalised = (0 < length < WAV_PLACEHOLDER and 0 < riff < WAV_PLACEHOLDER
+                         and riff + 8 >= start + length)
+            if not finalised or length <= held:
+                return None
+            if not bytes_per_second:
+                return _cut_short(f"{length} bytes of audio", f"{held}")
+            return _cut_short(f"{length / bytes_per_second:.3f} s of audio ({length} bytes)",
+                              f"{held / bytes_per_second:.3f} s ({held} bytes)")
+        position = start + length + (length & 1)  # chunks are padded to an even size
+        f.seek(position)
+    return None
+
+
+def _mp3_counted_frame(f: BinaryIO, size: int) -> int:
+    """Samples per frame when the first MPEG frame is a Xing/Info tag with a frame count (LAME
+    and ffmpeg write one), else 0: the length soundfile reports is then the encoder's, not a
+    guess from the file's size, and a decode that ends short of it met the end of a file cut
+    short."""
+    head, start = f.read(10), 0
+    if len(head) == 10 and head[:3] == b"ID3":  # ID3v2: a syncsafe size, and maybe a footer
+        start = 10 + sum((b & 0x7F) << 7 * (3 - i) for i, b in enumerate(head[6:10]))
+        start += 10 if head[5] & 0x10 else 0
+    f.seek(start)
+    frame = f.read(4 + 2 + 32 + 8)
+    if len(frame) < 46 or frame[0] != 0xFF or frame[1] & 0xE6 != 0xE2:  # sync, layer III
+        return 0
+    mpeg1, mono = frame[1] & 0x18 == 0x18, frame[3] >> 6 == 3
+    side = 4 + (0 if frame[1] & 1 else 2) + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
+    counted = frame[side:side + 4] in (b"Xing", b"Info") and frame[side + 7] & 1
+    return (1152 if mpeg1 else 576) if counted else 0
 
 
 def crop_or_pad(wave: torch.Tensor, n_samples: int) -> torch.Tensor:

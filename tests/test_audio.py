@@ -1,4 +1,5 @@
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -8,12 +9,15 @@ import torch
 from speechxfer import audio
 from speechxfer.audio import (
     AudioError,
+    Clip,
     as_mono,
     batch_waves,
     crop_or_pad,
+    decode,
     load,
     to_mono_resampled,
 )
+from speechxfer.data import load_waves
 
 
 def test_load_resamples_real_clip(fsdd):
@@ -74,6 +78,63 @@ def test_integer_pcm_cast_to_float_is_refused_not_mislabelled(fsdd, tmp_path):
         load(tmp_path / "unscaled.wav")
     loud = as_int16 / 32768 * 50  # float audio well over full scale is still audio
     assert to_mono_resampled(loud, rate).abs().max() > 1
+
+
+def _with_sizes(wav: bytes, riff: int, data: int) -> bytes:
+    """A canonical 44-byte-header WAV with its RIFF and data chunk sizes replaced."""
+    assert wav[36:40] == b"data"
+    return wav[:4] + struct.pack("<I", riff) + wav[8:40] + struct.pack("<I", data) + wav[44:]
+
+
+def test_a_wav_cut_short_is_an_error_naming_it_not_its_first_half(fsdd, tmp_path):
+    """libsndfile read the surviving part without a word: "seven" cut to "se" was trained on
+    or recognised. Now training skips and reports it, and predict and uploads refuse it."""
+    whole = (fsdd / "7_jackson_0.wav").read_bytes()  # 0.432 s at 8 kHz, 16 bit
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: 44 + 3434])
+    problem = (r"truncated: the header announces 0\.432 s of audio \(6914 bytes\), the file "
+               r"holds 0\.215 s \(3434 bytes\)")
+    with pytest.raises(AudioError, match=rf"cut\.wav: {problem}"):
+        load(cut)
+    with pytest.raises(AudioError, match=rf"upload\.wav: {problem}"):
+        decode(cut.read_bytes(), "upload.wav")
+    clips = [Clip(fsdd / "7_jackson_0.wav", {"command": "7"}), Clip(cut, {"command": "7"})]
+    _, kept, skipped = load_waves(clips, 16_000)
+    assert kept == clips[:1] and skipped == [(str(cut), skipped[0][1])]
+    assert skipped[0][1].startswith("truncated: the header announces 0.432 s")
+
+
+@pytest.mark.parametrize("riff, data", [
+    (0xFFFFFFFF, 0xFFFFFFFF),  # ffmpeg to a pipe
+    (0x7FFFFFFF, 0x7FFFFFFF),  # arecord
+    (0x7FFFF000, 0x7FFFF000 - 36),  # sox
+    (36, 6914),  # a RIFF size never finalised: it covers no data
+])
+def test_streamed_wavs_with_placeholder_sizes_are_read_as_before(fsdd, tmp_path, riff, data):
+    whole = (fsdd / "7_jackson_0.wav").read_bytes()
+    for n in (len(whole), 44 + 3434):  # the whole stream, or a stream stopped early
+        path = tmp_path / "streamed.wav"
+        path.write_bytes(_with_sizes(whole[:n], riff, data))
+        assert load(path).numel() == (n - 44) // 2 * 2  # 8 kHz 16 bit -> 16 kHz
+        assert decode(path.read_bytes(), "streamed.wav").numel() == (n - 44) // 2 * 2
+
+
+@pytest.mark.parametrize("fmt, problem", [
+    ("FLAC", "not readable as audio"),  # libsndfile refuses a cut FLAC itself
+    ("MP3", r"truncated: the header announces 1\.296 s of audio, the file holds 0\.\d+ s"),
+])
+def test_flac_and_mp3_cut_short_are_errors(fsdd, tmp_path, fmt, problem):
+    """A LAME (Xing/Info) MP3 announces its frame count; mpg123 decoded what survived of a cut
+    one without a word. FLAC was already refused."""
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile writes no {fmt}")
+    samples, rate = sf.read(fsdd / "7_jackson_0.wav")
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, np.tile(samples, 3), rate, format=fmt)
+    assert load(path).numel() == 2 * 3 * len(samples)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(AudioError, match=rf"clip\.{fmt.lower()}: {problem}"):
+        load(path)
 
 
 def test_a_number_is_not_a_clip():
