@@ -87,13 +87,14 @@ def recover(directory: str | Path) -> None:
 def check_replaceable(directory: str | Path, owned: Callable[[Path], bool],
                       part: bool = False) -> None:
     """Refuse to replace what no save of ours wrote: a file, or a folder of other files that
-    ``owned`` does not recognise (an empty folder is fine); and a folder inside a saved one of
-    the same kind (its config.json recognised by ``owned``), which it would change: MODEL/head
-    is a part of MODEL. ``part``: ``directory`` is a part its owner writes (MODEL/fast)."""
+    ``owned`` does not recognise (an empty folder is fine); and a folder at any depth inside a
+    saved one of the same kind (its config.json recognised by ``owned``), which it would change:
+    MODEL/head and MODEL/sub/x are parts of MODEL. ``part``: ``directory`` is a part its owner,
+    its parent, writes (MODEL/fast); the owner itself may still not lie inside a saved folder."""
     directory = _absolute(Path(directory))
-    parent = directory.parent
-    if not part and (parent / "config.json").is_file() and owned(parent):
-        raise StoreError(f"{directory}: lies inside the saved folder {parent}, which writing it "
+    inside = _saved_ancestor(directory, owned, skip=1 if part else 0)
+    if inside is not None:
+        raise StoreError(f"{directory}: lies inside the saved folder {inside}, which writing it "
                          "would change; choose a folder outside it")
     if not directory.exists():
         return
@@ -106,6 +107,18 @@ def check_replaceable(directory: str | Path, owned: Callable[[Path], bool],
     if any(directory.iterdir()) and not owned(directory):
         raise StoreError(f"{directory}: holds other files (not a folder this toolkit wrote); "
                          "refusing to replace it: choose a new or empty folder")
+
+
+def _saved_ancestor(directory: Path, owned: Callable[[Path], bool], skip: int) -> Path | None:
+    """The outermost folder above ``directory`` (past its first ``skip`` parents) that a save
+    recognised by ``owned`` wrote, on the path as given or with its links resolved (a link
+    into a saved folder writes into it just the same); None if there is none."""
+    found = None
+    for path in dict.fromkeys((directory, Path(os.path.realpath(directory)))):
+        for ancestor in path.parents[skip:]:
+            if (ancestor / "config.json").is_file() and owned(ancestor):
+                found = ancestor  # parents run outwards: the last found is the outermost
+    return found
 
 
 @contextmanager

@@ -177,7 +177,8 @@ def test_export_never_replaces_the_model_it_exports(frozen, capsys):
 def test_export_never_writes_inside_another_saved_model(frozen, make_svm, tmp_path, capsys):
     other = make_svm(tmp_path / "other", DIGITS, range(10, 13))
     before = sorted(p.relative_to(other) for p in other.rglob("*"))
-    for out in (other / "head", other / "zero_shot"):  # a part of OTHER, replaced or added
+    # a part of OTHER, replaced or added, at any depth (it was written into OTHER/sub/x)
+    for out in (other / "head", other / "zero_shot", other / "sub" / "x"):
         assert main(["export", str(frozen), "--out", str(out)]) == 2
         assert f"lies inside the saved folder {other}" in capsys.readouterr().err
     assert sorted(p.relative_to(other) for p in other.rglob("*")) == before

@@ -5,6 +5,7 @@ and one training at a time writes an output folder."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,13 @@ from speechxfer.cli import main
 from speechxfer.jobs import train_job
 from speechxfer.log import LOGGER
 from speechxfer.recognizer import is_model_folder
-from speechxfer.store import StoreError, atomic_folder, training_folder, work_folder
+from speechxfer.store import (
+    StoreError,
+    atomic_folder,
+    check_replaceable,
+    training_folder,
+    work_folder,
+)
 from speechxfer.train import Checkpointer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,14 +279,37 @@ def test_train_and_ensemble_never_write_inside_another_saved_model(data, make_sv
     a = make_svm(tmp_path / "a", ("1", "4"), range(10, 13), speaker="george")
     b = make_svm(tmp_path / "b", ("1", "4"), range(10, 13), speaker="theo")
     before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    (tmp_path / "latest").symlink_to(other)  # a link into OTHER writes into it just the same
     for command in (["train", "--data", str(data), "--strategy", "svm", "--test-speaker", "theo"],
                     ["ensemble", str(a), str(b)]):
-        assert main([*command, "--out", str(other / "head")]) == 2
-        assert f"lies inside the saved folder {other}" in capsys.readouterr().err
+        for out in (other / "head", other / "sub" / "x", tmp_path / "latest" / "sub"):
+            assert main([*command, "--out", str(out)]) == 2  # any depth: was written, exit 0
+            assert f"lies inside the saved folder {other}" in capsys.readouterr().err
     assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
     with atomic_folder(other / "fast", is_model_folder, part=True) as folder:  # its own part
         (folder / "config.json").write_text("{}")
     assert (other / "fast" / "config.json").is_file()
+
+
+def test_a_part_is_written_only_by_an_owner_outside_other_saved_folders(tmp_path):
+    """MODEL/fast is MODEL's own part; with MODEL inside OTHER, writing it changes OTHER."""
+    def owned(folder):
+        return (folder / "config.json").read_text() == "mine"
+
+    other, sub = tmp_path / "other", tmp_path / "other" / "sub" / "model"
+    for folder in (other, sub):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("mine")
+    with atomic_folder(tmp_path / "model" / "fast", owned, part=True) as folder:
+        (folder / "graph").write_text("ok")
+    inside = re.escape(f"lies inside the saved folder {other},")
+    with pytest.raises(StoreError, match=inside), atomic_folder(sub / "fast", owned, part=True):
+        pass
+    (tmp_path / "link").symlink_to(sub.parent)  # a link to OTHER/sub: written into OTHER
+    for out in (other / "a" / "b" / "c", tmp_path / "link" / "x"):
+        with pytest.raises(StoreError, match=inside):
+            check_replaceable(out, owned)
+    assert not (sub / "fast").exists() and not (other / "a").exists()
 
 
 def test_interrupted_save_leaves_weights_and_config_of_one_model(tmp_path, monkeypatch):
