@@ -116,8 +116,10 @@ def markdown(report: dict, title: str = "Evaluation") -> str:
                   ""]
         for task, m in report["tasks"].items():
             figures = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in m.items() if k != "kind")
-            lines.append(f"- {task} ({m['kind']}): {figures}")
+                                for k, v in m.items()
+                                if k not in ("kind", "note") and v is not None)
+            note = f" ({m['note']})" if m.get("note") else ""
+            lines.append(f"- {task} ({m['kind']}): {figures}{note}")
     return "\n".join(lines) + "\n"
 
 

@@ -114,17 +114,30 @@ def identification_accuracy(probs: np.ndarray, classes: list[str],
     return float(np.mean([probs[i].argmax() == j for i, j in rows]))
 
 
+def answerable(value: str, kind: str, classes: list[str]) -> bool:
+    """Whether a head of ``kind`` over ``classes`` could answer a clip labelled ``value``: a
+    single or embedding class it knows; a multi-label naming one of its classes present, or
+    none present outside them (a clip of new speakers only names classes it cannot predict)."""
+    if kind != "multi":
+        return value in classes
+    present = {t for t in value.split(SEP) if t and not t.startswith(UNKNOWN_MARK)}
+    return not present or bool(present & set(classes))
+
+
 def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: list[Clip]) -> dict[str, dict]:
     """Every head's headline metric on the clips labelled for it; never a ``nan``.
 
-    multi: micro-F1 over the known entries. single and embedding: identification ``accuracy``
-    over the ``n_known`` clips whose class the head was trained on. For a task other than the
-    command, the ``n_unseen`` clips of classes the head never saw (test speakers absent from
-    training) are scored by verification instead: ``eer`` over the same- and different-class
-    pairs among them, by cosine of an embedding head's vectors or of a single head's centred
-    log-probabilities (its logits up to a constant). An embedding head also reports
-    ``eer_known``, the same over the known classes' clips. Figures that cannot be computed (no
-    known clip; unseen clips of one speaker only) are left out.
+    Each is over the ``n_known`` clips the head can answer: single and embedding, identification
+    ``accuracy`` over the clips whose class the head was trained on; multi, ``micro_f1`` over
+    the known entries of the clips naming at least one of its classes or none outside them. For
+    a task other than the command, the ``n_unseen`` clips of classes the head never saw (test
+    speakers absent from training) are left out of that figure, since no answer of the head
+    could be right; with no known clip it is None and ``note`` says why (a 0.0 would read as a
+    broken head). Single and embedding heads score the unseen clips by verification instead:
+    ``eer`` over the same- and different-class pairs among them, by cosine of an embedding
+    head's vectors or of a single head's centred log-probabilities (its logits up to a
+    constant). An embedding head also reports ``eer_known``, the same over the known classes'
+    clips. An EER that cannot be computed (unseen clips of one speaker only) is left out.
     """
     vectors = model.predict_all(waves, embeddings=True)
     with torch.no_grad():
@@ -136,15 +149,26 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
         if not idx:
             continue
         truth = [clips[i].labels[task] for i in idx]
-        if kind == "multi":
-            out[task] = {"kind": kind, "n": len(idx),
-                         "micro_f1": multilabel_micro_f1(probs[task][idx], truth, model.tasks[task])}
-            continue
-        known = [k for k, t in enumerate(truth) if t in model.tasks[task]]
-        unseen = [k for k, t in enumerate(truth) if t not in model.tasks[task]]
+        classes = model.tasks[task]
+        known = [k for k, t in enumerate(truth) if answerable(t, kind, classes)]
+        unseen = [k for k, t in enumerate(truth) if not answerable(t, kind, classes)]
         report: dict = {"kind": kind, "n": len(idx), "n_known": len(known)}
-        if known:
-            report["accuracy"] = identification_accuracy(probs[task][idx], model.tasks[task], truth)
+        if known and kind == "multi":
+            report["micro_f1"] = multilabel_micro_f1(
+                probs[task][[idx[k] for k in known]], [truth[k] for k in known], classes)
+        elif known:
+            report["accuracy"] = identification_accuracy(probs[task][idx], classes, truth)
+        elif task != PRIMARY_TASK:
+            figure, name = ("micro_f1", "micro-F1") if kind == "multi" else ("accuracy",) * 2
+            report[figure] = None
+            report["note"] = (f"no {name}: none of these clips' {task} is among the "
+                              f"{len(classes)} the head trained on: {', '.join(classes[:5])}"
+                              f"{', ...' if len(classes) > 5 else ''}")
+        if kind == "multi":
+            if unseen:
+                report["n_unseen"] = len(unseen)
+            out[task] = report
+            continue
         if kind == "embedding":
             eer = eer_of_pairs(vectors[task][[idx[k] for k in known]], [truth[k] for k in known])
             if eer is not None:

@@ -164,16 +164,16 @@ def test_speakers_identified_when_known_and_verified_when_unseen(speaker_clips, 
     assert 0.0 <= speaker["eer"] < 0.4, speaker  # chance: 0.5
     assert ("eer_known" in speaker) == (kind == "embedding")
     assert "n_unseen" not in metrics["command"] and metrics["command"]["n_known"] == 36
-    # only unseen speakers: nothing to identify, so no accuracy at all (not NaN), still an EER
+    # only unseen speakers: nothing to identify, so no accuracy (None, not NaN), still an EER
     unseen = [i for i, c in enumerate(test) if c.speaker in NEW_SPEAKERS]
     only_new = task_metrics(model, [test_w[i] for i in unseen], [test[i] for i in unseen])
     no_nan(only_new)
-    assert "accuracy" not in only_new["speaker"] and only_new["speaker"]["n_known"] == 0
+    assert only_new["speaker"]["accuracy"] is None and only_new["speaker"]["n_known"] == 0
     assert only_new["speaker"]["eer"] == pytest.approx(speaker["eer"])
     # one unseen speaker alone gives no different-speaker pair: no EER either, and no NaN
     theo = [i for i, c in enumerate(test) if c.speaker == "theo"]
     alone = task_metrics(model, [test_w[i] for i in theo], [test[i] for i in theo])["speaker"]
-    assert set(alone) == {"kind", "n", "n_known", "n_unseen"}
+    assert set(alone) == {"kind", "n", "n_known", "accuracy", "note", "n_unseen"}
     report = score(["1", "4", "7"], [c.label for c in test], np.full((36, 3), 1 / 3))
     report["tasks"] = metrics
     assert "nan" not in markdown(report).lower()
@@ -201,3 +201,33 @@ def test_a_speaker_task_of_one_speaker_is_refused_before_training(make_fsdd, tmp
     err = capsys.readouterr().err
     assert str(data) in err and "['speaker'] have one training label only" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["multi", "single"])
+def test_speaker_figure_only_over_speakers_the_head_knows(kind):
+    """Test speakers the head never trained on (--test-speaker theo) cannot be named: the speaker
+    figure is over the clips of known speakers only, and with none it is None with a note, not
+    a micro-F1 of 0.0 that reads as a broken head."""
+    torch.manual_seed(0)
+    m = CommandClassifier(build_encoder("ds-cnn", pretrained=False),
+                          {"command": ["1", "7"], "speaker": ["george", "jackson"]},
+                          head_options={"speaker": {"kind": kind}}).eval()
+    speakers = ["theo"] * 4 + ["george"] * 2 + ["jackson"] * 2
+    clips = [Clip(f"{i}.wav", {"command": "1", "speaker": s}, s) for i, s in enumerate(speakers)]
+    torch.manual_seed(1)
+    waves = [torch.randn(8000) * 0.1 for _ in clips]
+    metrics = task_metrics(m, waves, clips)["speaker"]
+    figure = "micro_f1" if kind == "multi" else "accuracy"
+    assert (metrics["n"], metrics["n_known"], metrics["n_unseen"]) == (8, 4, 4)
+    probs = m.predict_all(waves[4:])["speaker"]
+    expected = (multilabel_micro_f1(probs, speakers[4:], ["george", "jackson"])
+                if kind == "multi" else float(np.mean(
+                    [["george", "jackson"][p] == s for p, s in zip(probs.argmax(1), speakers[4:])])))
+    assert metrics[figure] == pytest.approx(expected)
+    only_theo = task_metrics(m, waves[:4], clips[:4])
+    speaker = only_theo["speaker"]
+    assert speaker[figure] is None and (speaker["n_known"], speaker["n_unseen"]) == (0, 4)
+    assert "george, jackson" in speaker["note"]
+    no_nan(only_theo)
+    report = score(["1", "7"], ["1"] * 4, np.full((4, 2), 0.5)) | {"tasks": only_theo}
+    assert speaker["note"] in markdown(report) and "None" not in markdown(report)

@@ -189,6 +189,47 @@ def test_train_refuses_labels_spelt_alike_before_any_head_trains(fsdd, tmp_path,
         assert not (tmp_path / strategy).exists()
 
 
+def test_label_spellings_are_the_recognizers_and_refuse_what_it_refuses(system):
+    """One function builds every label's spellings: defaults, aliases (NFC), _unknown_'s other
+    words, and the refusals; the recognizer's are exactly its answer."""
+    from speechxfer.decoder.scoring import label_spellings
+
+    assert system.aliases == label_spellings(DIGITS)
+    assert label_spellings(["8", "lights_on", "cafe\u0301", "_unknown_", "_silence_"],
+                           {"8": ["Eight"], "_unknown_": ["dog"]}) == {
+        "8": ["Eight"], "lights_on": ["lights on"], "cafe\u0301": ["caf\u00e9"],
+        "_unknown_": ["dog"]}
+    with pytest.raises(ValueError, match="'8' and 'eight' share the spelling 'eight'"):
+        label_spellings(["8", "eight"])
+    with pytest.raises(ValueError, match=r"other words \['Eight'\] are also spellings"):
+        label_spellings(["8", "_unknown_"], {"_unknown_": ["dog", "Eight"]})
+    with pytest.raises(ValueError, match="need it among the labels"):
+        label_spellings(["8", "9"], {"_unknown_": ["dog"]})
+
+
+def test_train_and_the_recognizer_check_spellings_through_one_function(make_fsdd, tmp_path,
+                                                                       capsys, monkeypatch):
+    """train's check before any head trains is the recognizer's own (``label_spellings``), not
+    a second construction of the spellings that could pass labels the recognizer refuses."""
+    import speechxfer.jobs
+    from speechxfer.decoder import scoring
+
+    assert speechxfer.jobs.label_spellings is scoring.label_spellings
+
+    def refuse(labels, aliases=None):
+        raise ValueError(f"spelling rule refuses {sorted(labels)}")
+
+    monkeypatch.setattr(scoring, "label_spellings", refuse)
+    with pytest.raises(ValueError, match=r"refuses \['1', '7'\]"):
+        ZeroShotRecognizer(["1", "7"])  # refused before Whisper loads
+    monkeypatch.setattr(speechxfer.jobs, "label_spellings", refuse)
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "7"), 1)
+    assert main(["train", "--data", str(data), "--strategy", "zero-shot", "--test-speaker",
+                 "theo", "--out", str(tmp_path / "zs")]) == 2
+    assert "spelling rule refuses ['1', '7']" in capsys.readouterr().err
+    assert not (tmp_path / "zs").exists()
+
+
 def test_a_saved_system_with_labels_spelt_alike_is_a_model_error(system, tmp_path):
     from speechxfer.recognizer import ModelError
 

@@ -99,6 +99,33 @@ def check_distinct_spellings(aliases: dict[str, list[str]]) -> None:
                                  "decoder cannot tell them apart (merge or rename one of them)")
 
 
+def label_spellings(labels: list[str],
+                    aliases: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """The spellings a decoder scores for each command of ``labels`` (``aliases``' where it
+    names the label, else ``default_spellings``) and for ``_unknown_`` where ``aliases`` gives
+    it other words; a ValueError where two labels share one (``check_distinct_spellings``) or
+    an other word is a command's spelling. ``ZeroShotRecognizer`` and ``train``'s check before
+    any head trains both build them here, so the two cannot disagree.
+
+    Labels and aliases are matched and spelt in NFC: Whisper's tokens spell composed text, a
+    decomposed "é" would be another spelling.
+    """
+    given = {nfc(lab): [nfc(a) for a in al] for lab, al in (aliases or {}).items()}
+    spellings = {lab: given[nfc(lab)] if nfc(lab) in given else default_spellings(lab)
+                 for lab in labels if is_command(lab)}
+    check_distinct_spellings(spellings)
+    if given.get(UNKNOWN):
+        if UNKNOWN not in labels:
+            raise ValueError(f"aliases of {UNKNOWN!r} (other words) need it among the labels")
+        spelt = {a.strip().lower() for al in spellings.values() for a in al}
+        clash = sorted({a for a in given[UNKNOWN] if a.strip().lower() in spelt})
+        if clash:
+            raise ValueError(f"aliases of {UNKNOWN!r}: other words {clash} are also "
+                             "spellings of a command")
+        spellings[UNKNOWN] = given[UNKNOWN]
+    return spellings
+
+
 def other_spellings(words: list[str], commands: list[str],
                     encoder: str) -> tuple[list[str], list[str]]:
     """``_unknown_``'s spellings for the other ``words`` said beside ``commands``, and the
@@ -241,20 +268,7 @@ class ZeroShotRecognizer(Recognizer):
         if not any(is_command(lab) for lab in labels):
             raise ValueError(f"labels {list(labels)} hold no word to spell")
         self.labels = list(labels)
-        # Whisper's tokens spell composed text: a decomposed "é" would be another spelling
-        given = {nfc(lab): [nfc(a) for a in al] for lab, al in (aliases or {}).items()}
-        self.aliases = {lab: given[nfc(lab)] if nfc(lab) in given else default_spellings(lab)
-                        for lab in self.labels if is_command(lab)}
-        check_distinct_spellings(self.aliases)
-        if given.get(UNKNOWN):
-            if UNKNOWN not in self.labels:
-                raise ValueError(f"aliases of {UNKNOWN!r} (other words) need it among the labels")
-            spelt = {a.strip().lower() for al in self.aliases.values() for a in al}
-            clash = sorted({a for a in given[UNKNOWN] if a.strip().lower() in spelt})
-            if clash:
-                raise ValueError(f"aliases of {UNKNOWN!r}: other words {clash} are also "
-                                 "spellings of a command")
-            self.aliases[UNKNOWN] = given[UNKNOWN]
+        self.aliases = label_spellings(self.labels, aliases)
         if options.prompt == DEFAULT_PROMPT:
             options = replace(options, prompt=" ".join(
                 a[0] for lab, a in self.aliases.items() if is_command(lab)))
