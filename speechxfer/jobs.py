@@ -43,8 +43,7 @@ from .decoder.scoring import (
     MAX_UNKNOWN_SPELLINGS,
     UNKNOWN_SCORE,
     ZeroShotRecognizer,
-    check_distinct_spellings,
-    default_spellings,
+    label_spellings,
     other_spellings,
 )
 from .encoders import build_encoder
@@ -993,8 +992,7 @@ def train_job(
         check_trainable(ds, split, pool, commands)
         if strategy in DECODER_STRATEGIES:  # now, not when the prior is built after the head
             try:
-                check_distinct_spellings({lab: default_spellings(lab) for lab in
-                                          decoder_labels(pool) if is_command(lab)})
+                label_spellings(decoder_labels(pool))
             except ValueError as err:
                 raise DatasetError(f"{ds.location}: {err}") from None
         warn_keeps_all(pool if per_class_n else split.train, per_class_n, shots)
@@ -1144,6 +1142,19 @@ def finished_run(folder: Path, wanted: dict) -> dict | None:
         raise ValueError(f"{folder}: trained with other options ({'; '.join(differ)}); remove "
                          "it or give another --work")
     return found
+
+
+def write_results(write: Callable[[str], None], files: Callable[[str], list[Path]],
+                  suffix: str, *, finished: bool) -> None:
+    """A recipe's results so far: ``write(suffix + "_partial")`` while the run goes on, so a run
+    cut short keeps what it measured beside, not over, the last finished run's results;
+    ``write(suffix)`` once it has finished, then the stale partial ``files`` go."""
+    if not finished:
+        write(f"{suffix}_partial")
+        return
+    write(suffix)
+    for path in files(f"{suffix}_partial"):
+        path.unlink(missing_ok=True)
 
 
 def trained_speakers(system: Recognizer, model_dir: str | Path) -> set[str]:

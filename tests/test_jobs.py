@@ -428,3 +428,23 @@ def test_max_false_accept_on_data_with_nothing_to_reject_is_refused(small_fsdd, 
                  "0.1", "--out", str(tmp_path / "m")]) == 2
     assert "--max-false-accept 0.1:" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def test_write_results_keeps_a_cut_run_beside_the_finished_results(tmp_path):
+    """The recipes' one rule for results while a run goes on (pipeline_vs_e2e, speech_commands):
+    a run cut short never replaces the last finished results; a finished one leaves no
+    stale partial files."""
+    (tmp_path / "results.json").write_text("earlier")
+
+    def files(suffix: str) -> list[Path]:
+        return [tmp_path / f"results{suffix}.json", tmp_path / f"plot{suffix}.png"]
+
+    def write(runs: int):
+        return lambda suffix: [p.write_text(f"{runs} runs") for p in files(suffix)]
+
+    jobs.write_results(write(1), files, "", finished=False)
+    assert (tmp_path / "results.json").read_text() == "earlier"
+    assert (tmp_path / "plot_partial.png").read_text() == "1 runs"
+    jobs.write_results(write(2), files, "", finished=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "results.json"]
+    assert (tmp_path / "results.json").read_text() == "2 runs"

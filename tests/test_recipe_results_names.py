@@ -36,13 +36,32 @@ def test_speech_commands_and_synthetic_results_carry_seed_and_bar():
 
 
 def test_augmentation_results_carry_tasks_copies_seed_and_bar():
-    base = {"quick": False, "seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
+    base = {"quick": False, "seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT,
+            "max_minutes": None}
     both = ["digits", "speech_commands"]
     stems = names(load("augmentation").results_stem, base,
                   [{"quick": True}, {"seed": 1}, {"copies": 4}, {"max_false_accept": 0.01}], both)
     assert stems[:2] == ["results", "results_quick"] and len(set(stems)) == 5
     assert load("augmentation").results_stem(argparse.Namespace(**base), ["digits"]) == \
         "results_digits"
+
+
+def test_augmentation_results_carry_a_budget_other_than_the_plans(capsys):
+    """A smaller budget cuts conditions: its results replaced the default run's, which had them."""
+    augmentation = load("augmentation")
+    others = {"seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
+
+    def stem(quick: bool, minutes: float | None) -> str:
+        args = argparse.Namespace(quick=quick, max_minutes=minutes, **others)
+        return augmentation.results_stem(args, ["digits", "speech_commands"])
+
+    assert stem(False, None) == stem(False, augmentation.FULL.max_minutes) == "results"
+    assert stem(True, None) == stem(True, augmentation.QUICK.max_minutes) == "results_quick"
+    assert stem(False, 10) == "results_budget10" and stem(True, 2.5) == "results_quick_budget2.5"
+    for bad in ("nan", "-1"):  # a name of its own, and no empty results
+        with pytest.raises(SystemExit) as stop:
+            augmentation.main(["--max-minutes", bad])
+        assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err
 
 
 def test_redrawing_results_that_are_not_there_is_one_clear_line(tmp_path, capsys):

@@ -86,7 +86,7 @@ def test_the_folds_are_trained_holding_out_the_test_groups_and_read_as_one_syste
         assert test <= {argv[i + 1] for i, a in enumerate(argv) if a == "--test-speaker"}
     results = json.loads((tmp_path / "results" / "results_folds-2,3-4,5.json").read_text())
     assert results["threshold"] == 0.55 and results["mean_recall"] == pytest.approx(0.9)
-    assert len(results["reports"]) == 4
+    assert len(results["reports"]) == 4 and results["negatives"] == []
     # A rerun keeps the finished folds and reports.
     calls.clear()
     run.main()
@@ -107,6 +107,29 @@ def test_results_are_named_by_every_option_that_changes_a_figure():
     assert names[:2] == ["", ""] and len(set(names)) == len(names) - 1
     assert names[2] == "_seeds-0-1-2" and names[5] == "_folds-2,3"
     assert names[8] == "_negatives-fsdd"
+
+
+def test_negatives_folders_named_alike_never_share_results(tmp_path, monkeypatch):
+    """Named by the folder's name alone, ``--negatives /elsewhere/fsdd`` replaced the results of
+    ``--negatives data/fsdd``; the bundled one keeps its committed name."""
+    parser = run.build_parser()
+
+    def suffix(*argv: str) -> str:
+        args = parser.parse_args(list(argv))
+        return run.results_suffix(args, run.defaults_of(parser, args))
+
+    for other in ("a/fsdd", "b/fsdd"):
+        (tmp_path / other).mkdir(parents=True)
+    monkeypatch.chdir(ROOT)
+    bundled = suffix("--negatives", "data/fsdd")
+    assert bundled == suffix("--negatives", str(ROOT / "data" / "fsdd")) == "_negatives-fsdd"
+    monkeypatch.chdir(tmp_path)
+    assert suffix("--negatives", str(ROOT / "data" / "fsdd")) == bundled
+    elsewhere = [suffix("--negatives", "a/fsdd"), suffix("--negatives", str(tmp_path / "b/fsdd")),
+                 suffix("--negatives", "a/fsdd", str(ROOT / "data" / "fsdd"))]
+    assert len({bundled, *elsewhere}) == 4 and all("fsdd-" in s for s in elsewhere)
+    assert elsewhere[0] == suffix("--negatives", str(tmp_path / "a" / "fsdd"))  # one folder
+    assert suffix("--data", "a/fsdd") != suffix("--data", "b/fsdd")
 
 
 @pytest.mark.parametrize("changes, says", [({"spell_others": None}, "spell_others"),

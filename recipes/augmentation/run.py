@@ -31,7 +31,8 @@ frames (exact for a mean-pooled head, see recipes/speech_commands).
     python recipes/augmentation/run.py --quick   # 5 clips/digit/speaker, 10 shots, K=1: < 5 min
     python recipes/augmentation/run.py           # the README table (about 25 min on 2 busy cores)
 
-Writes results/results{,_quick}.{json,md}.
+Writes results/results{,_quick}.{json,md}, named also by every non-default option
+(``results_stem``: tasks, copies, seed, false-accept bar, budget).
 """
 
 from __future__ import annotations
@@ -344,14 +345,18 @@ def markdown(result: dict) -> str:
 
 def results_stem(args: argparse.Namespace, tasks: list[str]) -> str:
     """``results[_quick]``, then the tasks when not both and every option that changes a figure
-    away from its default: a run with other options never writes over another's results."""
+    away from its default: a run with other options never writes over another's results (a
+    budget other than the plan's may cut conditions the default run has)."""
     stem = "results_quick" if args.quick else "results"
     if set(tasks) != {"digits", "speech_commands"}:
         stem += "_" + "_".join(tasks)
+    default_budget = (QUICK if args.quick else FULL).max_minutes
     return (stem + (f"_copies{args.copies}" if args.copies is not None else "")
             + (f"_seed{args.seed}" if args.seed else "")
             + ("" if args.max_false_accept == DEFAULT_MAX_FALSE_ACCEPT
-               else f"_fa{args.max_false_accept:g}"))
+               else f"_fa{args.max_false_accept:g}")
+            + ("" if args.max_minutes in (None, default_budget)
+               else f"_budget{args.max_minutes:g}"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,11 +367,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default="digits,speech_commands")
     parser.add_argument("--copies", type=bounded(int, 1),
                         help="K augmented copies (default 2; quick 1)")
-    parser.add_argument("--max-minutes", type=float, help="budget (default 28; quick 4.5)")
+    parser.add_argument("--max-minutes", type=bounded(float, 0.0),
+                        help="budget (default 28; quick 4.5); another is named in the results")
     parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
                         default=DEFAULT_MAX_FALSE_ACCEPT)
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")

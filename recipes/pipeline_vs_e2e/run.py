@@ -43,7 +43,7 @@ from speechxfer.classic import build_classic
 from speechxfer.cli import bounded
 from speechxfer.data import FSDD_NAME, load_dataset, per_class
 from speechxfer.encoders import build_encoder
-from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips
+from speechxfer.jobs import bundled, evaluate_system, mean_std, read_clips, write_results
 from speechxfer.log import run_script
 from speechxfer.model import CommandClassifier
 from speechxfer.recognizer import Recognizer
@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 fold, n in {1, 5}, 1 seed")
     parser.add_argument("--max-minutes", type=bounded(float, 0.0),
                         help="budget (default: 85 full, 4.5 quick)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
@@ -355,14 +355,11 @@ def main() -> None:
             block_cost[name] = max(block_cost[name],
                                    (time.perf_counter() - block_start) * 6 / len(block))
         meta["wall_minutes"] = (time.perf_counter() - started) / 60
-        # a cut run keeps what it measured beside, not over, the last finished run's results
-        write_outputs(runs, meta, f"{suffix}_partial")
+        write_results(lambda s: write_outputs(runs, meta, s), output_files, suffix, finished=False)
     if not runs:
         raise SystemExit(f"no block ran within --max-minutes {budget / 60:g}; nothing written")
     meta["wall_minutes"] = (time.perf_counter() - started) / 60
-    write_outputs(runs, meta, suffix)
-    for path in output_files(f"{suffix}_partial"):
-        path.unlink(missing_ok=True)
+    write_results(lambda s: write_outputs(runs, meta, s), output_files, suffix, finished=True)
     print(markdown(summarise(runs), meta))
 
 

@@ -59,6 +59,7 @@ from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
 from speechxfer.encoders import build_encoder
+from speechxfer.jobs import write_results
 from speechxfer.log import run_script
 from speechxfer.model import PRIMARY_TASK, CommandClassifier
 from speechxfer.openset import (
@@ -573,8 +574,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="budget (default: 40 full, 4.5 quick)")
     parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
                         default=DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
+    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -612,14 +613,13 @@ def main(argv: list[str] | None = None) -> None:
         meta["folds_run"] = sorted({r["fold"] for r in runs})
         meta["costs_s"] = dict(runner.cost)
         meta["wall_minutes"] = (time.perf_counter() - started) / 60
-        # a cut run keeps what it measured beside, not over, the last finished run's results
-        write_outputs(runs, meta, f"{suffix}_partial", args.out)
+        write_results(lambda s: write_outputs(runs, meta, s, args.out),
+                      lambda s: output_files(s, args.out), suffix, finished=False)
     if not runs:
         raise SystemExit(f"no block ran within --max-minutes {budget / 60:g}; nothing written")
     meta["wall_minutes"] = (time.perf_counter() - started) / 60
-    write_outputs(runs, meta, suffix, args.out)
-    for path in output_files(f"{suffix}_partial", args.out):
-        path.unlink(missing_ok=True)
+    write_results(lambda s: write_outputs(runs, meta, s, args.out),
+                  lambda s: output_files(s, args.out), suffix, finished=True)
     print(markdown(summarise(runs), meta))
 
 

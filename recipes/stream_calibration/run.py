@@ -26,6 +26,7 @@ the default figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -101,13 +102,23 @@ def stream_report(system: Path, data: Path, minutes: float, seed: int, out: Path
     return out
 
 
+def folder_name(path: Path) -> str:
+    """A dataset folder as a results name shows it: a bundled one (``data/fsdd``) by its name,
+    any other by its name and a digest of its resolved path, so that two folders named alike
+    (``data/fsdd``, ``/elsewhere/fsdd``) never write over each other's results."""
+    resolved = path.resolve()
+    if resolved.parent == ROOT / "data":
+        return resolved.name
+    return f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
 def results_suffix(args: argparse.Namespace, defaults: dict) -> str:
     """``_option-value`` for every option that differs from its default, so a variant's results
     never replace the default run's (``--work`` changes no figure)."""
     def shown(value: object) -> str:
         items = value if isinstance(value, list | tuple) else [value]
         text = "-".join(",".join(map(str, v)) if isinstance(v, tuple) else
-                        Path(v).name if isinstance(v, Path) else f"{v:g}" if isinstance(v, float)
+                        folder_name(v) if isinstance(v, Path) else f"{v:g}" if isinstance(v, float)
                         else str(v) for v in items)
         return re.sub(r"[^\w.,+-]", "_", text)
     return "".join(f"_{key.replace('_', '-')}-{shown(getattr(args, key))}"
@@ -190,6 +201,8 @@ def main() -> None:
     best = re.search(r"threshold (\d\.\d+), mean recall (\d\.\d+)", reading.stdout)
     results = {"encoders": args.encoders, "folds": args.folds, "seeds": args.seeds,
                "minutes": args.minutes, "per_stream": args.per_stream, "total": args.total,
+               "data": str(args.data.resolve()),
+               "negatives": [str(p.resolve()) for p in args.negatives],
                "threshold": float(best[1]) if best else None,
                "mean_recall": float(best[2]) if best else None,
                "reports": [str(r) for r in reports]}
