@@ -87,9 +87,11 @@ def test_an_unknown_condition_is_named():
     assert stop.value.code == 2
 
 
-@pytest.mark.parametrize("option", [["--epochs", "0"], ["--epochs", "-1"], ["--seeds", "-1"]])
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--epochs", "-1"], ["--seeds", "-1"],
+                                    ["--max-minutes", "nan"], ["--max-minutes", "-1"]])
 def test_bad_counts_are_refused_before_the_data_load(tmp_path, monkeypatch, capsys, option):
-    # --epochs 0 ran the default epochs and -1 none (untrained heads scored), both with exit 0
+    # --epochs 0 ran the default epochs and -1 none (untrained heads scored), both with exit 0;
+    # --max-minutes nan ran with no budget at all (every comparison with nan is false)
     monkeypatch.setattr(run, "Data", lambda *a: pytest.fail("the data was loaded"))
     with pytest.raises(SystemExit) as stop:
         run.main(["--out", str(tmp_path), "--only", "command only", *option])

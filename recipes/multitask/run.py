@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-base", action="store_true", help="leave out the whisper-base rows")
     parser.add_argument("--work", default="runs/multitask", help="generated audio goes here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--max-minutes", type=float, default=45.0,
+    parser.add_argument("--max-minutes", type=bounded(float, 0.0), default=45.0,
                         help="skip the remaining conditions that would not finish in time")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="keep the conditions already in the results file; run the others")

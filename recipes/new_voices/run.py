@@ -72,7 +72,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/new_voices"),
                         help="the trained folds; a finished one is kept (a rerun resumes)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="S",
+    parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
+                        metavar="S",
                         help="training seeds (default: 0)")
     parser.add_argument("--channel-rate", type=bounded(int, 1000, SAMPLE_RATE - 1), metavar="HZ",
                         help="hear every scored clip through a channel of this sample rate "

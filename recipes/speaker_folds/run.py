@@ -3,7 +3,7 @@
     python recipes/speaker_folds/run.py                          # default strategy, all clips
     python recipes/speaker_folds/run.py --per-class 3            # few-shot: 3 clips/digit/speaker
     python recipes/speaker_folds/run.py --strategy frozen --window clip
-    python recipes/speaker_folds/run.py --data data/digits.csv --name digits  # + 38 more voices
+    python recipes/speaker_folds/run.py --data data/digits.csv --name combined_pcall_digits  # + 38 voices
 
 Each fold is the main job on the FSDD digits (`speechxfer train --data data/fsdd --test-speaker
 S`): the same split, validation drawn from the training speakers, the same training loop. For strategies that keep

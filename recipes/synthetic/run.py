@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
                         default=sc.DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
     parser.add_argument("--work", type=Path, default=Path("runs/synthetic"),
                         help="where the synthetic datasets are written")
     parser.add_argument("--out", type=Path, default=HERE / "results")

@@ -314,12 +314,13 @@ def main() -> None:
     m.add_argument("--takes", type=bounded(int, 1, 50), default=10,
                    help="takes per digit per speaker (max 50)")
     m.add_argument("--encoder", default="whisper-tiny.en")
-    m.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable timings)")
+    m.add_argument("--threads", type=bounded(int, 1), default=1,
+                   help="torch threads (1: comparable timings)")
     c = sub.add_parser("compare", help="zero-shot vs head-only vs generative vs combined")
     c.add_argument("--quick", action="store_true", help="10 takes (all = 10), 5 test takes, 1 seed")
     c.add_argument("--window", default=WHISPER_DEFAULT_WINDOW)
     c.add_argument("--encoder", default="whisper-tiny.en")
-    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--threads", type=bounded(int, 1), default=1)
     c.add_argument("--test-takes", type=bounded(int, 1, 50),
                    help="takes per held-out digit scored (default 10; quick: 5, at most 10)")
     c.add_argument("--budgets", help="comma-separated subset of 1,3,10,all (default: every one)")
