@@ -200,11 +200,14 @@ def _print_open_set(report: dict) -> None:
 
 
 def _print_tasks(tasks: dict[str, dict]) -> None:
-    """One line a task; the counts (n_known, n_unseen) say over which clips each figure is."""
+    """One line a task; the counts (n_known, n_unseen) say over which clips each figure is, and
+    a figure that none of them could give is replaced by its ``note``."""
     for task, m in tasks.items():
         figures = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in m.items() if k not in ("kind", "n"))
-        print(f"  {task} ({m['kind']}, {m['n']} labelled clips): {figures}")
+                            for k, v in m.items() if k not in ("kind", "n", "note")
+                            and v is not None)
+        note = f"  ({m['note']})" if m.get("note") else ""
+        print(f"  {task} ({m['kind']}, {m['n']} labelled clips): {figures}{note}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -384,6 +387,7 @@ def _listen(args: argparse.Namespace) -> int:
     from .recognizer import load
     from .stream import file_chunks, microphone_chunks
 
+    filler_below = _filler_below(args)
     if args.file:
         rate, chunks = file_chunks(args.file)  # a bad file fails before the model loads
         system = load(args.model, _loaded_on(args.device))
@@ -393,7 +397,7 @@ def _listen(args: argparse.Namespace) -> int:
         chunks = microphone_chunks(rate)
         print("listening; Ctrl-C stops", file=sys.stderr)
     detector = Detector(system, args.threshold, rate, filler_margin=args.filler_margin,
-                        filler_below=args.filler_below, pad_s=args.pad)
+                        filler_below=filler_below, pad_s=args.pad)
     interrupted = False
     try:
         for event in detect_chunks(detector, chunks):
@@ -416,15 +420,40 @@ def _listen(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser. With ``source`` set (listen, stream) it reads FILE wherever it stands
+    among the options: argparse (3.11, 3.12.1, 3.13.0) gave the optional FILE nothing when an
+    option came between it and MODEL (`listen MODEL --json FILE`: "one of the arguments file
+    --mic is required"). The intermixed parse, which takes FILE anywhere, refuses a positional
+    in a mutually exclusive group, so the choice of FILE or --mic is checked here."""
+
+    source: str | None = None  # "required" (listen) or "optional" (stream: no FILE, the mic)
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.source is None or self._inside:  # the intermixed parse calls back in here
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+        if parsed.file is not None and parsed.mic:
+            self.error("argument --mic: not allowed with argument file")
+        if self.source == "required" and parsed.file is None and not parsed.mic:
+            self.error("one of the arguments file --mic is required")
+        return parsed, extras
+
+
 def _add_listen_parser(sub, name: str = "listen") -> None:
     """``listen``, or ``stream``: the same command, where no FILE means the microphone."""
     n = sub.add_parser(name, help="the same as listen (no FILE: the microphone)" if name == "stream"
                        else "print each command heard in a long file or the microphone")
+    n.source = "required" if name == "listen" else "optional"
     n.add_argument("model", type=Path, help=MODEL_HELP)
-    source = n.add_mutually_exclusive_group(required=name == "listen")
-    source.add_argument("file", nargs="?", help="read this recording in 100-ms blocks")
-    source.add_argument("--mic", action="store_true",
-                        help="listen to the default microphone (pip install 'speechxfer[mic]')")
+    n.add_argument("file", nargs="?", help="read this recording in 100-ms blocks")
+    n.add_argument("--mic", action="store_true",
+                   help="listen to the default microphone (pip install 'speechxfer[mic]')")
     n.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar on the command's probability (default: the model's own)")
     _add_filler_argument(n)
@@ -438,10 +467,11 @@ def _eval_stream(args: argparse.Namespace) -> None:
     from .recognizer import load
     from .streameval import measure, plot_det
 
+    filler_below = _filler_below(args)
     system = load(args.model, _loaded_on(args.device))
     report = measure(system, args.data, minutes=args.minutes, seed=args.seed, labels=args.labels,
                      threshold=args.threshold, target_fa=args.target_fa,
-                     filler_margin=args.filler_margin, filler_below=args.filler_below,
+                     filler_margin=args.filler_margin, filler_below=filler_below,
                      pad_s=args.pad, talk=args.talk)
     report["model"] = str(Path(args.model).resolve())  # whose curve it is, for readers of several
     if args.json:
@@ -480,9 +510,22 @@ def _add_filler_argument(parser: argparse.ArgumentParser) -> None:
                         help="drop an unsure command when Whisper's own first word beats it by "
                              "more than this (default: off; detect.FILLER_MARGIN is calibrated); "
                              "an ensemble drops it only when every member's decoder does")
-    parser.add_argument("--filler-below", type=bounded(float, 0.0, 1.0), default=FILLER_BELOW,
-                        metavar="P", help="with --filler-margin: check commands accepted with "
-                                          "a probability under this (default %(default)s)")
+    parser.add_argument("--filler-below", type=bounded(float, 0.0, 1.0), metavar="P",
+                        help="with --filler-margin: check commands accepted with a probability "
+                             f"under this (default {FILLER_BELOW})")
+
+
+def _filler_below(args: argparse.Namespace) -> float:
+    """--filler-below tunes the filler check alone: without --filler-margin (the check off) it
+    would be ignored in silence."""
+    from .detect import FILLER_BELOW
+
+    if args.filler_below is None:
+        return FILLER_BELOW
+    if args.filler_margin is None:
+        raise ValueError("--filler-below needs --filler-margin (the filler check is off "
+                         "without it)")
+    return args.filler_below
 
 
 def _add_pad_argument(parser: argparse.ArgumentParser) -> None:
@@ -512,8 +555,9 @@ def _add_eval_stream_parser(sub) -> None:
     v.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the model's own)")
     v.add_argument("--target-fa", type=bounded(float, 0.0), metavar="PER_HOUR",
-                   help="also report the lowest threshold with at most this many false accepts "
-                        "per hour on this stream (calibrate on your training speakers or room)")
+                   help="also report a threshold with at most this many false accepts per hour "
+                        "on this stream, midway in the gap above the last curve point with more "
+                        "(calibrate on your training speakers or room)")
     _add_filler_argument(v)
     _add_pad_argument(v)
     v.add_argument("--json", action="store_true", help="print one JSON object (with the curve)")
@@ -617,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labelled), or the toolkit cannot be imported; 2 a usage error or bad input (one "
         "line naming the file and the problem); 130 interrupted (Ctrl-C).")
     parser.add_argument("--version", action="version", version=f"speechxfer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     t = sub.add_parser("train", help="fine-tune an encoder + head, evaluate, save the model")
     t.add_argument("--data", type=Path,

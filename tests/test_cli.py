@@ -257,6 +257,18 @@ def test_task_lines_say_over_which_clips_each_figure_is(capsys):
     assert lines[1] == "  voice (single, 6 labelled clips): n_known 0  n_unseen 6"
 
 
+def test_task_line_of_unseen_speakers_gives_the_note_not_a_figure(capsys):
+    """Only new speakers (--test-speaker theo): no micro-F1 printed (not 0.0, not None), the
+    counts and the reason instead."""
+    from speechxfer.cli import _print_tasks
+
+    note = "no micro-F1: none of these clips' speaker is among the 2 the head trained on: a, b"
+    _print_tasks({"speaker": {"kind": "multi", "n": 5, "n_known": 0, "micro_f1": None,
+                              "note": note, "n_unseen": 5}})
+    assert capsys.readouterr().out == (f"  speaker (multi, 5 labelled clips): n_known 0  "
+                                       f"n_unseen 5  ({note})\n")
+
+
 @pytest.mark.parametrize("tasks", [["speaker:single", "speaker:embedding"],
                                    ["speaker", "speaker"], ["command", "command:single"]])
 def test_a_task_given_twice_is_refused(tasks, tmp_path, capsys):
@@ -268,3 +280,31 @@ def test_a_task_given_twice_is_refused(tasks, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--task {tasks[0].partition(':')[0]}: given more than once" in err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("command", ["listen", "stream"])
+def test_listen_file_may_follow_the_options(command):
+    """`listen MODEL --json FILE` failed ("one of the arguments file --mic is required"; stream:
+    "unrecognized arguments"): argparse before Python 3.12.8 gave the optional FILE nothing when
+    an option came between it and MODEL."""
+    args = build_parser().parse_args([command, "m", "--json", "--threshold", "0.5", "rec.wav"])
+    assert (args.model.name, args.file, args.json, args.threshold) == ("m", "rec.wav", True, 0.5)
+    assert build_parser().parse_args([command, "m", "--mic"]).mic
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["listen", "m"], "one of the arguments file --mic is required"),
+    (["listen", "m", "rec.wav", "--mic"], "argument --mic: not allowed with argument file"),
+    (["stream", "m", "--mic", "rec.wav"], "argument --mic: not allowed with argument file"),
+])
+def test_listen_takes_a_file_or_the_microphone(argv, message, capsys):
+    assert message in parse_error(argv, capsys)
+
+
+@pytest.mark.parametrize("command", ["listen", "eval-stream"])
+def test_filler_below_without_filler_margin_is_refused(command, svm, capsys):
+    """--filler-below alone tuned a check that was off: ignored in silence, now refused before
+    the model loads."""
+    source = ["--data", "rec.wav"] if command == "eval-stream" else ["rec.wav"]
+    assert main([command, str(svm), *source, "--filler-below", "0.5"]) == 2
+    assert "--filler-below needs --filler-margin" in capsys.readouterr().err
