@@ -47,6 +47,9 @@ RATE_STEP = 50  # Hz
 # a WAV chunk size from here up is a streaming writer's "unknown length" (ffmpeg 0xFFFFFFFF,
 # arecord 0x7FFFFFFF, sox 0x7FFFF000), not a clip's finalised size (2 GiB of audio)
 WAV_PLACEHOLDER = 0x7F000000
+# a header may overstate its audio by a few bytes (writers that miscount another chunk): a file
+# short by less than this is read as it is; a clip cut mid-word loses far more
+CUT_TOLERANCE_S = 0.02
 READ_BLOCK = 1 << 20  # samples decoded at a time (all channels), down-mixed before the next
 # integer PCM -> (offset, full scale), as soundfile reads WAV; 8-bit WAV is unsigned
 PCM_SCALE = {
@@ -319,7 +322,7 @@ def _wav_truncation(f: BinaryIO, size: int) -> str | None:
             held = size - start
             finalised = (0 < length < WAV_PLACEHOLDER and 0 < riff < WAV_PLACEHOLDER
                          and riff + 8 >= start + length)
-            if not finalised or length <= held:
+            if not finalised or length - held <= bytes_per_second * CUT_TOLERANCE_S:
                 return None
             if not bytes_per_second:
                 return _cut_short(f"{length} bytes of audio", f"{held}")

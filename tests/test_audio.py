@@ -104,6 +104,19 @@ def test_a_wav_cut_short_is_an_error_naming_it_not_its_first_half(fsdd, tmp_path
     assert skipped[0][1].startswith("truncated: the header announces 0.432 s")
 
 
+def test_a_header_overstating_its_audio_by_a_few_bytes_is_read(fsdd, tmp_path):
+    """Writers that miscount another chunk overstate the data by a few bytes: not a cut clip."""
+    whole = (fsdd / "7_jackson_0.wav").read_bytes()
+    path = tmp_path / "sloppy.wav"
+    for short, refused in ((200, False), (400, True)):  # 12.5 ms, 25 ms at 8 kHz 16 bit
+        path.write_bytes(whole[: len(whole) - short])
+        if refused:
+            with pytest.raises(AudioError, match="truncated"):
+                load(path)
+        else:
+            assert load(path).numel() == (len(whole) - 44 - short) // 2 * 2  # 8 kHz -> 16 kHz
+
+
 @pytest.mark.parametrize("riff, data", [
     (0xFFFFFFFF, 0xFFFFFFFF),  # ffmpeg to a pipe
     (0x7FFFFFFF, 0x7FFFFFFF),  # arecord
