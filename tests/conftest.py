@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,21 @@ def _drop_unimportable_lazy_modules() -> None:
 _drop_unimportable_lazy_modules()
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def load_recipe():
+    """``load_recipe(name)``: ``recipes/NAME/run.py`` as a module (recipes are scripts, not a
+    package), imported afresh for each test."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_run_under_test",
+                                                      ROOT / "recipes" / name / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 FSDD = ROOT / "data" / "fsdd" / "recordings"
 
 

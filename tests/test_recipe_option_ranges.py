@@ -2,22 +2,10 @@
 usage line: ``--threads 0`` was a RuntimeError traceback from torch, a negative seed a traceback
 once the data had loaded (or another program's usage error, several steps in)."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_run_for_ranges", RECIPES / name / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("recipe", "argv"), [
@@ -30,9 +18,9 @@ def load(name: str):
     ("zero_shot_vs_finetune", ["compare", "--threads", "0"]),
     ("new_voices", ["--seeds", "-1"]),
 ])
-def test_bad_threads_and_seeds_are_refused_before_any_work(recipe, argv, tmp_path, monkeypatch,
+def test_bad_threads_and_seeds_are_refused_before_any_work(load_recipe, recipe, argv, tmp_path, monkeypatch,
                                                             capsys):
-    run = load(recipe)
+    run = load_recipe(recipe)
 
     def no_work(*args, **kwargs):
         raise AssertionError("the recipe started work on an out-of-range option")

@@ -2,53 +2,40 @@
 never writes over another's results (no model run)."""
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from speechxfer.openset import DEFAULT_MAX_FALSE_ACCEPT
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_run_for_names", RECIPES / name / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def names(function, base: dict, variants: list[dict], *extra) -> list[str]:
     return [function(argparse.Namespace(**{**base, **v}), *extra) for v in [{}, *variants]]
 
 
-def test_speech_commands_and_synthetic_results_carry_seed_and_bar():
+def test_speech_commands_and_synthetic_results_carry_seed_and_bar(load_recipe):
     base = {"quick": False, "seed": 0, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
     variants = [{"quick": True}, {"seed": 1}, {"max_false_accept": 0.01}]
-    sc = names(load("speech_commands").results_suffix, base, variants)
+    sc = names(load_recipe("speech_commands").results_suffix, base, variants)
     assert sc[:2] == ["", "_quick"] and len(set(sc)) == 4
-    synthetic = names(load("synthetic").results_suffix, {**base, "skip_digits": False},
+    synthetic = names(load_recipe("synthetic").results_suffix, {**base, "skip_digits": False},
                       [*variants, {"skip_digits": True}])
     assert synthetic[:2] == ["", "_quick"] and len(set(synthetic)) == 5
 
 
-def test_augmentation_results_carry_tasks_copies_seed_and_bar():
+def test_augmentation_results_carry_tasks_copies_seed_and_bar(load_recipe):
     base = {"quick": False, "seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT,
             "max_minutes": None}
     both = ["digits", "speech_commands"]
-    stems = names(load("augmentation").results_stem, base,
+    stems = names(load_recipe("augmentation").results_stem, base,
                   [{"quick": True}, {"seed": 1}, {"copies": 4}, {"max_false_accept": 0.01}], both)
     assert stems[:2] == ["results", "results_quick"] and len(set(stems)) == 5
-    assert load("augmentation").results_stem(argparse.Namespace(**base), ["digits"]) == \
+    assert load_recipe("augmentation").results_stem(argparse.Namespace(**base), ["digits"]) == \
         "results_digits"
 
 
-def test_augmentation_results_carry_a_budget_other_than_the_plans(capsys):
+def test_augmentation_results_carry_a_budget_other_than_the_plans(load_recipe, capsys):
     """A smaller budget cuts conditions: its results replaced the default run's, which had them."""
-    augmentation = load("augmentation")
+    augmentation = load_recipe("augmentation")
     others = {"seed": 0, "copies": None, "max_false_accept": DEFAULT_MAX_FALSE_ACCEPT}
 
     def stem(quick: bool, minutes: float | None) -> str:
@@ -64,8 +51,8 @@ def test_augmentation_results_carry_a_budget_other_than_the_plans(capsys):
         assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err
 
 
-def test_redrawing_results_that_are_not_there_is_one_clear_line(tmp_path, capsys):
-    synthetic = load("synthetic")
+def test_redrawing_results_that_are_not_there_is_one_clear_line(load_recipe, tmp_path, capsys):
+    synthetic = load_recipe("synthetic")
     with pytest.raises(SystemExit) as stop:
         synthetic.main(["--redraw", "--seed", "3", "--out", str(tmp_path)])
     assert stop.value.code == 2
@@ -73,8 +60,8 @@ def test_redrawing_results_that_are_not_there_is_one_clear_line(tmp_path, capsys
 
 
 @pytest.mark.parametrize("option", [["--seed", "-1"], ["--max-false-accept", "nan"]])
-def test_synthetic_refuses_bad_values_before_loading_data(tmp_path, monkeypatch, capsys, option):
-    synthetic = load("synthetic")  # --seed -1 was a traceback once Speech Commands had loaded
+def test_synthetic_refuses_bad_values_before_loading_data(load_recipe, tmp_path, monkeypatch, capsys, option):
+    synthetic = load_recipe("synthetic")  # --seed -1 was a traceback once Speech Commands had loaded
     monkeypatch.setattr(synthetic, "Bank", lambda *a: pytest.fail("the data was loaded"))
     with pytest.raises(SystemExit) as stop:
         synthetic.main(["--out", str(tmp_path), *option])
