@@ -33,7 +33,7 @@ from speechxfer.log import run_script
 
 CLIP_SECONDS = 1.0  # a typical spoken command
 WARMUP_RUNS = 3
-REPEATS = {"clip": 20, "2s": 20, "30s": 5}  # 30-s windows are ~25x slower; fewer runs suffice
+REPEATS = {"clip": 20, "2s": 20, "30s": 5}  # 30-s windows cost far more per run; fewer runs suffice
 TARGET_CLIP_MS = 15.0
 
 

@@ -122,7 +122,7 @@ def _train(args: argparse.Namespace) -> None:
     specs = [spec.partition(":") for spec in args.task or ["command"]]
     names = [name for name, _, _ in specs]
     repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:  # one head per task: a second kind silently replaced the first
+    if repeated:  # one head per task: a second kind would silently replace the first
         raise ValueError(f"--task {', '.join(repeated)}: given more than once "
                          f"({', '.join(args.task)}); give each task once, NAME[:KIND]")
     if "command" not in names:
@@ -422,8 +422,8 @@ def _listen(args: argparse.Namespace) -> int:
 
 class _CommandParser(argparse.ArgumentParser):
     """A command's parser. With ``source`` set (listen, stream) it reads FILE wherever it stands
-    among the options: argparse (3.11, 3.12.1, 3.13.0) gave the optional FILE nothing when an
-    option came between it and MODEL (`listen MODEL --json FILE`: "one of the arguments file
+    among the options: argparse (3.11, 3.12.1, 3.13.0) gives the optional FILE nothing when an
+    option comes between it and MODEL (`listen MODEL --json FILE`: "one of the arguments file
     --mic is required"). The intermixed parse, which takes FILE anywhere, refuses a positional
     in a mutually exclusive group, so the choice of FILE or --mic is checked here."""
 

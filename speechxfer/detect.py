@@ -8,7 +8,7 @@ Why this shape:
 - Every utterance is classified whole, in a window of at least ``clip_s`` (the 1-s clips the
   models were trained on), so the model always sees a complete word as in training; the window
   never reaches back into the previous utterance, whose word would otherwise be heard twice
-  (a breath after "yes" fired "yes" again).
+  (a breath after "yes" would fire "yes" again).
 - An utterance longer than ``max_utterance_s`` is talk, not a command word, and yields no event.
 - The model's own open-set decision applies (``openset.acceptance``: the best command must reach
   the threshold calibrated at training and beat ``_unknown_`` and ``_silence_``); opt-in, a
@@ -54,7 +54,7 @@ RESAMPLE_BLOCK_S = 0.1  # input resampled in blocks of this length (a fixed grid
 DEFAULT_THRESHOLD = 0.5  # for a model saved without a calibrated threshold
 # The filler check (``decoder.filler``), opt-in: an utterance the model gives a command with
 # probability under FILLER_BELOW is dropped when Whisper's own first word beats the command's by
-# more than the margin (nats). Confident decisions stand: a margin alone also dropped real
+# more than the margin (nats). Confident decisions stand: a margin alone would also drop real
 # commands Whisper mishears ("yes" written " yeah", "stop" written " start"). FILLER_MARGIN was
 # chosen on streams of training-group speakers held out of a model; it is not the default
 # because on the test speakers it cost more recall than it saved false accepts (README
@@ -102,8 +102,8 @@ class SileroVAD:
     model inside the installed wheel (no download). Stateful: frames must come in order.
 
     Its recurrent state drifts on a never-ending stream (silero-vad issue 725): after a minute
-    of a built stream it gave half of the words a probability under 0.5, which a reset right
-    before each of them brought back to 1.0. So the detector resets it every ``VAD_RESET_S``
+    of a built stream many of its words would fall under the speech threshold, where a reset
+    right before each word keeps them above it. So the detector resets it every ``VAD_RESET_S``
     while no utterance is open.
     """
 
@@ -131,8 +131,8 @@ class SileroVAD:
 @contextmanager
 def one_thread(threads: int = 1) -> Iterator[None]:
     """Run torch on ``threads`` threads inside the block. The stream's own work (32-ms VAD
-    frames, 0.1-s resampling blocks) is too small to split: on a busy 2-core machine two threads
-    waiting on each other made a VAD frame cost 12-17 ms instead of under 1 ms."""
+    frames, 0.1-s resampling blocks) is too small to split: on a busy machine threads waiting
+    on each other would make a VAD frame cost many times its single-thread time."""
     before = torch.get_num_threads()
     if before == threads:
         yield

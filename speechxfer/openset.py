@@ -21,7 +21,7 @@ from .evaluate import score_predictions
 from .vocab import SILENCE, UNKNOWN, is_command
 
 # At most 3% of unknown words and silence taken for a command on validation speakers: the
-# rate a voice app can live with, and a margin under the 5% that new speakers may drift to.
+# rate a voice app can live with, and a margin for new speakers, whose rate runs higher.
 DEFAULT_MAX_FALSE_ACCEPT = 0.03
 
 

@@ -278,7 +278,7 @@ def read_voiceprints(model_dir: str | Path) -> Voiceprints | None:
                                                 {"cohort": (n_cohort, dim)})
     try:
         tensors = read_weights(folder / WEIGHTS, "numpy", shapes)
-    except ModelError as err:  # read_weights calls a model's config config.json
+    except ModelError as err:  # read_weights names a model's config, config.json
         raise ModelError(str(err).replace("config.json", CONFIG)) from None
     vectors = tensors["vectors"].astype(np.float32)
     calibration = config.get("calibration")

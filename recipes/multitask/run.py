@@ -279,7 +279,7 @@ def mean_prob(probs: np.ndarray, values: list[str], classes: list[str]) -> float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    # as train's ranges: --epochs 0 read as the default, -1 scored untrained heads
+    # as train's ranges: --epochs 0 would read as the default, -1 would score untrained heads
     parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=None)
     parser.add_argument("--only", nargs="+", default=None, help="condition names to run")
     parser.add_argument("--epochs", type=bounded(int, 1), default=None, help="base epochs")

@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few clips per word")
-    # synth's and train's ranges: a negative seed was a traceback once the data had loaded
+    # synth's and train's ranges: a negative seed would be a traceback after the data load
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
                         default=sc.DEFAULT_MAX_FALSE_ACCEPT)

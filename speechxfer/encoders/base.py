@@ -27,8 +27,8 @@ class Encoder(nn.Module):
     name: str
     sample_rate: int
     hidden_size: int
-    num_layers: int  # transformer blocks; forward returns num_layers + 1 hidden states
-    window: str  # "clip" or "30s" (Whisper); other encoders always see the clip
+    num_layers: int  # blocks (transformer or conv); forward returns num_layers + 1 states
+    window: str  # "clip" or a fixed "Ns" such as "2s" (Whisper); other encoders see the clip
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         raise NotImplementedError

@@ -1,8 +1,9 @@
 """Registry of pretrained encoders: name -> architecture, weight source and builder.
 
-Each entry says where its weights come from and how to build it, so other families
-(wav2vec2/HuBERT via ``torchaudio.models``) slot in as further entries with their own builder.
-Weights only ever come from installed packages or the local cache; nothing is downloaded.
+Each entry says where its weights come from and how to build it. A local wav2vec2/HuBERT
+checkpoint (``torchaudio.models``) needs no entry: a ``wav2vec2:<folder>`` or
+``hubert:<folder>`` name gets its spec from the folder's config (``_path_spec``). Weights only
+ever come from installed packages, the local cache or that folder; nothing is downloaded.
 """
 
 from __future__ import annotations
