@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,8 +93,8 @@ if TYPE_CHECKING:  # speechbrain loads only when a run augments
     from .augment import Augmenter
 
 DEFAULT_ENCODER = "whisper-tiny.en"
-# the frozen head times the decoder's zero-shot prior: the best measured speaker-independent
-# accuracy at every data size (recipes/zero_shot_vs_finetune), at about 100 ms per clip on a CPU
+# the frozen head times the decoder's zero-shot prior: the best speaker-independent accuracy at
+# every data size (recipes/zero_shot_vs_finetune; its cost per clip: benchmarks/latency.py)
 DEFAULT_STRATEGY = "combined"
 DEFAULT_AUGMENT_COPIES = 4  # K augmented copies of each training clip with --augment
 
@@ -125,7 +125,7 @@ def default_data() -> Path:
 
     Why the Speech Commands voices: a shipped model is for voices nobody recorded, and 38 more
     speakers, microphones and accents lift it on speakers held out of them (README "Speakers
-    outside FSDD"); FSDD's takes validate, as they did alone.
+    outside FSDD"); only FSDD's takes validate.
     """
     return bundled("digits.csv")
 
@@ -306,7 +306,7 @@ class Run:
     augment: dict | None = None  # ``augment_options``: what the run augments with, or None
     keep: str = "best"  # which epoch's weights to keep (``TrainConfig.keep``)
     speaker_speeds: tuple[int, ...] = ()  # ``augment.speed_speakers``: new voices at these speeds
-    negatives: tuple[str, ...] = ()  # datasets whose every clip trained as _unknown_
+    negatives: tuple[str, ...] = ()  # datasets whose every clip trains as _unknown_
     negative_clips: tuple = ()  # their clips (also in ``split.train``)
     spell_others: bool = False  # a decoder also spells the training data's other words
 
@@ -353,6 +353,26 @@ class Run:
         return (train if held else train + val), held
 
 
+# the options of a run that change its model and the summary's other keys do not hold: recorded
+# by ``job_summary`` so that ``finished_run`` can tell a run trained with others
+MODEL_OPTIONS = ("seed", "epochs", "k", "pooling", "layer", "keep", "lr_encoder", "lr_head",
+                 "batch_size", "head_options", "task_weights", "max_false_accept")
+
+
+def model_options(strategy: str, **given) -> dict:
+    """``MODEL_OPTIONS`` as a run of ``strategy`` has them, as JSON reads them back: ``given``
+    over ``Run``'s defaults (a None given is the default), the epochs the strategy trains when
+    none are given (a later change of its default then reads as other options), an empty
+    ``head_options`` or ``task_weights`` as None."""
+    options = {f.name: f.default for f in fields(Run) if f.name in MODEL_OPTIONS}
+    options.update((key, value) for key, value in given.items() if value is not None)
+    if options["epochs"] is None and strategy in JOBS and JOBS[strategy].in_epochs:
+        options["epochs"] = default_epochs(strategy)
+    for key in ("head_options", "task_weights"):
+        options[key] = options[key] or None
+    return json.loads(json.dumps(options))
+
+
 def job_summary(run: Run, strategy: dict, started: float, train: list,
                 n_train: int | None = None, n_validation: int = 0, skipped: list = (),
                 **extra) -> dict:
@@ -377,7 +397,9 @@ def job_summary(run: Run, strategy: dict, started: float, train: list,
         "best_epoch": None, "resumed_from_epoch": None, "history": [],
         "train_seconds": time.perf_counter() - started, "skipped": skipped_records(skipped),
         "parameters": None, "open_set_fit": None, "rejection": None,
-        "held_out_by_speaker": None, **extra,
+        "held_out_by_speaker": None,
+        **model_options(run.strategy, **{key: getattr(run, key) for key in MODEL_OPTIONS}),
+        **extra,
     }
 
 
@@ -805,8 +827,8 @@ def rank_folder() -> Iterator[Path]:
 def without_unlabelled(split: Split, tasks: tuple[str, ...]) -> Split:
     """``split`` less the clips with no label to use (a manifest row with empty cells), listed
     in its ``skipped``: a training or validation clip with no label of any of ``tasks`` trains
-    nothing (and was counted as trained), a test clip with no command label has no truth to
-    score (and crashed the run after training, losing the model)."""
+    nothing (and would be counted as trained), a test clip with no command label has no truth
+    to score (and would crash the run after training, losing the model)."""
     def usable(c, needed) -> bool:
         return any(t in c.labels for t in needed)
 
@@ -1122,11 +1144,24 @@ def finished_run(folder: Path, wanted: dict) -> dict | None:
     ``wanted``'s values (a recipe's rerun keeps it), None when none finished there. A run
     trained otherwise is a ValueError naming each difference, since scoring it as this fold
     could test voices it trained on or options it never had. ``data`` is compared as a
-    resolved path, ``test_speakers`` as a set, ``strategy`` by its name."""
+    resolved path, ``test_speakers`` as a set, ``strategy`` by its name.
+
+    Every one of ``MODEL_OPTIONS`` is compared, ``wanted``'s value or else the default
+    (``model_options``): a recipe that names only the options it sets still refuses a run
+    trained with others. A summary saved before it recorded them is a ValueError too: what
+    it was trained with cannot be told, and is never taken as matching."""
     summary = folder / "train_summary.json"
     if not ((folder / "config.json").is_file() and summary.is_file()):
         return None
     found = json.loads(summary.read_text("utf-8"))
+    if missing := [key for key in MODEL_OPTIONS if key not in found]:
+        raise ValueError(f"{folder}: saved before train_summary.json recorded the options it was "
+                         f"trained with ({', '.join(missing)}), so they cannot be compared with "
+                         "this run's; remove it or give another --work")
+    strategy = wanted.get("strategy", found.get("strategy"))
+    strategy = strategy.get("strategy") if isinstance(strategy, dict) else strategy
+    wanted = {**wanted, **model_options(strategy, **{key: wanted.get(key)
+                                                       for key in MODEL_OPTIONS})}
     differ = []
     for key, value in wanted.items():
         got = found.get(key)

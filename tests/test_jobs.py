@@ -212,6 +212,8 @@ def test_the_prior_weight_is_chosen_on_speakers_the_head_never_heard(make_fsdd, 
                         device="cpu", epochs=5)
     choice = summary["strategy"]["prior_weight"]
     assert choice["head_probabilities"] == "held out by speaker" and choice["folds"] == 2
+    # the combined summary records its head's options (its strategy entry has none of them)
+    assert (summary["seed"], summary["epochs"], summary["pooling"]) == (0, 5, "mean")
     trained, held_out = seen["trained"], seen["probs"]
     truth = [trained.model.labels.index(c.label) for c in trained.val]
     rows = np.arange(len(truth))
@@ -448,3 +450,51 @@ def test_write_results_keeps_a_cut_run_beside_the_finished_results(tmp_path):
     jobs.write_results(write(2), files, "", finished=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png", "results.json"]
     assert (tmp_path / "results.json").read_text() == "2 runs"
+
+
+def test_the_summary_records_every_option_that_changes_the_model(make_fsdd, tmp_path):
+    """Recipes keep a finished run by its summary (``finished_run``); seed, epochs, pooling,
+    layer and keep were not in it, so a run with other ones passed for the one asked for."""
+    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "7"), 2)
+    out = tmp_path / "m"
+    train_job(data, strategy="frozen", test_speakers=["theo"], out=out, device="cpu", epochs=1,
+              seed=3, pooling="attentive", layer=2, keep="last")
+    saved = json.loads((out / "train_summary.json").read_text())
+    assert {key: saved[key] for key in jobs.MODEL_OPTIONS} == {
+        "seed": 3, "epochs": 1, "k": 2, "pooling": "attentive", "layer": 2, "keep": "last",
+        "lr_encoder": 1e-4, "lr_head": 2e-3, "batch_size": 32, "head_options": None,
+        "task_weights": None, "max_false_accept": jobs.DEFAULT_MAX_FALSE_ACCEPT}
+    wanted = {"data": saved["data"], "test_speakers": ["theo"], "strategy": "frozen", "seed": 3,
+              "epochs": 1, "pooling": "attentive", "layer": 2, "keep": "last"}
+    assert jobs.finished_run(out, wanted) == saved
+    for key, other in (("seed", 0), ("epochs", 2), ("pooling", "mean"), ("keep", "best"),
+                       ("layer", None), ("k", 3), ("lr_head", 1e-3)):  # None, absent: default
+        with pytest.raises(ValueError, match=f"m: trained with other options \\({key} "):
+            jobs.finished_run(out, {**wanted, key: other})
+
+
+def test_model_options_are_the_ones_a_run_trains_with():
+    """What ``finished_run`` compares an option the recipe does not name with: the default
+    the run trained with, epochs resolved as ``train_neural`` does."""
+    assert jobs.model_options("combined")["epochs"] == jobs.default_epochs("combined")
+    assert jobs.model_options("full")["epochs"] == jobs.default_epochs("full")
+    assert jobs.model_options("svm")["epochs"] is None  # trains in no epochs
+    given = jobs.model_options("frozen", epochs=2, max_false_accept=None, head_options={},
+                               task_weights={"speaker": 0.5})
+    assert given["epochs"] == 2 and given["max_false_accept"] == jobs.DEFAULT_MAX_FALSE_ACCEPT
+    assert given["head_options"] is None and given["task_weights"] == {"speaker": 0.5}
+
+
+def test_a_run_saved_before_the_summary_recorded_its_options_is_refused(tmp_path):
+    """Its seed, epochs, k or pooling cannot be told: never taken as matching."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    summary = {"data": str(tmp_path), "test_speakers": [], "strategy": {"strategy": "combined"},
+               **jobs.model_options("combined")}
+    (tmp_path / "m" / "train_summary.json").write_text(json.dumps(summary))
+    assert jobs.finished_run(tmp_path / "m", {"data": tmp_path}) == summary
+    del summary["layer"], summary["seed"]
+    (tmp_path / "m" / "train_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="m: saved before train_summary.json recorded the options "
+                                         "it was trained with \\(seed, layer\\).*remove it"):
+        jobs.finished_run(tmp_path / "m", {"data": tmp_path})

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from speechxfer.audio import Clip
+from speechxfer.jobs import model_options
 
 RUN = Path(__file__).resolve().parents[1] / "recipes" / "new_voices" / "run.py"
 spec = importlib.util.spec_from_file_location("new_voices_run", RUN)
@@ -18,11 +19,13 @@ sys.modules[spec.name] = run
 spec.loader.exec_module(run)
 
 
-def finished(folder: Path, data: Path, held: list[str]) -> Path:
+def finished(folder: Path, data: Path, held: list[str], **changes) -> Path:
+    """A fold as ``train`` saves it: the default (combined) run with ``changes``."""
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "train_summary.json").write_text(json.dumps(
-        {"data": str(data.resolve()), "test_speakers": held}))
+        {"data": str(data.resolve()), "test_speakers": held, "strategy": {"strategy": "combined"},
+         **model_options("combined"), **changes}))
     return folder
 
 
@@ -36,14 +39,46 @@ def no_training(monkeypatch):
 
 def test_a_finished_fold_is_kept(tmp_path, no_training):
     folder = finished(tmp_path / "half0", tmp_path / "digits.csv", ["b", "a"])
-    assert run.train(["--seed", "0"], folder, tmp_path / "digits.csv", ["a", "b"]) == folder
+    assert run.train([], folder, tmp_path / "digits.csv", ["a", "b"], 0) == folder
 
 
 @pytest.mark.parametrize("data, held", [("other.csv", ["a", "b"]), ("digits.csv", ["a", "c"])])
 def test_a_folder_of_another_fold_is_refused(tmp_path, no_training, data, held):
     folder = finished(tmp_path / "half0", tmp_path / data, held)
     with pytest.raises(SystemExit, match="half0: trained with other options.*(data|test_speakers)"):
-        run.train(["--seed", "0"], folder, tmp_path / "digits.csv", ["a", "b"])
+        run.train([], folder, tmp_path / "digits.csv", ["a", "b"], 0)
+
+
+@pytest.mark.parametrize("changes, seed", [({"seed": 1}, 0), ({}, 1), ({"epochs": 5}, 0),
+                                           ({"k": 3}, 0), ({"pooling": "attentive"}, 0),
+                                           ({"layer": 2}, 0), ({"keep": "last"}, 0)])
+def test_a_fold_trained_with_another_seed_or_option_is_refused(tmp_path, no_training, changes,
+                                                               seed):
+    """The recipe names the data, speakers and seed; every other option that changes a model
+    is compared with the default it trains with (``jobs.finished_run``)."""
+    folder = finished(tmp_path / "half0", tmp_path / "digits.csv", ["a", "b"], **changes)
+    key = next(iter(changes), "seed")
+    with pytest.raises(SystemExit, match=f"half0: trained with other options \\({key} "):
+        run.train([], folder, tmp_path / "digits.csv", ["a", "b"], seed)
+
+
+def test_a_fold_trains_with_the_seed_it_is_compared_by(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(run, "cli", lambda argv: calls.append(argv) or 0)
+    run.train(["--test-speaker", "a"], tmp_path / "half0", tmp_path / "digits.csv", ["a"], 3)
+    assert calls == [["train", "--test-speaker", "a", "--seed", "3", "--out",
+                      str(tmp_path / "half0")]]
+
+
+def test_a_fold_saved_before_the_summary_recorded_its_options_is_refused(tmp_path, no_training):
+    folder = tmp_path / "half0"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "train_summary.json").write_text(json.dumps(
+        {"data": str((tmp_path / "digits.csv").resolve()), "test_speakers": ["a", "b"]}))
+    with pytest.raises(SystemExit, match="half0: saved before train_summary.json recorded the "
+                                         "options it was trained with \\(seed, epochs,"):
+        run.train([], folder, tmp_path / "digits.csv", ["a", "b"], 0)
 
 
 def test_a_seed_given_twice_is_refused(monkeypatch, no_training):
@@ -59,7 +94,7 @@ def test_a_seed_given_twice_is_refused(monkeypatch, no_training):
     (["--seeds", "0", "1", "--channel-rate", "8000"], "results_seeds-0-1_channel-8000")])
 def test_results_are_named_by_the_options(tmp_path, monkeypatch, options, stem):
     """Only the default run writes results.json: the five-seed figures must not be replaced."""
-    monkeypatch.setattr(run, "train", lambda args, folder, data, held: folder)
+    monkeypatch.setattr(run, "train", lambda args, folder, data, held, seed: folder)
     monkeypatch.setattr(run, "right",
                         lambda folder, clips, rate: dict.fromkeys(run.PATHS, len(clips)))
     monkeypatch.setattr(run, "HERE", tmp_path)

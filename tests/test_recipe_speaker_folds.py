@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from speechxfer.jobs import bundled, default_epochs
+from speechxfer.jobs import bundled, default_epochs, model_options
 
 RUN = Path(__file__).resolve().parents[1] / "recipes" / "speaker_folds" / "run.py"
 spec = importlib.util.spec_from_file_location("speaker_folds_run", RUN)
@@ -43,7 +43,8 @@ def write_fold(folder: Path, speaker: str, location: Path, **changes) -> None:
     summary = {"data": str(location.resolve()), "encoder": "whisper-tiny.en", "window": "2s",
                "strategy": {"strategy": "combined"}, "per_class": None,
                "test_speakers": [speaker], "n_train": 1350, "train_seconds": 60.0,
-               "test": {"n": 500, "accuracy": 0.9, "macro_f1": 0.9}, **changes}
+               "test": {"n": 500, "accuracy": 0.9, "macro_f1": 0.9},
+               **model_options("combined"), **changes}
     (folder / "train_summary.json").write_text(json.dumps(summary))
 
 
@@ -124,12 +125,32 @@ def test_k_names_the_results_of_every_strategy_that_reads_it():
 
 
 def test_a_name_given_again_with_another_seed_is_refused_not_reused(tmp_path, monkeypatch):
+    """The fold summaries record seed, epochs, k and pooling (``jobs.MODEL_OPTIONS``): no
+    options.json of the work folder keeps them any more."""
     monkeypatch.setattr(run, "train_job", lambda *_, **__: pytest.fail("trained"))
     data = Path(run.load_dataset(bundled("fsdd")).location)
     for speaker in SPEAKERS:
         write_fold(tmp_path / speaker, speaker, data)
     assert len(run.job_folds(options(work=tmp_path))) == 4  # the run that trained them
     assert len(run.job_folds(options(work=tmp_path))) == 4  # its rerun keeps them
-    for changes in ({"seed": 1}, {"epochs": 9}, {"pooling": "attentive"}):
-        with pytest.raises(SystemExit, match=f"folds of other options \\({next(iter(changes))}"):
+    for changes in ({"seed": 1}, {"epochs": 9}, {"pooling": "attentive"}, {"k": 3}):
+        with pytest.raises(SystemExit, match=f"george: trained with other options \\("
+                                              f"{next(iter(changes))} "):
             run.job_folds(options(work=tmp_path, **changes))
+    assert not (tmp_path / "options.json").exists()
+
+
+def test_a_fold_saved_before_the_summary_recorded_its_options_is_refused_before_any_trains(
+        tmp_path, monkeypatch):
+    """An older summary cannot say which seed, epochs, k or pooling trained it: refused with
+    the reason, and before the missing fold ahead of it (george) spends a training."""
+    monkeypatch.setattr(run, "train_job", lambda *_, **__: pytest.fail("trained"))
+    data = Path(run.load_dataset(bundled("fsdd")).location)
+    write_fold(tmp_path / "jackson", "jackson", data)
+    old = json.loads((tmp_path / "jackson" / "train_summary.json").read_text())
+    for key in ("seed", "epochs", "k", "pooling", "layer", "keep"):
+        del old[key]
+    (tmp_path / "jackson" / "train_summary.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="jackson: saved before train_summary.json recorded the "
+                                         "options it was trained with \\(seed, epochs, k, pooling"):
+        run.job_folds(options(work=tmp_path))

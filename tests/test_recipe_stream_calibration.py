@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from speechxfer.jobs import model_options
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "recipes" / "stream_calibration" / "run.py"
 spec = importlib.util.spec_from_file_location("stream_calibration_run", RUN)
@@ -60,7 +62,8 @@ def test_the_folds_are_trained_holding_out_the_test_groups_and_read_as_one_syste
                 {"data": data, "test_speakers": held, "strategy": {"strategy": "combined"},
                  "encoder": argv[argv.index("--encoder") + 1],
                  "commands": argv[argv.index("--commands") + 1].split(","),
-                 "spell_others": "--spell-others" in argv or None}))
+                 "spell_others": "--spell-others" in argv or None,
+                 **model_options("combined")}))
         return 0
 
     def stream_report(system, data, minutes, seed, out):
@@ -135,7 +138,11 @@ def test_negatives_folders_named_alike_never_share_results(tmp_path, monkeypatch
 @pytest.mark.parametrize("changes, says", [({"spell_others": None}, "spell_others"),
                                            ({"encoder": "whisper-base"}, "encoder"),
                                            ({"commands": ["yes", "no"]}, "commands"),
-                                           ({"negatives": ["/elsewhere/fsdd"]}, "negatives")])
+                                           ({"negatives": ["/elsewhere/fsdd"]}, "negatives"),
+                                           # options the recipe never sets: its defaults
+                                           ({"seed": 1}, "seed"), ({"epochs": 5}, "epochs"),
+                                           ({"k": 3}, "k"), ({"pooling": "attentive"}, "pooling"),
+                                           ({"max_false_accept": 0.01}, "max_false_accept")])
 def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monkeypatch,
                                                                  changes, says):
     held = GROUPS[0] + GROUPS[1] + GROUPS[2] + GROUPS[3]
@@ -144,7 +151,8 @@ def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monke
     (folder / "config.json").write_text("{}")
     summary = {"data": str(ROOT / "data" / "speech_commands"), "test_speakers": held,
                "strategy": {"strategy": "combined"}, "encoder": "whisper-tiny.en",
-               "commands": run.COMMANDS.split(","), "spell_others": True}
+               "commands": run.COMMANDS.split(","), "spell_others": True,
+               **model_options("combined")}
     (folder / "train_summary.json").write_text(json.dumps({**summary, **changes}))
 
     def cli(argv):
@@ -156,6 +164,11 @@ def test_a_member_trained_with_other_options_is_refused_not_kept(tmp_path, monke
         run.member(args, "whisper-tiny.en", "23", held)
     (folder / "train_summary.json").write_text(json.dumps(summary))
     assert run.member(args, "whisper-tiny.en", "23", held) == folder
+    old = {k: v for k, v in summary.items() if k not in ("seed", "epochs", "k", "pooling")}
+    (folder / "train_summary.json").write_text(json.dumps(old))  # saved before they were recorded
+    with pytest.raises(ValueError, match="cv23: saved before train_summary.json recorded the "
+                                         "options it was trained with \\(seed, epochs, k, pooling\\)"):
+        run.member(args, "whisper-tiny.en", "23", held)
 
 
 @pytest.mark.parametrize("option, says", [

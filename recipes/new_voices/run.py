@@ -37,14 +37,15 @@ HERE = Path(__file__).resolve().parent
 PATHS = ("fast path", "torch", "head alone")
 
 
-def train(args: list[str], folder: Path, data: Path, held: list[str]) -> Path:
-    """``speechxfer train ARGS --out FOLDER``, unless a run on ``data`` holding out ``held``
-    finished there (``jobs.finished_run``: a rerun resumes; another fold's folder is an error)."""
+def train(args: list[str], folder: Path, data: Path, held: list[str], seed: int) -> Path:
+    """``speechxfer train ARGS --seed SEED --out FOLDER``, unless a run on ``data`` holding out
+    ``held`` with that seed and otherwise the defaults finished there (``jobs.finished_run``: a
+    rerun resumes; another fold's or seed's folder is an error)."""
     try:
-        finished = finished_run(folder, {"data": data, "test_speakers": held})
+        finished = finished_run(folder, {"data": data, "test_speakers": held, "seed": seed})
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    if finished is None and cli(["train", *args, "--out", str(folder)]) != 0:
+    if finished is None and cli(["train", *args, "--seed", str(seed), "--out", str(folder)]) != 0:
         raise SystemExit(f"training {folder} failed")
     return folder
 
@@ -93,14 +94,14 @@ def main() -> None:
     names = ("default (data/digits.csv)", "FSDD alone")
     accuracy = {name: {p: {} for p in PATHS} for name in names}
     for seed in args.seeds:
-        suffix = f"_seed{seed}" if seed else ""  # seed 0 keeps the folders of earlier runs
-        fsdd_only = train(["--data", str(bundled("fsdd")), "--seed", str(seed)],
-                          args.work / f"fsdd_only{suffix}", fsdd_data, [])
+        suffix = f"_seed{seed}" if seed else ""  # seed 0 keeps the folder names of earlier runs
+        fsdd_only = train(["--data", str(bundled("fsdd"))], args.work / f"fsdd_only{suffix}",
+                          fsdd_data, [], seed)
         rows = {name: dict.fromkeys(PATHS, 0) for name in names}
         for k, half in enumerate(halves):
             held = [c for c in clips if c.speaker in half]
-            fold = train([a for s in half for a in ("--test-speaker", s)] + ["--seed", str(seed)],
-                         args.work / f"half{k}{suffix}", default_data(), half)
+            fold = train([a for s in half for a in ("--test-speaker", s)],
+                         args.work / f"half{k}{suffix}", default_data(), half, seed)
             for name, folder in zip(names, (fold, fsdd_only)):
                 for path, n in right(folder, held, args.channel_rate).items():
                     rows[name][path] += n

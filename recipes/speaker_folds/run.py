@@ -99,7 +99,8 @@ def finished_fold(folder: Path, args: argparse.Namespace, data: Path, speaker: s
     resumes), None when there is none; a folder trained otherwise is an error, not a result
     (``jobs.finished_run``)."""
     wanted = {"data": data, "test_speakers": [speaker], "encoder": args.encoder,
-              "per_class": args.per_class, "strategy": args.strategy,
+              "per_class": args.per_class, "strategy": args.strategy, "seed": args.seed,
+              "epochs": args.epochs, "k": args.k, "pooling": args.pooling,
               **({"window": args.window} if args.window is not None else {})}
     try:
         summary = finished_run(folder, wanted)
@@ -110,31 +111,17 @@ def finished_fold(folder: Path, args: argparse.Namespace, data: Path, speaker: s
     return summary
 
 
-def same_options(args: argparse.Namespace) -> None:
-    """Keep the seed, epochs, k and pooling in ``--work``/NAME/options.json, and refuse a run
-    with others there: the train summary does not record them, so a ``--name`` given again
-    with another seed would score the earlier folds as this run's."""
-    options = {key: getattr(args, key) for key in ("seed", "epochs", "k", "pooling")}
-    path = args.work / "options.json"
-    if not path.is_file():
-        args.work.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(options))
-    elif differ := [f"{key} {value!r}, not {options[key]!r}"
-                    for key, value in json.loads(path.read_text()).items()
-                    if options.get(key) != value]:
-        raise SystemExit(f"{args.work}: folds of other options ({'; '.join(differ)}); remove "
-                         "it or give another --name or --work")
-
-
 def job_folds(args: argparse.Namespace) -> list[dict]:
     """All folds through the main job itself (strategies that train the whole encoder); a
-    fold finished by an earlier run of the same options is kept."""
-    same_options(args)
+    fold finished by an earlier run of the same options is kept, and every fold folder is
+    checked before any trains (a folder of other options stops the run before it spends any)."""
     folds = []
     data = Path(load_dataset(args.data).location)
-    for speaker in load_dataset(bundled("fsdd")).speakers:
+    speakers = load_dataset(bundled("fsdd")).speakers
+    finished = {s: finished_fold(args.work / s, args, data, s) for s in speakers}
+    for speaker in speakers:
         folder = args.work / speaker
-        summary = finished_fold(folder, args, data, speaker)
+        summary = finished[speaker]
         if summary is not None:
             print(f"{speaker}: kept the finished fold in {folder}", flush=True)
         else:

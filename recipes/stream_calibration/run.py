@@ -16,8 +16,9 @@ threshold with the highest mean recall within the false-accept limits.
 
 Every member spells the other words (``--spell-others``), as the README's stream system does.
 Streams run on one thread under torch (``SPEECHXFER_TORCH=1``, the systems as trained). A rerun
-keeps finished folds and reports (a fold folder trained on other data or speakers is an error);
-folders and reports are named by the encoders, the ensemble's threshold, the minutes and the seed.
+keeps finished folds and reports (a fold folder trained on other data, speakers or options is
+an error); folders and reports are named by the encoders, the ensemble's threshold, the minutes
+and the seed.
 Writes results/results.md (the reading) and results/results.json next to this file, named by
 every non-default option (``results_data-..._seeds-0-1-2.json``), so a variant never replaces
 the default figures.
