@@ -38,7 +38,11 @@ SILENCE_PEAK = 1e-4  # peak amplitude (full scale = 1) under which a clip counts
 # peak amplitude over which float samples are integer PCM that was never scaled (int16 speech
 # cast to float peaks in the thousands); float audio, even loudness-normalised, stays far under
 MAX_PEAK = 100.0
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
+# recordings soundfile cannot decode (phones, browsers, video): a dataset still lists them, so
+# reading reports each with how to convert it, not a class recorded on a phone left out unsaid
+UNDECODED_SUFFIXES = (".m4a", ".aac", ".mp4", ".webm", ".3gp", ".amr", ".wma", ".mov", ".mkv",
+                      ".mka")
 MAX_SAMPLE_RATE = 768_000  # Hz, the highest rate audio hardware records at
 # An exact sinc resampler's kernel is (rate / gcd) x (target / gcd): an odd rate such as 44101 Hz
 # would need gigabytes, so past this size the rate is rounded to a multiple of RATE_STEP first.
@@ -86,12 +90,19 @@ class Clip:
         return self.labels.get("command")
 
 
+def is_audio_name(path: Path) -> bool:
+    """A name a dataset reads as a recording: an audio suffix (any case), or one soundfile cannot
+    decode (reading reports it), and not hidden: macOS writes a ``._NAME.wav`` (AppleDouble, no
+    audio) beside every file copied to a USB stick or network share."""
+    suffix = path.suffix.lower()
+    return not path.name.startswith(".") and suffix in AUDIO_SUFFIXES + UNDECODED_SUFFIXES
+
+
 def audio_files(folder: Path) -> list[Path]:
-    """The entries of ``folder`` named as audio, sorted, broken links included: reading
-    reports those (left out here, a dangling or looping symlink's clip would vanish from a run
-    without a word)."""
-    return sorted(p for p in folder.iterdir()
-                  if not p.is_dir() and p.suffix.lower() in AUDIO_SUFFIXES)
+    """The entries of ``folder`` named as audio (``is_audio_name``), sorted, broken links
+    included: reading reports those (left out here, a dangling or looping symlink's clip would
+    vanish from a run without a word)."""
+    return sorted(p for p in folder.iterdir() if not p.is_dir() and is_audio_name(p))
 
 
 def as_mono(samples: np.ndarray | torch.Tensor, source: str = "<samples>") -> torch.Tensor:
@@ -236,7 +247,9 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     try:
         samples, rate = _read_mono(str(path), path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(path, f"not readable as audio ({err})") from None
+        hint = (f"; soundfile cannot decode {path.suffix}: convert it first, e.g. ffmpeg -i IN"
+                f"{path.suffix} OUT.wav" if path.suffix.lower() in UNDECODED_SUFFIXES else "")
+        raise AudioError(path, f"not readable as audio ({err}){hint}") from None
     return to_mono_resampled(samples, rate, sample_rate, source=str(path))
 
 
@@ -305,27 +318,32 @@ def _wav_truncation(f: BinaryIO, size: int) -> str | None:
 
     Only a finalised header counts: streaming writers, which cannot seek back, leave placeholder
     sizes (0, 0xFFFFFFFF, 0x7FFFFFFF, a RIFF size that covers no data); those files are read as
-    before. Other formats, and WAVs whose chunks do not parse, are left to libsndfile.
+    before. RF64/BW64 give their sizes in a ds64 chunk. Other formats, and WAVs whose chunks do
+    not parse, are left to libsndfile.
     """
     head = f.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64", b"BW64") or head[8:] != b"WAVE":
         return None
-    order = "<" if head[:4] == b"RIFF" else ">"
+    order = ">" if head[:4] == b"RIFX" else "<"
     riff = struct.unpack(order + "I", head[4:8])[0]
-    position, bytes_per_second = 12, 0
+    position, bytes_per_second, data64 = 12, 0, None
     while len(chunk := f.read(8)) == 8:
         name, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
         start = position + 8
-        if name == b"fmt " and len(body := f.read(16)) == 16:
-            bytes_per_second = struct.unpack(order + "I", body[8:12])[0]
+        if name == b"ds64" and len(body := f.read(16)) == 16:  # RF64's 64-bit RIFF, data sizes
+            riff, data64 = struct.unpack(order + "QQ", body)
+        elif name == b"fmt " and len(body := f.read(16)) == 16:
+            rate, bytes_per_second, block = struct.unpack(order + "IIH", body[4:14])
+            bytes_per_second = bytes_per_second or rate * block  # a header that leaves it 0
         elif name == b"data":
+            length = data64 if length == 0xFFFFFFFF and data64 is not None else length
             held = size - start
             finalised = (0 < length < WAV_PLACEHOLDER and 0 < riff < WAV_PLACEHOLDER
                          and riff + 8 >= start + length)
             if not finalised or length - held <= bytes_per_second * CUT_TOLERANCE_S:
                 return None
             if not bytes_per_second:
-                return _cut_short(f"{length} bytes of audio", f"{held}")
+                return _cut_short(f"{length} bytes of audio", f"{held} bytes")
             return _cut_short(f"{length / bytes_per_second:.3f} s of audio ({length} bytes)",
                               f"{held / bytes_per_second:.3f} s ({held} bytes)")
         position = start + length + (length & 1)  # chunks are padded to an even size
@@ -337,18 +355,19 @@ def _mp3_counted_frame(f: BinaryIO, size: int) -> int:
     """Samples per frame when the first MPEG frame is a Xing/Info tag with a frame count (LAME
     and ffmpeg write one), else 0: the length soundfile reports is then the encoder's, not a
     guess from the file's size, and a decode that ends short of it met the end of a file cut
-    short."""
+    short. A count of 0 is ffmpeg's placeholder when it writes to a pipe: no count."""
     head, start = f.read(10), 0
     if len(head) == 10 and head[:3] == b"ID3":  # ID3v2: a syncsafe size, and maybe a footer
         start = 10 + sum((b & 0x7F) << 7 * (3 - i) for i, b in enumerate(head[6:10]))
         start += 10 if head[5] & 0x10 else 0
     f.seek(start)
-    frame = f.read(4 + 2 + 32 + 8)
-    if len(frame) < 46 or frame[0] != 0xFF or frame[1] & 0xE6 != 0xE2:  # sync, layer III
+    frame = f.read(4 + 2 + 32 + 12)
+    if len(frame) < 50 or frame[0] != 0xFF or frame[1] & 0xE6 != 0xE2:  # sync, layer III
         return 0
     mpeg1, mono = frame[1] & 0x18 == 0x18, frame[3] >> 6 == 3
     side = 4 + (0 if frame[1] & 1 else 2) + ((17 if mono else 32) if mpeg1 else (9 if mono else 17))
-    counted = frame[side:side + 4] in (b"Xing", b"Info") and frame[side + 7] & 1
+    counted = (frame[side:side + 4] in (b"Xing", b"Info") and frame[side + 7] & 1
+               and frame[side + 8:side + 12] != bytes(4))
     return (1152 if mpeg1 else 576) if counted else 0
 
 

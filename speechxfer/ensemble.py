@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -154,7 +155,9 @@ class EnsembleRecognizer(Recognizer):
         folder is copied from it whole, so exported fast paths travel along)."""
         directory = Path(directory)
         for i, source in enumerate(self.sources):  # a copy into its own source never ends
-            if source is not None and directory.resolve().is_relative_to(source.resolve()):
+            # realpath: a link loop above ``directory`` is the save's clear error, no traceback
+            if source is not None and Path(os.path.realpath(directory)).is_relative_to(
+                    source.resolve()):
                 raise StoreError(f"{directory}: is or lies inside member {i}'s folder {source}; "
                                  "save the ensemble outside its members")
             if source is not None and folder_stamp(source) != self._stamps[i]:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -505,7 +506,8 @@ def export_folder(model_dir: str | Path, out: str | Path, int8: bool = False,
     from .ensemble import system_digest
     from .recognizer import load
 
-    source, target = Path(model_dir).resolve(), Path(out).resolve()
+    # realpath, not resolve: a link loop above ``out`` is the save's clear error, not a traceback
+    source, target = Path(os.path.realpath(model_dir)), Path(os.path.realpath(out))
     if source.is_relative_to(target) or target.is_relative_to(source):  # inside: head/ replaced
         raise ExportError(f"{out}: is, holds or lies inside the model folder {model_dir}, which "
                           "the export would replace or change; export to another folder "

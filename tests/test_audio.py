@@ -150,6 +150,48 @@ def test_flac_and_mp3_cut_short_are_errors(fsdd, tmp_path, fmt, problem):
         load(path)
 
 
+def test_rf64_cut_short_is_an_error(fsdd, tmp_path):
+    """RF64 (and BW64) give their sizes in a ds64 chunk; a cut one was read in part."""
+    samples, rate = sf.read(fsdd / "7_jackson_0.wav")
+    path = tmp_path / "clip.wav"
+    sf.write(path, samples, rate, format="RF64", subtype="PCM_16")
+    assert load(path).numel() == 2 * len(samples)
+    path.write_bytes(path.read_bytes()[:-3000])
+    with pytest.raises(AudioError, match=r"clip\.wav: truncated: the header announces 0\.432 s"):
+        load(path)
+
+
+def test_a_wav_header_without_its_byte_rate_keeps_the_tolerance(fsdd, tmp_path):
+    """A fmt chunk whose byte rate is 0 (libsndfile reads it from the rate and block size) made
+    a data size 2 bytes over the file's a cut clip; the byte count now says "bytes"."""
+    whole = (fsdd / "7_jackson_0.wav").read_bytes()
+    no_rate = whole[:28] + bytes(4) + whole[32:]  # fmt's average bytes per second
+    path = tmp_path / "no_rate.wav"
+    path.write_bytes(_with_sizes(no_rate, len(whole) - 8 + 2, len(whole) - 44 + 2))
+    assert load(path).numel() == len(whole) - 44  # 8 kHz 16 bit -> 16 kHz
+    path.write_bytes(_with_sizes(no_rate[:3000], len(whole) - 8, len(whole) - 44))
+    with pytest.raises(AudioError, match=r"0\.432 s of audio \(6914 bytes\), the file holds "):
+        load(path)
+
+
+def test_an_mp3_whose_xing_frame_count_is_a_placeholder_is_read(fsdd, tmp_path):
+    """ffmpeg writing to a pipe leaves the Xing frame count 0: mpg123 then guesses the length
+    from the file's size, and a whole VBR clip was refused as cut short."""
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile writes no MP3")
+    samples, rate = sf.read(fsdd / "7_jackson_0.wav")
+    path = tmp_path / "piped.mp3"
+    sf.write(path, np.tile(samples, 2), rate, format="MP3", bitrate_mode="VARIABLE",
+             compression_level=0.0)
+    data = bytearray(path.read_bytes())
+    xing = data.index(b"Xing")
+    assert data[xing + 7] & 1  # a frame count follows
+    data[xing + 8:xing + 12] = bytes(4)
+    path.write_bytes(bytes(data))
+    want, _ = sf.read(path, dtype="float32")
+    assert load(path, rate).numpy() == pytest.approx(want, abs=1e-6)
+
+
 def test_a_number_is_not_a_clip():
     """predict_batch([0.1, 0.2, ...]) takes each sample for a clip: the error spoke of 'shape ()'."""
     with pytest.raises(AudioError, match="a single number, not a clip: predict_batch takes a list"):

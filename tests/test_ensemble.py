@@ -129,6 +129,18 @@ def test_the_same_folder_twice_is_refused(make_svm, tmp_path, capsys):
     assert "given twice" in capsys.readouterr().err and not (tmp_path / "aa").exists()
 
 
+def test_a_link_loop_above_out_is_an_error_not_a_traceback(make_svm, tmp_path, capsys):
+    """Path.resolve raised RuntimeError ("Symlink loop") out of save: a traceback."""
+    a = make_svm(tmp_path / "a", DIGITS, range(3))
+    b = make_svm(tmp_path / "b", DIGITS, range(3, 6), speaker="george")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    out = tmp_path / "loop_a" / "ens"
+    assert main(["ensemble", str(a), str(b), "--out", str(out)]) == 2
+    assert f"speechxfer ensemble: error: {out}: cannot create its parent folder" in (
+        capsys.readouterr().err)
+
+
 def test_a_copy_of_a_member_or_a_member_inside_a_nested_ensemble_is_refused(make_svm, tmp_path,
                                                                              capsys):
     import shutil

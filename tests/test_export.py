@@ -201,6 +201,16 @@ def test_a_model_that_cannot_export_is_named(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_link_loop_above_out_is_no_traceback(tmp_path, capsys):
+    """Path.resolve raised RuntimeError ("Symlink loop") out of export_folder: a traceback."""
+    model = CommandClassifier(build_encoder("ds-cnn", pretrained=False), {"command": ["a", "b"]})
+    folder = model.save(tmp_path / "cnn")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    assert main(["export", str(folder), "--out", str(tmp_path / "loop_a" / "out")]) == 2
+    assert f"{folder}: ONNX export covers Whisper encoders" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_combined_and_int8_exports_agree_with_torch(frozen, fsdd, tmp_path):
     from speechxfer.decoder.combined import CombinedRecognizer

@@ -207,6 +207,16 @@ def test_label_spellings_are_the_recognizers_and_refuse_what_it_refuses(system):
         label_spellings(["8", "9"], {"_unknown_": ["dog"]})
 
 
+@pytest.mark.parametrize("spellings", ["eight", [], [" "], [8]])
+def test_label_spellings_refuse_what_is_no_list_of_words(spellings):
+    """A string was spelt letter by letter ("e", "i", ...), an empty list an IndexError in the
+    prompt; a saved config's aliases were already checked so."""
+    from speechxfer.decoder.scoring import label_spellings
+
+    with pytest.raises(ValueError, match="'8': .* is not a list of spellings"):
+        label_spellings(["8", "9"], {"8": spellings})
+
+
 def test_train_and_the_recognizer_check_spellings_through_one_function(make_fsdd, tmp_path,
                                                                        capsys, monkeypatch):
     """train's check before any head trains is the recognizer's own (``label_spellings``), not

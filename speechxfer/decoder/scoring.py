@@ -108,8 +108,15 @@ def label_spellings(labels: list[str],
     any head trains both build them here, so the two cannot disagree.
 
     Labels and aliases are matched and spelt in NFC: Whisper's tokens spell composed text, a
-    decomposed "é" would be another spelling.
+    decomposed "é" would be another spelling. Each of ``aliases`` is a list of non-blank words,
+    as a saved config's must be: a string would be spelt letter by letter, an empty list break
+    the prompt.
     """
+    for lab, al in (aliases or {}).items():
+        if isinstance(al, str) or not (al or lab == UNKNOWN) or not all(
+                isinstance(a, str) and a.strip() for a in al):
+            raise ValueError(f"aliases of {lab!r}: {al!r} is not a list of spellings "
+                             "(non-blank words)")
     given = {nfc(lab): [nfc(a) for a in al] for lab, al in (aliases or {}).items()}
     spellings = {lab: given[nfc(lab)] if nfc(lab) in given else default_spellings(lab)
                  for lab in labels if is_command(lab)}
