@@ -249,13 +249,17 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps({"file": path, "error": str(err)}) if args.json else f"error: {err}",
                   file=sys.stdout if args.json else sys.stderr)
             continue
+        best = pred.top(args.top) if args.top else []
         if args.json:
             print(json.dumps({"file": path, **pred.to_dict()}
+                             | ({"top": [{"label": lab, "probability": p} for lab, p in best]}
+                                if args.top else {})
                              | ({"speaker": speaker} if speaker else {})))
         else:
             others = [f"{t}={max(d, key=d.get)}" if d else t for t, d in pred.tasks.items()
                       if t != "command"]
-            print("\t".join([path, pred.label, f"{pred.probability:.3f}", *others]))
+            print("\t".join([path, pred.label, f"{pred.probability:.3f}",
+                             *(f"{lab}:{p:.3f}" for lab, p in best), *others]))
     if failed:
         print(f"{failed} of {len(args.files)} file(s) failed", file=sys.stderr)
     return 1 if failed else 0
@@ -440,7 +444,8 @@ class _CommandParser(argparse.ArgumentParser):
             self._inside = False
         if parsed.file is not None and parsed.mic:
             self.error("argument --mic: not allowed with argument file")
-        if self.source == "required" and parsed.file is None and not parsed.mic:
+        # an unknown option before FILE leaves FILE among the extras: the caller names them
+        if self.source == "required" and parsed.file is None and not parsed.mic and not extras:
             self.error("one of the arguments file --mic is required")
         return parsed, extras
 
@@ -753,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help=MODEL_HELP)
     p.add_argument("files", nargs="+", help="audio files (wav, flac, ...); one line each")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--top", type=bounded(int, 1), metavar="K",
+                   help="also the K most probable labels, best first, as LABEL:PROBABILITY "
+                        "columns after the probability (--json: a \"top\" list)")
     p.add_argument("--device", type=_device, default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_predict)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -62,6 +63,15 @@ class Prediction:
     probabilities: dict[str, float]
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
     embeddings: dict[str, list[float]] = field(default_factory=dict)  # embedding heads' vectors
+
+    def top(self, k: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` most probable labels (all of them when None or more than there are) with
+        their probabilities, best first, ties in the model's label order: the runners-up a
+        "did you mean" offers. This is the model's ranking; ``label`` is the open-set decision,
+        so a rejected clip's ``label`` is ``_unknown_`` while ``top(1)`` names its best guess."""
+        if isinstance(k, bool) or not (k is None or isinstance(k, (int, np.integer)) and k >= 1):
+            raise ValueError(f"top: k must be a whole number >= 1 (or None: all), got {k!r:.20}")
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
     def to_dict(self) -> dict:
         return {
@@ -207,15 +217,32 @@ def auto(device: str | torch.device) -> str | torch.device:
     return device
 
 
-def to_wave(item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None, target: int,
-            source: str = "<samples>"):
-    """A file path or raw samples (with their rate, named ``source`` in errors) as a mono
-    tensor at ``target`` Hz."""
+def to_wave(item: str | Path | np.ndarray | torch.Tensor | Mapping, sample_rate: int | None,
+            target: int, source: str = "<samples>"):
+    """A file path, raw samples (with their rate, named ``source`` in errors) or a mapping of
+    both (``from_mapping``) as a mono tensor at ``target`` Hz."""
     if isinstance(item, (str, Path)):
         return load_audio(item, target)
+    if isinstance(item, Mapping):
+        item, sample_rate = from_mapping(item, sample_rate, source)
     if sample_rate is None:
         raise AudioError(source, "raw samples need their sample_rate")
     return to_mono_resampled(item, sample_rate, target, source)
+
+
+def from_mapping(item: Mapping, sample_rate: int | None, source: str) -> tuple[object, object]:
+    """The samples and rate of ``{"array" (or "raw"): samples, "sampling_rate": rate}``, the
+    form Hugging Face ``datasets`` rows and ``pipeline`` calls hold audio in, so such a row is
+    passed as it is. A ``sample_rate`` given beside it must agree: one of the two is wrong."""
+    keys = [k for k in ("array", "raw") if k in item]
+    if len(keys) != 1 or "sampling_rate" not in item:
+        raise AudioError(source, "a mapping of audio needs 'array' (or 'raw') and "
+                                 f"'sampling_rate'; got the keys {sorted(map(str, item))[:6]}")
+    rate = item["sampling_rate"]
+    if sample_rate is not None and sample_rate != rate:
+        raise AudioError(source, f"sample_rate={sample_rate!r:.20} disagrees with the mapping's "
+                                 f"sampling_rate {rate!r:.20}")
+    return item[keys[0]], rate
 
 
 def to_waves(items: list, sample_rate: int | None, target: int) -> list[torch.Tensor]:
@@ -225,6 +252,8 @@ def to_waves(items: list, sample_rate: int | None, target: int) -> list[torch.Te
     one = "one clip, not a list of them: predict_batch takes a list of clips; predict takes one"
     if isinstance(items, (str, Path)):
         raise AudioError(items, one)
+    if isinstance(items, Mapping):  # a list of its keys would be taken for file names
+        raise AudioError("<samples>", one)
     if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim < 2:
         raise AudioError("<samples>", one)
     items = list(items)  # rows of a 2-D array, or any iterable
@@ -327,11 +356,13 @@ class Recognizer:
         return out
 
     def predict(
-        self, item: str | Path | np.ndarray | torch.Tensor, sample_rate: int | None = None
+        self, item: str | Path | np.ndarray | torch.Tensor | Mapping,
+        sample_rate: int | None = None,
     ) -> Prediction:
-        """Label one clip: a file path, or raw samples with their ``sample_rate``."""
+        """Label one clip: a file path, raw samples with their ``sample_rate``, or a mapping
+        ``{"array": samples, "sampling_rate": rate}`` (a Hugging Face ``datasets`` audio row)."""
         if isinstance(item, (list, tuple)) and any(
-                isinstance(x, (str, Path, np.ndarray, torch.Tensor)) for x in item):
+                isinstance(x, (str, Path, np.ndarray, torch.Tensor, Mapping)) for x in item):
             # equal-length clips would be averaged as the channels of one, with no error
             raise AudioError("<samples>", f"a list of {len(item)} clip(s), not one clip: "
                                           "predict_batch takes a list; predict takes one (a "

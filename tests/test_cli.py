@@ -103,6 +103,25 @@ def test_predict_all_good_exits_zero(svm, fsdd, capsys):
     assert capsys.readouterr().out.startswith(str(fsdd / "4_theo_1.wav"))
 
 
+def test_predict_top_prints_the_runners_up_best_first(svm, fsdd, capsys):
+    """predict printed the best label only; its alternatives were in --json's unsorted dict."""
+    clip = str(fsdd / "4_theo_1.wav")
+    assert main(["predict", str(svm), clip, "--top", "2"]) == 0
+    columns = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert len(columns) == 5 and columns[3] == f"{columns[1]}:{columns[2]}"
+    ranked = [(lab, float(p)) for lab, p in (c.split(":") for c in columns[3:])]
+    assert ranked[0][1] >= ranked[1][1] and {lab for lab, _ in ranked} < set(DIGITS)
+    assert main(["predict", str(svm), clip, "--json", "--top", "9"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    probs = [t["probability"] for t in row["top"]]
+    assert [t["label"] for t in row["top"]] == sorted(DIGITS, key=lambda d: -row["probabilities"][d])
+    assert probs == sorted(probs, reverse=True) and row["top"][0]["label"] == row["label"]
+    assert main(["predict", str(svm), clip, "--json"]) == 0
+    assert "top" not in json.loads(capsys.readouterr().out)
+    assert "argument --top: '0' is out of range" in parse_error(["predict", "m", "f", "--top", "0"],
+                                                              capsys)
+
+
 def test_eval_json_is_pure_json_and_writes_no_report(svm, small_fsdd, capsys):
     (small_fsdd / "4_george_3.wav").write_bytes(b"corrupt")  # skipped: reported on stderr only
     before = sorted(p.name for p in svm.iterdir())
@@ -296,6 +315,8 @@ def test_listen_file_may_follow_the_options(command):
     (["listen", "m"], "one of the arguments file --mic is required"),
     (["listen", "m", "rec.wav", "--mic"], "argument --mic: not allowed with argument file"),
     (["stream", "m", "--mic", "rec.wav"], "argument --mic: not allowed with argument file"),
+    # an unknown option is named, not FILE said missing (it was, FILE given after it)
+    (["listen", "m", "--bogus", "rec.wav"], "unrecognized arguments: --bogus rec.wav"),
 ])
 def test_listen_takes_a_file_or_the_microphone(argv, message, capsys):
     assert message in parse_error(argv, capsys)

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from speechxfer import CommandClassifier, ModelError, Recognizer, load_model
@@ -191,3 +192,41 @@ def test_a_head_claiming_frozen_over_a_tuned_encoder_gets_its_own_pass(waves):
     np.testing.assert_allclose(combined.predict_proba(waves), apart, atol=1e-5)
     head.info = {"strategy": "frozen"}  # config.json's, not of the shape training writes
     assert not CombinedRecognizer(head, zero, 1.0).shares_encoder()
+
+
+def test_top_ranks_every_label_best_first_whatever_the_open_set_decided():
+    """predict gave one label: a "did you mean" needed the runners-up sorted by hand."""
+    from speechxfer.recognizer import Prediction
+
+    pred = Prediction("_unknown_", 0.45, {"yes": 0.3, "no": 0.45, "stop": 0.3, "_unknown_": 0.05})
+    assert pred.top(1) == [("no", 0.45)]  # the model's best guess, not the rejection
+    assert pred.top(3) == [("no", 0.45), ("yes", 0.3), ("stop", 0.3)]  # a tie: the model's order
+    assert pred.top() == pred.top(99) == pred.top(np.int64(4))
+    assert [p for _, p in pred.top()] == sorted(pred.probabilities.values(), reverse=True)
+    for k in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+            pred.top(k)
+
+
+def test_a_datasets_audio_row_is_one_clip(make_svm, fsdd, tmp_path):
+    """{"array", "sampling_rate"} (a Hugging Face datasets row, pipeline's {"raw", ...}) was
+    refused as '<samples>: raw samples need their sample_rate'."""
+    from speechxfer.audio import AudioError
+
+    system = load(make_svm(tmp_path / "svm", ("1", "4", "7"), range(10, 14)), "cpu")
+    clip, rate = sf.read(fsdd / "4_theo_1.wav", dtype="float32")
+    want = system.predict(clip, rate).probabilities
+    row = {"path": "4_theo_1.wav", "array": clip, "sampling_rate": rate}
+    assert system.predict(row).probabilities == want
+    assert system.predict({"raw": torch.from_numpy(clip), "sampling_rate": rate},
+                          sample_rate=rate).probabilities == want
+    batch = system.predict_batch([row, {"raw": clip, "sampling_rate": rate}])
+    assert [p.probabilities for p in batch] == [want, want]
+    with pytest.raises(AudioError, match="disagrees with the mapping's sampling_rate 8000"):
+        system.predict(row, sample_rate=16_000)
+    with pytest.raises(AudioError, match=r"needs 'array' \(or 'raw'\) and 'sampling_rate'"):
+        system.predict({"array": clip})
+    with pytest.raises(AudioError, match="one clip, not a list of them"):
+        system.predict_batch(row)
+    with pytest.raises(AudioError, match="not one clip: predict_batch takes a list"):
+        system.predict([row, row])
