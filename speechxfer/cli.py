@@ -249,13 +249,12 @@ def _predict(args: argparse.Namespace) -> int:
             print(json.dumps({"file": path, "error": str(err)}) if args.json else f"error: {err}",
                   file=sys.stdout if args.json else sys.stderr)
             continue
-        best = pred.top(args.top) if args.top else []
         if args.json:
             print(json.dumps({"file": path, **pred.to_dict()}
-                             | ({"top": [{"label": lab, "probability": p} for lab, p in best]}
-                                if args.top else {})
+                             | ({"top": pred.top_dicts(args.top)} if args.top else {})
                              | ({"speaker": speaker} if speaker else {})))
         else:
+            best = pred.top(args.top) if args.top else []
             others = [f"{t}={max(d, key=d.get)}" if d else t for t, d in pred.tasks.items()
                       if t != "command"]
             print("\t".join([path, pred.label, f"{pred.probability:.3f}",

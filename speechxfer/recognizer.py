@@ -73,6 +73,11 @@ class Prediction:
             raise ValueError(f"top: k must be a whole number >= 1 (or None: all), got {k!r:.20}")
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
+    def top_dicts(self, k: int | None = None) -> list[dict[str, str | float]]:
+        """``top(k)`` as the ``"top"`` list of ``predict --json --top K`` and ``POST
+        /predict?top=K``: one shape for both, so the two answers cannot drift apart."""
+        return [{"label": label, "probability": p} for label, p in self.top(k)]
+
     def to_dict(self) -> dict:
         return {
             "label": self.label,

@@ -20,6 +20,8 @@ Protocols
   required), ``format`` (``int16``, the default, or ``float32``) and ``channels`` (interleaved,
   default 1). The answer is a ``speechxfer predict --json`` line: ``file``, ``label``,
   ``probability``, ``probabilities``, ``tasks``, ``embeddings``; or ``file`` and ``error``.
+  ``?top=K`` (any body) adds ``predict --json --top K``'s ``top``: the K likeliest labels,
+  ``[{"label", "probability"}, ...]``, best first.
 - ``/listen``: first a text message ``{"sample_rate": R, "format": "float32" | "int16"}``, then
   binary messages of mono little-endian samples in that format, any length up to
   ``MAX_CHUNK_BYTES``; the text message ``{"type": "end"}`` flushes the detector and closes.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -149,6 +152,17 @@ def _pcm(body: bytes, query: dict[str, str]) -> tuple[np.ndarray, int]:
     return np.frombuffer(body, PCM_FORMATS[fmt]).reshape(-1, channels).copy(), rate
 
 
+def _top(query: dict[str, str]) -> int | None:
+    """The ``top`` query parameter: None when absent, else a whole number >= 1 (HTTP 400)."""
+    text = query.get("top")
+    if text is None:
+        return None
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit() and digits):
+        raise HTTPException(400, f"top must be a whole number >= 1, got {text[:20]!r}")
+    return int(digits) if len(digits) < 19 else sys.maxsize  # all; int() refuses 4300 digits
+
+
 def create_app(
     model: str | Path | Recognizer,
     *,
@@ -207,6 +221,7 @@ def create_app(
             return _error(415, f"unsupported content type {kind or 'none'!r}: send a "
                                "multipart/form-data upload (field 'file'), an audio/* file, or "
                                "application/octet-stream PCM with ?rate=HZ")
+        top = _top(dict(request.query_params))  # before the body is read or decoded
         body = await _read_body(request, max_upload_bytes)
         name = BODY
         try:
@@ -224,6 +239,7 @@ def create_app(
         except AudioError as err:
             return _audio_error(err, name)
         return JSONResponse({"file": name, **pred.to_dict()}
+                            | ({"top": pred.top_dicts(top)} if top else {})
                             | ({"speaker": speaker} if speaker else {}))
 
     async def listen(ws: WebSocket) -> None:

@@ -77,6 +77,35 @@ def test_file_body_and_raw_pcm(client, fsdd):
         assert pcm.json()["label"] == "5"
 
 
+def test_top_query_adds_the_cli_top_list(client, svm, fsdd, capsys):
+    """?top=K answers predict --json --top K's "top" list; without it the answer has none."""
+    data = (fsdd / HELD_OUT).read_bytes()
+    main(["predict", str(svm), str(fsdd / HELD_OUT), "--json", "--top", "2"])
+    cli = json.loads(capsys.readouterr().out)["top"]
+    got = client.post("/predict?top=2", files={"file": ("take.wav", data)}).json()
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in cli] and len(cli) == 2
+    assert got["top"][0]["label"] == got["label"] == "5"
+    assert [set(t) for t in got["top"]] == [{"label", "probability"}] * 2
+    assert [t["probability"] for t in got["top"]] == pytest.approx(
+        [t["probability"] for t in cli], abs=1e-6)
+    samples, rate = sf.read(fsdd / HELD_OUT, dtype="int16")
+    for top in ("9", "0" * 3 + "3", "9" * 5000):  # more than the labels: all of them
+        pcm = client.post(f"/predict?rate={rate}&top={top}", content=samples.tobytes(),
+                          headers={"content-type": "application/octet-stream"}).json()
+        probs = [t["probability"] for t in pcm["top"]]
+        assert sorted(t["label"] for t in pcm["top"]) == sorted(DIGITS)
+        assert probs == sorted(probs, reverse=True)
+    assert "top" not in client.post("/predict", files={"file": ("take.wav", data)}).json()
+
+
+def test_bad_top_is_400_before_the_audio_is_decoded(client):
+    for top in ("0", "-1", "1.5", "two", "", " 2", "1e3", "\u00b2"):
+        answer = client.post("/predict", params={"top": top},  # not audio: never decoded
+                             files={"file": ("notes.wav", b"this is not audio")})
+        assert answer.status_code == 400, top
+        assert answer.json() == {"error": f"top must be a whole number >= 1, got {top!r}"}
+
+
 def test_bad_clip_is_400_with_the_cli_message(client, svm, tmp_path, capsys):
     bad = tmp_path / "notes.wav"
     bad.write_bytes(b"this is not audio" * 10)
