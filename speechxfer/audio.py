@@ -247,10 +247,17 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     try:
         samples, rate = _read_mono(str(path), path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        hint = (f"; soundfile cannot decode {path.suffix}: convert it first, e.g. ffmpeg -i IN"
-                f"{path.suffix} OUT.wav" if path.suffix.lower() in UNDECODED_SUFFIXES else "")
-        raise AudioError(path, f"not readable as audio ({err}){hint}") from None
+        raise unreadable(path, err) from None
     return to_mono_resampled(samples, rate, sample_rate, source=str(path))
+
+
+def unreadable(path: str | Path, err: object) -> AudioError:
+    """The error of a file soundfile cannot open; for a phone's, browser's or video's format
+    (``UNDECODED_SUFFIXES``) it says how to convert it, libsndfile's own words do not."""
+    suffix = Path(path).suffix
+    hint = (f"; soundfile cannot decode {suffix}: convert it first, e.g. ffmpeg -i IN{suffix} "
+            "OUT.wav" if suffix.lower() in UNDECODED_SUFFIXES else "")
+    return AudioError(path, f"not readable as audio ({err}){hint}")
 
 
 def decode(data: bytes, source: str, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -261,7 +268,7 @@ def decode(data: bytes, source: str, sample_rate: int = SAMPLE_RATE) -> torch.Te
         samples, rate = _read_mono(buffer, source)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         problem = str(err).replace(repr(buffer), repr(source))  # libsndfile's words, as for a path
-        raise AudioError(source, f"not readable as audio ({problem})") from None
+        raise unreadable(source, problem) from None
     return to_mono_resampled(samples, rate, sample_rate, source=source)
 
 

@@ -39,6 +39,7 @@ from .audio import (
     as_mono,
     audio_files,
     resample,
+    unreadable,
 )
 
 # speechbrain's pink_noise_like shapes the amplitude spectrum by 1/f**alpha: alpha 0.5 gives a
@@ -125,7 +126,7 @@ def load_noise_folder(folder: str | Path, sample_rate: int = SAMPLE_RATE) -> lis
         try:
             samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-            raise AudioError(path, f"not readable as audio ({err})") from None
+            raise unreadable(path, err) from None
         # down-mix over the channel axis here: as_mono's shorter-axis rule misreads a file
         # with fewer frames than channels
         wave = resample(as_mono(samples.mean(axis=1), str(path)), rate, sample_rate, str(path))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .audio import AUDIO_SUFFIXES, AudioError, Clip, audio_files, load
+from .audio import AudioError, Clip, audio_files, is_audio_name, load
 from .log import LOGGER
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -95,18 +95,22 @@ def load_dataset(path: str | Path) -> Dataset:
     flat_root = path / "recordings" if (path / "recordings").is_dir() else path
     flat = audio_files(flat_root)
     bad = [p for p in flat if not FSDD_NAME.match(p.stem)]
+    unlisted: list[tuple[str, str]] = []
     label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and d != flat_root
                   and (d.name == UNKNOWN_DIR or not d.name.startswith(("_", ".")))
-                  and audio_files(d)]
+                  and _listed(d, unlisted)]
     if flat and (not bad or (not label_dirs and 2 * len(bad) <= len(flat))):
         data = _from_fsdd(flat_root, flat)
+        data.skipped += unlisted
         for d in label_dirs:
             problem = (f"{len(audio_files(d))} audio file(s) in a folder beside "
                        "{label}_{speaker}_{take} files, not read: one layout a dataset")
             data.skipped.append((str(d), problem))
         return data
     if label_dirs:
-        return _from_label_folders(path, label_dirs)
+        data = _from_label_folders(path, label_dirs)
+        data.skipped += unlisted
+        return data
     if flat:
         hint = ("Speech Commands names ({speaker}_nohash_{n}) carry no label: give the folder "
                 "that holds a folder per word" if SPEECH_COMMANDS_SPEAKER.match(bad[0].name)
@@ -116,10 +120,20 @@ def load_dataset(path: str | Path) -> Dataset:
             f"({len(bad)} of {len(flat)} are not; first offender: {bad[0].name}); {hint}"
         )
     deeper = next((p for depth in ("*/*/*", "*/*/*/*") for p in path.glob(depth)  # not all of ~
-                   if p.suffix.lower() in AUDIO_SUFFIXES), None)
+                   if is_audio_name(p)), None)
     hint = (f" (audio only deeper down, e.g. {deeper.relative_to(path)}: a label folder holds "
             "its clips directly, or list them in a manifest)") if deeper else ""
     raise DatasetError(f"{path}: no audio files, label folders or manifest found{hint}")
+
+
+def _listed(folder: Path, unlisted: list[tuple[str, str]]) -> list[Path]:
+    """``audio_files(folder)``, or none when the folder cannot be listed (``lost+found`` at the
+    root of a disk is root's alone): it is added to ``unlisted``, reported, not a traceback."""
+    try:
+        return audio_files(folder)
+    except OSError as err:
+        unlisted.append((str(folder), f"cannot be listed ({err.strerror or err}): not read"))
+        return []
 
 
 def _each_file_once(clips: list[Clip], skipped: list, split: dict | None = None) -> list[Clip]:
@@ -167,7 +181,7 @@ def _from_label_folders(root: Path, label_dirs: list[Path]) -> Dataset:
             labels = {"command": nfc(d.name)} | ({"speaker": speaker} if speaker else {})
             clips.append(Clip(p, labels, speaker))
         for sub in sorted(e for e in d.iterdir() if e.is_dir() and not e.name.startswith(".")):
-            if nested := sum(p.suffix.lower() in AUDIO_SUFFIXES for p in sub.rglob("*")):
+            if nested := sum(map(is_audio_name, sub.rglob("*"))):
                 problem = (f"{nested} audio file(s) in a sub-folder of label folder {d.name!r}, "
                            "not read: a clip's label is the folder it lies directly in")
                 skipped.append((str(sub), problem))
@@ -244,6 +258,19 @@ def _row_values(manifest: Path, n: int, row: object) -> dict[str, str]:
     return values
 
 
+def _row_path(manifest: Path, written: str) -> Path:
+    """A manifest row's file, relative to the manifest's folder unless absolute. A path written
+    on Windows (``clips\\a.wav``) that names no file as written is read with ``/``, as the
+    split lists are: else every clip of such a manifest was "file not found"."""
+    def under(text: str) -> Path:
+        return Path(text) if Path(text).is_absolute() else manifest.parent / text
+
+    p = under(written)
+    if "\\" in written and not p.exists() and (slashed := under(written.replace("\\", "/"))).exists():
+        return slashed
+    return p
+
+
 def _from_manifest(manifest: Path) -> Dataset:
     """Every column but path/speaker/split is a task label; empty cells and nulls mean 'unknown'."""
     rows = _read_manifest_rows(manifest)
@@ -252,8 +279,7 @@ def _from_manifest(manifest: Path) -> Dataset:
     clips, split, lines = [], {}, {}
     for n, row in rows:
         values = _row_values(manifest, n, row)
-        p = Path(values["path"])
-        p = p if p.is_absolute() else manifest.parent / p
+        p = _row_path(manifest, values["path"])
         # a clip listed twice could train under one row and validate or test under the other
         if (same := lines.setdefault(os.path.realpath(p), n)) != n:  # a looping link: no error
             raise DatasetError(f"{manifest}: line {n}: {values['path']} is already listed on "

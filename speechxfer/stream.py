@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, AudioError, check_rate
+from .audio import SAMPLE_RATE, AudioError, check_rate, unreadable
 
 
 class MicrophoneError(RuntimeError):
@@ -29,7 +29,7 @@ def file_length(path: str | Path) -> tuple[int, int]:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(path, f"not readable as audio ({err})") from None
+        raise unreadable(path, err) from None
     rate = check_rate(info.samplerate, str(path))
     if info.frames <= 0:
         raise AudioError(path, "empty audio (no samples)")

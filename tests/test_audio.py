@@ -309,3 +309,34 @@ def test_odd_rate_resamples_with_a_small_kernel(monkeypatch):
     (orig, new), = calls
     g = math.gcd(orig, new)
     assert (orig // g) * (new // g) <= audio.MAX_RESAMPLE_RATIO_PRODUCT
+
+
+def test_a_phone_or_browser_recording_says_how_to_convert_it(tmp_path):
+    """libsndfile's "Format not recognised" left a user with a phone's .m4a or a browser's
+    .webm no way on; the message names the conversion, for a file, an upload and a stream."""
+    from speechxfer.augment import load_noise_folder
+    from speechxfer.stream import file_length
+
+    memo = tmp_path / "memo.M4A"
+    memo.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(400))
+    for read in (load, file_length):
+        with pytest.raises(AudioError, match=r"soundfile cannot decode \.M4A: .*ffmpeg -i IN\.M4A"):
+            read(memo)
+    with pytest.raises(AudioError, match=r"^clip\.webm: .*ffmpeg -i IN\.webm OUT\.wav"):
+        decode(b"\x1a\x45\xdf\xa3" + bytes(400), "clip.webm")
+    with pytest.raises(AudioError, match="ffmpeg"):
+        load_noise_folder(tmp_path)  # a noise recorded on a phone is no noise left out unsaid
+    with pytest.raises(AudioError) as err:
+        decode(b"junk" * 100, "clip.wav")
+    assert "ffmpeg" not in str(err.value)
+
+
+def test_macos_litter_in_a_noise_folder_is_not_read(tmp_path):
+    """An AppleDouble ``._hum.wav`` beside ``hum.wav`` (macOS, on a USB stick or a share)
+    stopped ``train --augment --noise DIR`` as an unreadable noise."""
+    from speechxfer.augment import load_noise_folder
+
+    sf.write(tmp_path / "hum.wav", 0.1 * np.sin(np.arange(8000) / 5.0), 16_000)
+    (tmp_path / "._hum.wav").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" + bytes(4000))
+    (tmp_path / ".DS_Store").write_bytes(bytes(64))
+    assert len(load_noise_folder(tmp_path)) == 1

@@ -467,3 +467,89 @@ def test_a_file_reached_twice_through_a_link_is_read_once(tmp_path):
     assert len(linked) == 2 and all("read once, as one" in p for p in linked)
     # the test list named the clip through the link: the clip itself is a test clip
     assert ds.split[tmp_path / "one" / "ann_nohash_0.wav"] == "test"
+
+
+def test_phone_recordings_are_reported_not_left_out(tmp_path):
+    """Files soundfile cannot decode (.m4a, .webm, ...) were not listed at all: a word recorded
+    on a phone vanished from training and eval without a word, and a folder of Ogg Opus (.opus,
+    which soundfile reads) too. They are clips now: reading reports each with how to convert."""
+    import soundfile as sf
+
+    fsdd = Path(__file__).resolve().parents[1] / "data" / "fsdd" / "recordings"
+    for word, digit in (("one", 1), ("two", 2), ("four", 4)):
+        (tmp_path / word).mkdir()
+    shutil.copy(fsdd / "1_theo_0.wav", tmp_path / "one" / "theo_nohash_0.wav")
+    (tmp_path / "one" / "theo_nohash_1.webm").write_bytes(b"\x1a\x45\xdf\xa3 not decodable")
+    (tmp_path / "two" / "theo_nohash_0.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A junk")
+    samples, rate = sf.read(fsdd / "4_theo_0.wav", dtype="float32")
+    sf.write(tmp_path / "four" / "theo_nohash_0.opus", samples, rate, format="OGG", subtype="OPUS")
+    ds = load_dataset(tmp_path)
+    assert ds.labels == ["four", "one", "two"] and len(ds.clips) == 4
+    _, kept, skipped = load_waves(ds.clips, 16_000)
+    assert sorted(c.label for c in kept) == ["four", "one"]
+    assert sorted(Path(p).suffix for p, _ in skipped) == [".m4a", ".webm"]
+    assert all("ffmpeg -i IN" in problem for _, problem in skipped)
+
+
+def test_macos_and_windows_litter_is_no_clip_label_or_offender(small_fsdd, tmp_path):
+    """macOS writes an AppleDouble ``._NAME.wav`` (no audio) beside each file it copies to a
+    USB stick or share: each was a clip reported unreadable, and in a flat folder with one
+    misnamed recording they outnumbered the good names and the folder was refused."""
+    double = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X" + bytes(4000)
+    for p in sorted(small_fsdd.glob("*.wav")):
+        (small_fsdd / f"._{p.name}").write_bytes(double)
+    shutil.copy(small_fsdd / "1_theo_0.wav", small_fsdd / "Recording 1.wav")
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini"):
+        (small_fsdd / name).write_bytes(bytes(64))
+    ds = load_dataset(small_fsdd)
+    assert ds.layout == "fsdd" and len(ds.clips) == 36
+    assert [Path(p).name for p, _ in ds.skipped] == ["Recording 1.wav"]
+    root = tmp_path / "words"
+    for word in ("one", "four"):
+        (root / word).mkdir(parents=True)
+        shutil.copy(small_fsdd / f"{1 if word == 'one' else 4}_theo_0.wav",
+                    root / word / "theo_nohash_0.wav")
+        (root / word / "._theo_nohash_0.wav").write_bytes(double)
+        (root / "__MACOSX" / word).mkdir(parents=True)
+        (root / "__MACOSX" / word / "._theo_nohash_0.wav").write_bytes(double)
+    (root / ".git").mkdir()
+    (root / ".git" / "x.wav").write_bytes(double)
+    ds = load_dataset(root)
+    assert ds.labels == ["four", "one"] and len(ds.clips) == 2 and not ds.skipped
+
+
+def test_a_manifest_written_on_windows_finds_its_clips(small_fsdd, tmp_path):
+    """``clips\\1_theo_0.wav`` (a BOM, CRLF, backslashes: a spreadsheet on Windows) named no
+    file on Linux or macOS: every clip was "file not found" and training stopped."""
+    shutil.copytree(small_fsdd, tmp_path / "clips")
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,label,speaker\r\nclips\\1_theo_0.wav,1,theo\r\n"
+                         "clips\\4_theo_0.wav,4,theo\r\n".encode("utf-8-sig"))
+    clips = load_dataset(manifest).clips
+    assert [c.path for c in clips] == [tmp_path / "clips" / "1_theo_0.wav",
+                                      tmp_path / "clips" / "4_theo_0.wav"]
+    assert len(load_waves(clips, 16_000)[1]) == 2
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_a_traceback(small_fsdd, tmp_path,
+                                                                     monkeypatch):
+    """``lost+found`` at the root of a disk is root's alone: listing it stopped every command
+    on such a disk with a PermissionError traceback (simulated: the tests may run as root)."""
+    root = tmp_path / "disk"
+    for word in ("one", "four"):
+        (root / word).mkdir(parents=True)
+        shutil.copy(small_fsdd / f"{1 if word == 'one' else 4}_theo_0.wav",
+                    root / word / "theo_nohash_0.wav")
+    (root / "lost+found").mkdir()
+    iterdir = Path.iterdir
+
+    def denied(self):
+        if self.name == "lost+found":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    ds = load_dataset(root)
+    assert ds.labels == ["four", "one"]
+    assert ds.skipped == [(str(root / "lost+found"),
+                           "cannot be listed (Permission denied): not read")]
