@@ -236,8 +236,9 @@ def augment_options(augment: bool, noise: str | Path | None, copies: int | None,
         raise ValueError(f"{noise}: noise folder not found")
     from .augment import noise_files
 
-    noise_files(folder)  # a broken link fails now, before any clip is read
-    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
+    # the noise files themselves (a broken link fails now, before any clip is read): a
+    # .DS_Store that Finder rewrites must not change the run's identity
+    files = sorted((p.name, p.stat().st_size) for p in noise_files(folder))
     return {"copies": copies, "seed": seed, "noise": str(folder),
             "noise_files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
 

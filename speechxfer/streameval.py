@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .audio import AUDIO_SUFFIXES, AudioError, Clip, load
+from .audio import AudioError, Clip, is_audio_name, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
 from .log import LOGGER
 from .stream import file_chunks, file_length
@@ -96,12 +96,13 @@ def _word_span(wave: np.ndarray, rate: int) -> tuple[int, int]:
 
 
 def talk_files(folder: str | Path) -> list[Path]:
-    """Every audio file under ``folder``, at any depth: recordings of talk, in any layout."""
+    """Every audio file under ``folder``, at any depth: recordings of talk, in any layout
+    (hidden files and folders, such as macOS's ``._NAME.wav`` litter, are no recordings)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AudioError(folder, "talk must be a folder of recordings")
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_audio_name(p)
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         raise AudioError(folder, "no audio files under the talk folder")
     return files

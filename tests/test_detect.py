@@ -360,6 +360,17 @@ def test_talk_joins_the_stream_as_speech_that_is_no_command(folder, fsdd, tmp_pa
         build_stream(folder, 1.0, talk=tmp_path / "missing")
 
 
+def test_hidden_files_under_a_talk_folder_are_no_recordings(fsdd, tmp_path):
+    """macOS writes ._NAME.wav beside every file on a stick; each was read as a bad recording."""
+    from speechxfer.streameval import talk_files
+
+    (tmp_path / "talk" / ".git").mkdir(parents=True)
+    (tmp_path / "talk" / "s.wav").write_bytes((fsdd / "3_theo_0.wav").read_bytes())
+    (tmp_path / "talk" / "._s.wav").write_bytes(b"\x00\x05\x16\x07" + bytes(80))
+    (tmp_path / "talk" / ".git" / "x.wav").write_bytes((fsdd / "3_theo_1.wav").read_bytes())
+    assert talk_files(tmp_path / "talk") == [tmp_path / "talk" / "s.wav"]
+
+
 def test_a_talk_folder_of_no_readable_recording_or_a_stream_holding_no_clip_is_refused(
         folder, tmp_path):
     (tmp_path / "talk").mkdir()

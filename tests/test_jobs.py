@@ -392,6 +392,9 @@ def test_per_class_trains_a_readable_clip_where_a_corrupt_one_was_drawn(make_fsd
     noise = tmp_path / "noise"
     noise.mkdir()
     (noise / "hum.wav").write_bytes((data / "1_jackson_0.wav").read_bytes())
+    identity = jobs.augment_options(True, noise, None, 0)["noise_files"]
+    (noise / ".DS_Store").write_bytes(b"Finder rewrites this")  # no noise: the same run
+    assert jobs.augment_options(True, noise, None, 0)["noise_files"] == identity
     (noise / "fan.wav").symlink_to(tmp_path / "gone.wav")
     with pytest.raises(AudioError, match=r"fan\.wav: a broken symbolic link"):
         jobs.augment_options(True, noise, None, 0)
