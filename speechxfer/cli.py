@@ -26,6 +26,15 @@ COMMAND_ERRORS = (AudioError, DatasetError, ModelError, ValueError, FileNotFound
                   MissingWeightsError, MicrophoneError)
 
 
+def results_folder(text: str) -> Path:
+    """An argparse ``type=`` for a folder results go to: one that is a file is refused at parse
+    time, not by the first write after minutes of work."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is not a folder")
+    return path
+
+
 def bounded(cast, low: float, high: float | None = None):
     """An argparse ``type=``: the number, or an error naming the range (exit 2 at parse time)."""
     def parse(text: str):

@@ -50,3 +50,13 @@ def test_bad_options_are_refused_before_any_condition(tmp_path, monkeypatch, cap
         run.main(["--out", str(tmp_path / "out"), *option])
     assert stop.value.code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_condition(tmp_path, monkeypatch, capsys):
+    """It was a FileExistsError after the whole run, every figure lost."""
+    monkeypatch.setattr(run, "Study", lambda *a, **k: pytest.fail("a study started"))
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--quick", "--out", str(taken)])
+    assert stop.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err

@@ -121,3 +121,21 @@ def test_continuing_a_tag_on_other_data_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="earlier results used other data"):
         run.main(["--out", str(tmp_path), "--tag", "x", "--continue", "--seeds", "0",
                   "--epochs", "4", "--only", "command only"])
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_data_load(tmp_path, monkeypatch, capsys):
+    """It was a FileExistsError after every condition had run, every figure lost."""
+    monkeypatch.setattr(run, "Data", lambda *a: pytest.fail("the data was loaded"))
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--quick", "--out", str(taken), "--work", str(tmp_path / "work")])
+    assert stop.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_help_keeps_the_docstrings_commands_one_a_line(capsys):
+    """--help ran the example commands together into one paragraph."""
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("    python recipes/multitask/run.py --quick") for line in lines)

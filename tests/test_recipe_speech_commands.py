@@ -166,3 +166,21 @@ def test_a_budget_that_runs_nothing_writes_nothing(tmp_path, monkeypatch, capsys
         with pytest.raises(SystemExit) as stop:
             run.main(["--out", str(tmp_path), *bad])
         assert stop.value.code == 2 and "is out of range" in capsys.readouterr().err
+
+
+def test_an_out_folder_not_made_yet_gets_the_results_and_a_file_there_is_refused_at_once(
+        tmp_path, monkeypatch, capsys):
+    """--out in a folder not made yet was a FileNotFoundError at the first block's write; a file
+    there, one after the first block's work."""
+    write_outputs = run.write_outputs
+    fake_main(tmp_path, monkeypatch, [])  # stubs the blocks
+    monkeypatch.setattr(run, "write_outputs", write_outputs)
+    out = tmp_path / "new" / "results"
+    run.main(["--quick", "--out", str(out)])
+    assert json.loads((out / "results_quick.json").read_text())["runs"]
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    monkeypatch.setattr(run, "Runner", lambda *args: pytest.fail("work began"))
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--quick", "--out", str(taken)])
+    assert stop.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err

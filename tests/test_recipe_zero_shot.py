@@ -42,3 +42,12 @@ def test_bad_options_are_refused_before_any_model_runs(monkeypatch, capsys, argv
     with pytest.raises(SystemExit) as stop:
         run.main()
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_help_keeps_the_docstrings_commands_one_a_line(monkeypatch, capsys):
+    """--help ran the example commands together into one paragraph."""
+    monkeypatch.setattr(sys, "argv", ["run.py", "--help"])
+    with pytest.raises(SystemExit):
+        run.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "    python recipes/zero_shot_vs_finetune/run.py compare --quick    # < 5 min" in lines

@@ -51,7 +51,7 @@ import torch
 from scipy.stats import binomtest
 
 from speechxfer.augment import AugmentConfig, Augmenter
-from speechxfer.cli import bounded
+from speechxfer.cli import bounded, results_folder
 from speechxfer.data import load_dataset, load_waves, per_class
 from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
                         default=DEFAULT_MAX_FALSE_ACCEPT)
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=results_folder, default=HERE / "results")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if unknown := set(tasks) - {"digits", "speech_commands"}:  # not an empty results file

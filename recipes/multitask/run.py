@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import Clip
-from speechxfer.cli import bounded
+from speechxfer.cli import bounded, results_folder
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import eer_of_pairs
@@ -277,7 +277,8 @@ def mean_prob(probs: np.ndarray, values: list[str], classes: list[str]) -> float
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     # as train's ranges: --epochs 0 would read as the default, -1 would score untrained heads
     parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=None)
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=bounded(int, 1), default=None, help="base epochs")
     parser.add_argument("--skip-base", action="store_true", help="leave out the whisper-base rows")
     parser.add_argument("--work", default="runs/multitask", help="generated audio goes here")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=results_folder, default=HERE / "results")
     parser.add_argument("--max-minutes", type=bounded(float, 0.0), default=45.0,
                         help="skip the remaining conditions that would not finish in time")
     parser.add_argument("--continue", dest="resume", action="store_true",

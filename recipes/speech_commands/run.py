@@ -54,7 +54,7 @@ import torch
 from speechxfer.audio import batch_waves, batches_by_length
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.classic import build_classic
-from speechxfer.cli import bounded
+from speechxfer.cli import bounded, results_folder
 from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
@@ -549,7 +549,7 @@ def output_files(suffix: str, out: Path) -> list[Path]:
 
 
 def write_outputs(runs: list[dict], meta: dict, suffix: str, out: Path) -> None:
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs)
     (out / f"results{suffix}.json").write_text(json.dumps(
         {"meta": meta, "summary": rows, "runs": runs}, indent=2))
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
                         default=DEFAULT_MAX_FALSE_ACCEPT)
     parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=results_folder, default=HERE / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL

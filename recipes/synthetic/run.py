@@ -46,7 +46,7 @@ import torch
 from speechxfer import CommandClassifier
 from speechxfer.audio import batch_waves
 from speechxfer.augment import synthetic_noise
-from speechxfer.cli import bounded
+from speechxfer.cli import bounded, results_folder
 from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
     parser.add_argument("--work", type=Path, default=Path("runs/synthetic"),
                         help="where the synthetic datasets are written")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=results_folder, default=HERE / "results")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--redraw", action="store_true",
                         help="rewrite the table and plot from the results JSON, run nothing")
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             "plan": asdict(plan), "seed": args.seed, "max_false_accept": args.max_false_accept,
             "encoder": sc.ENCODER, "window": sc.WINDOW, "threads": args.threads,
             "seconds": bank.seconds, "wall_minutes": (time.perf_counter() - started) / 60}
-    args.out.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows},
                                                                indent=1, default=str))
     (args.out / f"results{suffix}.md").write_text(markdown(rows, meta))

@@ -307,7 +307,8 @@ def write_outputs(result: dict, stem: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure", help="zero-shot vs free transcription on all four speakers")
     m.add_argument("--window", default="2s", help="clip, 30s or a padded Ns window")
