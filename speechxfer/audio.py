@@ -251,13 +251,20 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     return to_mono_resampled(samples, rate, sample_rate, source=str(path))
 
 
-def unreadable(path: str | Path, err: object) -> AudioError:
-    """The error of a file soundfile cannot open; for a phone's, browser's or video's format
-    (``UNDECODED_SUFFIXES``) it says how to convert it, libsndfile's own words do not."""
+def undecodable(path: str | Path) -> str | None:
+    """How to convert a file of a phone's, browser's or video's format (``UNDECODED_SUFFIXES``),
+    which soundfile cannot decode; None for any other file."""
     suffix = Path(path).suffix
-    hint = (f"; soundfile cannot decode {suffix}: convert it first, e.g. ffmpeg -i IN{suffix} "
-            "OUT.wav" if suffix.lower() in UNDECODED_SUFFIXES else "")
-    return AudioError(path, f"not readable as audio ({err}){hint}")
+    if suffix.lower() not in UNDECODED_SUFFIXES:
+        return None
+    return f"soundfile cannot decode {suffix}: convert it first, e.g. ffmpeg -i IN{suffix} OUT.wav"
+
+
+def unreadable(path: str | Path, err: object) -> AudioError:
+    """The error of a file soundfile cannot open, with ``undecodable``'s hint where it has one
+    (libsndfile's own words do not say what to do)."""
+    hint = undecodable(path)
+    return AudioError(path, f"not readable as audio ({err})" + (f"; {hint}" if hint else ""))
 
 
 def decode(data: bytes, source: str, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -281,7 +288,7 @@ def _read_mono(file: str | io.BytesIO, source: str | Path) -> tuple[np.ndarray, 
     with sf.SoundFile(file) as f:
         # libsndfile reads what survives of a file cut short without a word: "seven" cut to
         # "se" would be trained on or recognised as a whole clip (a cut FLAC fails to decode)
-        if (problem := _from_start(file, _wav_truncation)) is not None:
+        if (problem := wav_cut_short(file)) is not None:
             raise AudioError(source, problem)
         mp3_frame = _from_start(file, _mp3_counted_frame) if f.format == "MP3" else 0
         rate = check_rate(f.samplerate, str(source))
@@ -298,6 +305,12 @@ def _read_mono(file: str | io.BytesIO, source: str | Path) -> tuple[np.ndarray, 
             raise AudioError(source, _cut_short(f"{f.frames / rate:.3f} s of audio",
                                                 f"{n / rate:.3f} s"))
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate
+
+
+def wav_cut_short(file: str | io.BytesIO) -> str | None:
+    """Why a WAV file or upload is cut short (``_wav_truncation``), or None: for readers that
+    take a file's length from its header, as decoding and streaming do."""
+    return _from_start(file, _wav_truncation)
 
 
 def _from_start(file: str | io.BytesIO, read: Callable[[BinaryIO, int], T]) -> T:

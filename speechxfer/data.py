@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .audio import AudioError, Clip, audio_files, is_audio_name, load
+from .audio import AudioError, Clip, audio_files, is_audio_name, load, undecodable
 from .log import LOGGER
 
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -94,7 +94,8 @@ def load_dataset(path: str | Path) -> Dataset:
             return _from_manifest(path / name)
     flat_root = path / "recordings" if (path / "recordings").is_dir() else path
     flat = audio_files(flat_root)
-    bad = [p for p in flat if not FSDD_NAME.match(p.stem)]
+    # a video or phone recording beside FSDD names is reported, not taken for a misnamed clip
+    bad = [p for p in flat if not FSDD_NAME.match(p.stem) and not undecodable(p)]
     unlisted: list[tuple[str, str]] = []
     label_dirs = [d for d in sorted(path.iterdir()) if d.is_dir() and d != flat_root
                   and (d.name == UNKNOWN_DIR or not d.name.startswith(("_", ".")))
@@ -160,7 +161,9 @@ def _each_file_once(clips: list[Clip], skipped: list, split: dict | None = None)
 def _from_fsdd(root: Path, files: list[Path]) -> Dataset:
     clips, skipped = [], []
     for p in files:
-        if m := FSDD_NAME.match(p.stem):
+        if hint := undecodable(p):  # screen_recording_1.mp4 would be a label "screen"
+            skipped.append((str(p), hint))
+        elif m := FSDD_NAME.match(p.stem):
             label, speaker = nfc(m["label"]), nfc(m["speaker"])
             clips.append(Clip(p, {"command": label, "speaker": speaker}, speaker))
         else:

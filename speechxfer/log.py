@@ -83,6 +83,6 @@ def run_script(main: Callable[[], object]) -> None:
         script = os.path.relpath(inspect.getfile(main))
         if script.startswith(".."):  # run from elsewhere: the full path says which script
             script = os.path.abspath(script)
-        print(f"{script}: interrupted; output folders and results are as they were",
+        print(f"{script}: interrupted; finished results are as they were",
               file=sys.stderr)
         raise SystemExit(130) from None

@@ -129,11 +129,12 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
 
     Each is over the ``n_known`` clips the head can answer: single and embedding, identification
     ``accuracy`` over the clips whose class the head was trained on; multi, ``micro_f1`` over
-    the known entries of the clips naming at least one of its classes or none outside them. For
-    a task other than the command, the ``n_unseen`` clips of classes the head never saw (test
-    speakers absent from training) are left out of that figure, since no answer of the head
-    could be right; with no known clip it is None and ``note`` says why (a 0.0 would read as a
-    broken head). Single and embedding heads score the unseen clips by verification instead:
+    the known entries of every clip, once one names a class of the head (a clip of new speakers
+    only is answered right by naming none present, wrong by naming one). For a single or
+    embedding task other than the command, the ``n_unseen`` clips of classes the head never saw
+    (test speakers absent from training) are left out of that figure, since no answer of the
+    head could be right. With no known clip the figure is None and ``note`` says why (a 0.0
+    would read as a broken head). Single and embedding heads score the unseen clips by verification instead:
     ``eer`` over the same- and different-class pairs among them, by cosine of an embedding
     head's vectors or of a single head's centred log-probabilities (its logits up to a
     constant). An embedding head also reports ``eer_known``, the same over the known classes'
@@ -153,9 +154,8 @@ def task_metrics(model: CommandClassifier, waves: list[torch.Tensor], clips: lis
         known = [k for k, t in enumerate(truth) if answerable(t, kind, classes)]
         unseen = [k for k, t in enumerate(truth) if not answerable(t, kind, classes)]
         report: dict = {"kind": kind, "n": len(idx), "n_known": len(known)}
-        if known and kind == "multi":
-            report["micro_f1"] = multilabel_micro_f1(
-                probs[task][[idx[k] for k in known]], [truth[k] for k in known], classes)
+        if known and kind == "multi":  # over every clip: "none present" answers new voices
+            report["micro_f1"] = multilabel_micro_f1(probs[task][idx], truth, classes)
         elif known:
             report["accuracy"] = identification_accuracy(probs[task][idx], classes, truth)
         elif task != PRIMARY_TASK:

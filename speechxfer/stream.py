@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import SAMPLE_RATE, AudioError, check_rate, unreadable
+from .audio import SAMPLE_RATE, AudioError, check_rate, unreadable, wav_cut_short
 
 
 class MicrophoneError(RuntimeError):
@@ -33,6 +33,8 @@ def file_length(path: str | Path) -> tuple[int, int]:
     rate = check_rate(info.samplerate, str(path))
     if info.frames <= 0:
         raise AudioError(path, "empty audio (no samples)")
+    if (problem := wav_cut_short(str(path))) is not None:  # streamed in part, with no word
+        raise AudioError(path, problem)
     return rate, info.frames
 
 

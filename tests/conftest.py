@@ -40,6 +40,8 @@ def load_recipe():
         return module
 
     return load
+
+
 FSDD = ROOT / "data" / "fsdd" / "recordings"
 
 

@@ -304,7 +304,7 @@ def test_a_task_given_twice_is_refused(tasks, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["listen", "stream"])
 def test_listen_file_may_follow_the_options(command):
     """`listen MODEL --json FILE` failed ("one of the arguments file --mic is required"; stream:
-    "unrecognized arguments"): argparse before Python 3.12.8 gave the optional FILE nothing when
+    "unrecognized arguments"): argparse (3.11, 3.12.1, 3.13.0) gives the optional FILE nothing when
     an option came between it and MODEL."""
     args = build_parser().parse_args([command, "m", "--json", "--threshold", "0.5", "rec.wav"])
     assert (args.model.name, args.file, args.json, args.threshold) == ("m", "rec.wav", True, 0.5)

@@ -491,6 +491,16 @@ def test_phone_recordings_are_reported_not_left_out(tmp_path):
     assert all("ffmpeg -i IN" in problem for _, problem in skipped)
 
 
+def test_videos_beside_fsdd_names_are_reported_not_offenders_or_labels(small_fsdd):
+    """Holiday videos in a folder of FSDD clips made the folder "misnamed", and
+    screen_recording_1.mp4 a label "screen" whose clips all failed."""
+    for name in [f"holiday{i}.mov" for i in range(40)] + ["screen_recording_1.mp4"]:
+        (small_fsdd / name).write_bytes(b"\x00\x00\x00\x14ftypqt  junk")
+    ds = load_dataset(small_fsdd)
+    assert ds.layout == "fsdd" and "screen" not in ds.labels and ds.clips
+    assert len(ds.skipped) == 41 and all("ffmpeg -i IN" in why for _, why in ds.skipped)
+
+
 def test_macos_and_windows_litter_is_no_clip_label_or_offender(small_fsdd, tmp_path):
     """macOS writes an AppleDouble ``._NAME.wav`` (no audio) beside each file it copies to a
     USB stick or share: each was a clip reported unreadable, and in a flat folder with one

@@ -24,7 +24,7 @@ def test_ctrl_c_is_one_line_naming_the_script_and_exit_130(capsys, monkeypatch):
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        "tests/test_log.py: interrupted; output folders and results are as they were"]
+        "tests/test_log.py: interrupted; finished results are as they were"]
 
 
 def test_a_finished_main_runs_once_and_other_errors_pass_through():

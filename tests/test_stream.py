@@ -303,3 +303,17 @@ def test_file_chunks_down_mix_every_block_over_its_channels(tmp_path):
     mono = np.concatenate(list(chunks))
     assert rate == 16_000 and mono.shape == (1601,)
     np.testing.assert_allclose(mono, 0.25 * left, atol=1e-7)
+
+
+def test_a_recording_cut_short_is_refused_before_it_streams(tmp_path):
+    """listen FILE on a cut WAV streamed its surviving part with no word, as clips no longer do."""
+    from speechxfer.audio import AudioError
+    from speechxfer.stream import file_chunks
+
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, np.zeros(16_000, np.float32) + 0.1, 16_000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:20_000])
+    assert file_chunks(whole)[0] == 16_000
+    with pytest.raises(AudioError, match=r"cut\.wav: truncated"):
+        file_chunks(cut)

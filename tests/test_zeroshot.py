@@ -217,29 +217,6 @@ def test_label_spellings_refuse_what_is_no_list_of_words(spellings):
         label_spellings(["8", "9"], {"8": spellings})
 
 
-def test_train_and_the_recognizer_check_spellings_through_one_function(make_fsdd, tmp_path,
-                                                                       capsys, monkeypatch):
-    """train's check before any head trains is the recognizer's own (``label_spellings``), not
-    a second construction of the spellings that could pass labels the recognizer refuses."""
-    import speechxfer.jobs
-    from speechxfer.decoder import scoring
-
-    assert speechxfer.jobs.label_spellings is scoring.label_spellings
-
-    def refuse(labels, aliases=None):
-        raise ValueError(f"spelling rule refuses {sorted(labels)}")
-
-    monkeypatch.setattr(scoring, "label_spellings", refuse)
-    with pytest.raises(ValueError, match=r"refuses \['1', '7'\]"):
-        ZeroShotRecognizer(["1", "7"])  # refused before Whisper loads
-    monkeypatch.setattr(speechxfer.jobs, "label_spellings", refuse)
-    data = make_fsdd(tmp_path / "data", ("jackson", "george", "theo"), ("1", "7"), 1)
-    assert main(["train", "--data", str(data), "--strategy", "zero-shot", "--test-speaker",
-                 "theo", "--out", str(tmp_path / "zs")]) == 2
-    assert "spelling rule refuses ['1', '7']" in capsys.readouterr().err
-    assert not (tmp_path / "zs").exists()
-
-
 def test_a_saved_system_with_labels_spelt_alike_is_a_model_error(system, tmp_path):
     from speechxfer.recognizer import ModelError
 
