@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -78,7 +79,16 @@ FILE_WORD_CHARS = 60  # of the spoken text in a clip's file name (a long distrac
 def spoken(text: str) -> str:
     """What a word sounds like, for telling words apart: case, apostrophes, other punctuation
     and spacing dropped (``"Lights-On!"`` -> ``"lights on"``; ``""`` when nothing is said)."""
+    text = unicodedata.normalize("NFC", text)  # "café" typed composed or decomposed is one word
     return " ".join(re.sub(r"[\W_]+", " ", re.sub("['\u2019]", "", text.casefold())).split())
+
+
+def unspeakable(words: Sequence[str]) -> list[str]:
+    """The words with a letter outside the Latin alphabet: the engines read text as English,
+    so ``"привет"`` would be spelt letter by letter and ``"東京"`` said as "Chinese letter"."""
+    return [w for w in words if any(c.isalpha() and unicodedata.category(c) != "Lm"  # ʼ
+                                    and not unicodedata.name(c, "").startswith("LATIN")
+                                    for c in w)]
 
 
 class SynthError(ValueError):
@@ -122,6 +132,9 @@ class SynthConfig:
         mute = [w for w in self.words + self.unknown_words if not spoken(w)]
         if mute:
             raise ValueError(f"words {mute}: nothing to say (a word needs a letter or digit)")
+        if foreign := unspeakable(self.words + self.unknown_words):
+            raise ValueError(f"words {foreign[:5]}: not in the Latin alphabet, which the English "
+                             "voices read: write them as they sound in Latin letters")
         said: dict[str, str] = {}  # what is said -> the command word saying it
         for w in self.words:
             if spoken(w) in said:
@@ -197,7 +210,13 @@ def distractors(spec: str | int | None, commands: Sequence[str], seed: int = 0) 
     listed = read_word_list(spec)
     if mute := [w for w in listed if not spoken(w)]:
         raise SynthError(f"{spec}: {mute[:5]} say nothing (a word needs a letter or digit)")
-    words = [w for w in listed if spoken(w) not in taken]
+    if foreign := unspeakable(listed):
+        raise SynthError(f"{spec}: {foreign[:5]} are not in the Latin alphabet, which the "
+                         "English voices read: write them as they sound in Latin letters")
+    said: dict[str, str] = {}  # one word of those said alike ("Banana" beside "banana")
+    for w in listed:
+        said.setdefault(spoken(w), w)
+    words = [w for key, w in said.items() if key not in taken]
     if not words:
         raise SynthError(f"{spec}: every word of the list is a command word ({listed[:5]}); "
                          "distractors must be other words")
@@ -355,14 +374,19 @@ def synthesise(config: SynthConfig, out: str | Path,
     voices, whose accuracy is what the model is for.
 
     Engines are checked before anything is written. ``out`` must be empty or an earlier
-    synthesised dataset, which the new one replaces whole at the end (``store.atomic_folder``):
-    a run that fails half-way leaves ``out`` as it was.
+    synthesised dataset holding only what synth wrote (a recording added to it would be lost),
+    which the new one replaces whole at the end (``store.atomic_folder``): a run that fails
+    half-way leaves ``out`` as it was.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_synthesised(out))):
         raise SynthError(f"{out}: exists and is not an empty folder or a synthesised dataset")
     real = [with_silence(load_dataset(p)) for p in include]  # bad paths fail before synthesis
     real_rows = _included_rows(include, real, out, config.words)
+    if out.is_dir() and (strays := _not_written(out)):
+        raise SynthError(f"{out / strays[0]}: synth did not write it ({len(strays)} such file(s) "
+                         f"in {out}), and the new dataset replaces the folder whole: move them "
+                         "out or choose another --out")
     jobs = plan(config)
     used = {v.engine for *_, v in jobs}
     if unused := [e for e in config.engines if e not in used]:
@@ -407,6 +431,21 @@ def synthesise(config: SynthConfig, out: str | Path,
 def is_synthesised(folder: Path) -> bool:
     """A folder ``synthesise`` wrote (the only kind, besides an empty one, it replaces)."""
     return (folder / "synth.json").is_file()
+
+
+def _not_written(folder: Path) -> list[Path]:
+    """Files in a synthesised ``folder`` that synth did not write (recordings dropped into a
+    word's folder): replacing it would delete them. Hidden files (``.DS_Store``) are ignored."""
+    if not is_synthesised(folder):
+        return []
+    ours = {"manifest.csv", "synth.json"}
+    try:
+        ours |= {c["path"] for c in json.loads((folder / "synth.json").read_text())["clips"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # unreadable: only the two files are known to be ours
+    return sorted(p.relative_to(folder) for p in folder.rglob("*")
+                  if not p.is_dir() and p.relative_to(folder).as_posix() not in ours
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _draw(config: SynthConfig, voice: Voice, rng: np.random.Generator) -> dict[str, float]:

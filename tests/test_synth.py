@@ -209,6 +209,7 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("settings", "problem"), [
     ({"words": ("Yes", "yes")}, "'Yes' and 'yes' are said alike"),
     ({"words": ("lights on", "Lights-On!")}, "said alike"),
+    ({"words": ("café", "cafe\u0301")}, "said alike"),  # one folder on macOS, one label
     ({"words": ("..", "up")}, "names its folder"),  # its clips would land beside --out
     ({"words": (".",)}, "names its folder"),
     ({"words": ("_silence_",)}, "names its folder"),
@@ -217,6 +218,8 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     ({"words": ("up",), "unknown_words": ("...",)}, "nothing to say"),
     ({"words": ("up",), "unknown_words": ("UP!",)}, "said like a command word"),
     ({"words": ("up",), "unknown_clips": 3}, "no unknown words"),
+    ({"words": ("привет",)}, "not in the Latin alphabet"),  # spelt letter by letter
+    ({"words": ("up",), "unknown_words": ("東京",)}, "not in the Latin alphabet"),
 ])
 def test_words_that_would_mislabel_or_misplace_clips_are_refused(settings, problem) -> None:
     with pytest.raises(ValueError, match=problem):
@@ -247,6 +250,25 @@ def test_a_distractor_list_of_command_words_is_an_error_naming_it(tmp_path: Path
     listed.write_text("table\n?!\n")
     with pytest.raises(SynthError, match=r"words.txt: \['\?!'\] say nothing"):
         distractors(listed, ["yes"])
+    listed.write_text("banana\n\n# fruit\nBanana!\ncafé\n")  # said alike: said once
+    assert distractors(listed, ["yes"]) == ["banana", "café"]
+    listed.write_text("table\nпривет\n")
+    with pytest.raises(SynthError, match=r"words.txt: \['привет'\] are not in the Latin"):
+        distractors(listed, ["yes"])
+
+
+@needs_espeak
+def test_files_added_to_a_synthesised_folder_stop_it_being_replaced(tmp_path: Path) -> None:
+    """A recording dropped into a word's folder would go with the old dataset."""
+    config = small(words=("go",), unknown_words=(), per_word=1)
+    out = tmp_path / "out"
+    synthesise(config, out)
+    (out / ".DS_Store").write_text("finder")  # hidden files do not count
+    synthesise(config, out)
+    (out / "go" / "mine.wav").write_bytes(b"my own take")
+    with pytest.raises(SynthError, match=r"go/mine.wav: synth did not write it"):
+        synthesise(config, out)
+    assert (out / "go" / "mine.wav").read_bytes() == b"my own take"
 
 
 def speech_commands(root: Path, fsdd: Path) -> Path:
