@@ -7,6 +7,7 @@ the clips at hand (no clip of a known class, no pair to verify) is left out, nev
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +96,19 @@ def eer_from_scores(scores: np.ndarray, target: np.ndarray) -> tuple[float, floa
             float(low + w * (thresholds[i] - low)))
 
 
-def markdown(report: dict, title: str = "Evaluation") -> str:
-    """A readable summary: headline figures, per-class table, confusion matrix."""
+def markdown(report: dict, title: str = "Evaluation", json_name: str = "report.json") -> str:
+    """A readable summary: headline figures (the open-set ones too, as the terminal prints
+    them), per-class table, confusion matrix. ``json_name``: the file the skipped clips are in."""
     lines = [f"# {title}", "", f"- clips: {report['n']}",
              f"- accuracy: {report['accuracy']:.4f}", f"- macro-F1: {report['macro_f1']:.4f}"]
-    for key in ("skipped",):
-        if report.get(key):
-            lines.append(f"- skipped clips: {len(report[key])} (listed in report.json)")
+    if report.get("open_set"):
+        figures = ", ".join(f"{k.replace('_', ' ')} {v:.4f}"
+                            for k, v in report["open_set"].items() if v is not None)
+        threshold = report.get("threshold")
+        lines.append(f"- open set: {figures}" + ("" if threshold is None else
+                                                 f" (rejection threshold {threshold:.4f})"))
+    if report.get("skipped"):
+        lines.append(f"- skipped clips: {len(report['skipped'])} (listed in {json_name})")
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c, m in report["per_class"].items():
         lines.append(f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
@@ -131,7 +138,8 @@ def plot_confusion(report: dict, path: Path, title: str = "Confusion matrix") ->
 
     cm = np.array(report["confusion"])
     labels = report["labels"]
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.5 * len(labels)))
+    side = max(4.0, 1 + 0.5 * len(labels))
+    fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90)
     ax.set_yticks(range(len(labels)), labels)
@@ -142,7 +150,8 @@ def plot_confusion(report: dict, path: Path, title: str = "Confusion matrix") ->
             if cm[i, j]:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_title(f"{title}\naccuracy {report['accuracy']:.3f}")
+    # wrapped to the figure's width (a long data path or speaker list would be cut at its edges)
+    ax.set_title(textwrap.fill(title, int(6 * side)) + f"\naccuracy {report['accuracy']:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -153,5 +162,5 @@ def write_report(report: dict, directory: Path, name: str = "report", title: str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (directory / f"{name}.md").write_text(markdown(report, title))
+    (directory / f"{name}.md").write_text(markdown(report, title, f"{name}.json"))
     plot_confusion(report, directory / f"{name}_confusion.png", title)

@@ -1078,8 +1078,9 @@ def finish_job(system: Recognizer, summary: dict, split: Split | None, out: Path
             summary["test"] = {k: report[k] for k in ("n", "accuracy", "macro_f1",
                                                       "seconds_per_clip", "threshold", "open_set")
                                if k in report}
-            if system.task_model() is not None:
-                summary["test"]["tasks"] = system_task_metrics(system, test_w, test, report)
+            if system.task_model() is not None:  # in test_report.* too, as eval's report
+                report["tasks"] = system_task_metrics(system, test_w, test, report)
+                summary["test"]["tasks"] = report["tasks"]
         else:  # the system is trained: saved unscored rather than lost
             LOGGER.warning("no usable clips left in the test set (%d skipped): the model is "
                            "saved without a test report", len(skipped))
