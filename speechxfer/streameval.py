@@ -35,7 +35,7 @@ import torch
 
 from .audio import AudioError, Clip, is_audio_name, load
 from .detect import FILLER_BELOW, PAD_S, VAD_RATE, Detection, Detector, Segment, detect_chunks
-from .log import LOGGER
+from .log import LOGGER, progress
 from .stream import file_chunks, file_length
 from .vocab import SILENCE, is_command, load_with_silence, nfc, written_otherwise
 
@@ -360,14 +360,16 @@ def evaluate_stream(model: Recognizer, spans: list[Span], *, audio: np.ndarray |
     score it; ``det`` holds the curve over thresholds."""
     if recording is not None:
         rate, chunks = file_chunks(recording, CHUNK_S)
+        samples = file_length(recording)[1]
     else:
-        chunks = _blocks(audio, rate)
+        chunks, samples = _blocks(audio, rate), len(audio)
     commands = {lab for lab in model.labels if is_command(lab)}
     if not any(s.label in commands for s in spans):  # other names ("seven" for "7"), or none
         LOGGER.warning("no word of the stream is a command of the model (%s): no recall, and "
                        "every event is a false accept", ", ".join(sorted(commands)))
     detector = Detector(model, threshold, rate, record=True, **detector_options)
-    events = list(detect_chunks(detector, chunks))
+    blocks = progress(chunks, "streaming", total=math.ceil(samples / max(1, int(CHUNK_S * rate))))
+    events = list(detect_chunks(detector, blocks))
     hours = detector.seconds / 3600
     report = score_events(events, spans, commands, hours)
     seconds = detector.seconds or 1.0

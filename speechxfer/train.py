@@ -805,7 +805,7 @@ def fit(
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if val_waves:  # no validation clips: no val figures at all, never a NaN in the history
             with autocast:
@@ -908,7 +908,7 @@ def fit_generative(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         if checkpointer and (step + 1) % GENERATIVE_CHECKPOINT_STEPS == 0 and step + 1 < steps:
             checkpointer.save(system.model, optimizer, trained_state(system.model), {
                 "signature": signature, "epoch": step, "best": [0.0, 0.0], "best_epoch": step,

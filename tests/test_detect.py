@@ -407,6 +407,22 @@ def test_a_stream_with_no_command_of_the_model_is_said(svm, vad, caplog):
     assert report["recall"] is None and "no word of the stream is a command" in caplog.text
 
 
+def test_scoring_a_stream_draws_a_bar_over_its_blocks(svm, vad, monkeypatch):
+    """Scoring a 30-min stream takes minutes: a terminal shows how far it is (log.progress)."""
+    import speechxfer.streameval
+
+    bars = []
+
+    def progress(iterable, desc, **kwargs):
+        bars.append((desc, kwargs.get("total")))
+        return iterable
+
+    monkeypatch.setattr(speechxfer.streameval, "progress", progress)
+    evaluate_stream(svm[0], [Span(0.1, 0.5, "2")], audio=np.zeros(2 * RATE, np.float32),
+                    rate=RATE, vad=vad)
+    assert bars == [("streaming", 20)]
+
+
 def test_a_stream_too_long_for_the_memory_is_refused_before_it_is_built(folder, monkeypatch):
     import speechxfer.streameval
 
