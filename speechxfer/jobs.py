@@ -48,6 +48,7 @@ from .decoder.scoring import (
 )
 from .encoders import build_encoder
 from .encoders.registry import WHISPER_DEFAULT_WINDOW, has_decoder
+from .ensemble import MEMBER_FOLDER
 from .evaluate import score, write_report
 from .heads import multilabel_classes
 from .log import LOGGER, progress
@@ -1196,7 +1197,12 @@ def write_results(write: Callable[[str], None], files: Callable[[str], list[Path
 
 def trained_speakers(system: Recognizer, model_dir: str | Path) -> set[str]:
     """The speakers a saved model trained on: config.json's ``data``, or for the systems that
-    keep no run there (the classic ones) the train_summary.json beside it; empty if neither."""
+    keep no run there (the classic ones) the train_summary.json beside it; empty if neither.
+    An ensemble's are those of its members (member0/, member1/, ...)."""
+    members = getattr(system, "members", None)
+    if isinstance(members, list):
+        return set().union(*(trained_speakers(m, Path(model_dir) / MEMBER_FOLDER.format(i))
+                             for i, m in enumerate(members)))
     info = getattr(system, "info", None)
     run = info.get("data") if isinstance(info, dict) else None
     trained = run.get("train_speakers") if isinstance(run, dict) else None

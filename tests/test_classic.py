@@ -176,3 +176,13 @@ def test_hmm_training_prints_no_convergence_alarm(fsdd: Path, caplog) -> None:
     with caplog.at_level("WARNING"):
         build_classic("gmm-hmm").fit(waves, [d for d, _, _ in keys])
     assert not [r for r in caplog.records if "converging" in r.getMessage()]
+
+
+def test_a_label_whose_training_clips_are_copies_of_one_recording_is_named(fsdd: Path,
+                                                                            caplog) -> None:
+    """Copies of one take teach one utterance: the model learns nothing of other voices."""
+    copy = load(fsdd / "0_jackson_0.wav")
+    ones = [load(fsdd / f"1_{s}_0.wav") for s in ("jackson", "george", "theo")]
+    build_classic("svm").fit([copy, copy.clone(), copy.clone(), *ones], ["0"] * 3 + ["1"] * 3)
+    assert "label '0': its 3 training clips are copies of one recording" in caplog.text
+    assert "label '1'" not in caplog.text

@@ -223,3 +223,19 @@ def test_a_system_beside_its_own_onnx_export_is_refused(tmp_path):
     (tmp_path / "again" / "config.json").write_text(json.dumps(config))
     both = EnsembleRecognizer.of_folders([tmp_path / "model", tmp_path / "again"])
     assert len(both.members) == 2
+
+
+def test_eval_of_an_ensemble_says_when_the_data_holds_its_members_training_voices(
+        make_svm, make_fsdd, tmp_path, caplog):
+    """An ensemble folder keeps no train_summary.json of its own: its members' voices count."""
+    from speechxfer.jobs import eval_job
+
+    for name, speaker in (("a", "jackson"), ("b", "george")):
+        make_svm(tmp_path / name, DIGITS, range(10, 14), speaker=speaker)
+        (tmp_path / name / "train_summary.json").write_text(
+            json.dumps({"train_speakers": [speaker]}))
+    assert main(["ensemble", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "ab")]) == 0
+    data = make_fsdd(tmp_path / "data", ("jackson", "theo"), DIGITS, 1)
+    eval_job(tmp_path / "ab", data)
+    assert "3 of 6 clips are by 1 speaker(s) the model trained on (jackson)" in caplog.text

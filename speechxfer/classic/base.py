@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 from speechxfer.audio import SAMPLE_RATE
 from speechxfer.classic.mfcc import FEATURE_DIM, mfcc_features
 from speechxfer.heads import check_int, check_real
+from speechxfer.log import LOGGER
 from speechxfer.recognizer import (
     ModelError,
     Recognizer,
@@ -35,6 +36,19 @@ from speechxfer.store import atomic_folder
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PROBE_FRAMES = 20  # a loaded model scores one such blank clip: weights that do not fit fail here
+
+
+def _warn_copies(feats: list[np.ndarray], labels: list[str]) -> None:
+    """Say when every training clip of a label is the same audio: the model then learns one
+    utterance, not the word, and is near-certain that other voices' takes are something else."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for f, label in zip(feats, labels):
+        groups.setdefault(label, []).append(f)
+    for label, group in sorted(groups.items()):
+        if len(group) > 1 and all(np.array_equal(group[0], f) for f in group[1:]):
+            LOGGER.warning("label %r: its %d training clips are copies of one recording: the "
+                           "model learns that one utterance and may miss other takes of %r",
+                           label, len(group), label)
 
 
 @dataclass
@@ -116,6 +130,7 @@ class ClassicRecognizer(Recognizer, ABC):
         if len(classes) < 2:
             raise ValueError(f"need at least two distinct labels, got {classes}")
         index = {label: i for i, label in enumerate(classes)}
+        _warn_copies(feats, [str(label) for label in labels])
         self.labels = classes
         try:
             self._fit(feats, np.array([index[str(label)] for label in labels]))
