@@ -50,6 +50,20 @@ def bounded(cast, low: float, high: float | None = None):
     return parse
 
 
+# numpy's and torch's seed range: the argparse type= of every --seed, the CLI's and the recipes'
+SEED = bounded(int, 0, 2**32 - 1)
+
+
+def add_measurement_options(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options the measuring recipes share, with the CLI's ranges: the open-set bar, the
+    seed, torch's CPU threads, and the folder the results go to (default ``results``)."""
+    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
+                        default=DEFAULT_MAX_FALSE_ACCEPT)
+    parser.add_argument("--seed", type=SEED, default=0)
+    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=results_folder, default=results)
+
+
 def _figure(value: float | None, digits: int = 3) -> str:
     """A measured figure for a report line; None (nothing to measure it on) reads "n/a"."""
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -316,7 +330,7 @@ def _add_speaker_parsers(sub) -> None:
                    help="clips of speakers (Speech Commands layout, FSDD names, or a manifest)")
     v.add_argument("--enroll", type=bounded(int, 1), default=3, metavar="K",
                    help="enrolment clips per speaker (default %(default)s)")
-    v.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
+    v.add_argument("--seed", type=SEED, nargs="+", default=[0],
                    help="enrolment draw(s); several: the figures are their means")
     v.add_argument("--calibrate", action="store_true",
                    help="store, in MODEL/voiceprints, the accept threshold that lets 1%% of "
@@ -377,7 +391,7 @@ def _add_synth_parser(sub) -> None:
     y.add_argument("--out", type=_out_dir, required=True,
                    help="folder for the clips (a folder per word) and their manifest")
     y.add_argument("--per-word", type=bounded(int, 1), default=20, help="clips per word")
-    y.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
+    y.add_argument("--seed", type=SEED, default=0,
                    help="draws the voices, rates and distractors: the same seed, the same "
                         "clips (default %(default)s)")
     y.add_argument("--engines", type=engines, default=ENGINES, metavar="espeak,piper",
@@ -563,7 +577,7 @@ def _add_eval_stream_parser(sub) -> None:
                    help="mix these recordings of running speech (any layout, e.g. sentences from "
                         "speechxfer synth) into the built stream: an event on them is a false "
                         "accept")
-    v.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
+    v.add_argument("--seed", type=SEED, default=0,
                    help="draws the built stream's clips and gaps (default %(default)s)")
     v.add_argument("--threshold", type=bounded(float, 0.0, 1.0),
                    help="open-set bar (default: the model's own)")
@@ -695,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--per-class", type=bounded(int, 1), help="keep N clips per label per speaker")
     t.add_argument("--epochs", type=bounded(int, 1),
                    help="default: 30 for a head on a frozen encoder, 4 when encoder blocks train")
-    t.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
+    t.add_argument("--seed", type=SEED, default=0,
                    help="draws the validation speakers, clips kept and initial weights: the "
                         "same seed, the same model (default %(default)s)")
     t.add_argument("--out", type=_out_dir, default=Path("runs/default"),

@@ -43,7 +43,7 @@ import torch
 
 from .audio import SAMPLE_RATE, resample
 from .augment import AugmentConfig, Augmenter
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, nfc
 from .log import LOGGER, progress
 from .store import atomic_folder
 from .vocab import UNKNOWN, is_command, with_silence
@@ -79,7 +79,7 @@ FILE_WORD_CHARS = 60  # of the spoken text in a clip's file name (a long distrac
 def spoken(text: str) -> str:
     """What a word sounds like, for telling words apart: case, apostrophes, other punctuation
     and spacing dropped (``"Lights-On!"`` -> ``"lights on"``; ``""`` when nothing is said)."""
-    text = unicodedata.normalize("NFC", text)  # "café" typed composed or decomposed is one word
+    text = nfc(text)  # "café" typed composed or decomposed is one word
     return " ".join(re.sub(r"[\W_]+", " ", re.sub("['\u2019]", "", text.casefold())).split())
 
 

@@ -51,7 +51,7 @@ import torch
 from scipy.stats import binomtest
 
 from speechxfer.augment import AugmentConfig, Augmenter
-from speechxfer.cli import bounded, results_folder
+from speechxfer.cli import add_measurement_options, bounded
 from speechxfer.data import load_dataset, load_waves, per_class
 from speechxfer.decoder.combined import combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -369,11 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="K augmented copies (default 2; quick 1)")
     parser.add_argument("--max-minutes", type=bounded(float, 0.0),
                         help="budget (default 28; quick 4.5); another is named in the results")
-    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
-                        default=DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
-    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=results_folder, default=HERE / "results")
+    add_measurement_options(parser, HERE / "results")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if unknown := set(tasks) - {"digits", "speech_commands"}:  # not an empty results file

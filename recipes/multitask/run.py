@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from speechxfer.audio import Clip
-from speechxfer.cli import bounded, results_folder
+from speechxfer.cli import SEED, bounded, results_folder
 from speechxfer.data import load_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import eer_of_pairs
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     # as train's ranges: --epochs 0 would read as the default, -1 would score untrained heads
-    parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=None)
+    parser.add_argument("--seeds", type=SEED, nargs="+", default=None)
     parser.add_argument("--only", nargs="+", default=None, help="condition names to run")
     parser.add_argument("--epochs", type=bounded(int, 1), default=None, help="base epochs")
     parser.add_argument("--skip-base", action="store_true", help="leave out the whisper-base rows")

@@ -27,7 +27,7 @@ import numpy as np
 
 from speechxfer import load_model
 from speechxfer.audio import SAMPLE_RATE, resample
-from speechxfer.cli import bounded
+from speechxfer.cli import SEED, bounded
 from speechxfer.cli import main as cli
 from speechxfer.data import load_dataset, load_waves
 from speechxfer.jobs import bundled, default_data, finished_run
@@ -73,7 +73,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/new_voices"),
                         help="the trained folds; a finished one is kept (a rerun resumes)")
-    parser.add_argument("--seeds", type=bounded(int, 0, 2**32 - 1), nargs="+", default=[0],
+    parser.add_argument("--seeds", type=SEED, nargs="+", default=[0],
                         metavar="S",
                         help="training seeds (default: 0)")
     parser.add_argument("--channel-rate", type=bounded(int, 1000, SAMPLE_RATE - 1), metavar="HZ",

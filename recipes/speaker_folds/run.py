@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechxfer.cli import bounded
+from speechxfer.cli import SEED, bounded
 from speechxfer.data import DatasetError, load_dataset, load_waves, per_class, split_dataset
 from speechxfer.encoders import build_encoder
 from speechxfer.evaluate import score
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--window", help="clip | Ns (e.g. 2s, 30s); default: the encoder's")
     parser.add_argument("--pooling", default="mean", choices=("mean", "attentive"))
-    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     fsdd = bundled("fsdd")
     parser.add_argument("--data", type=Path, default=fsdd,
                         help="training set holding the FSDD speakers (the folds), e.g. "

@@ -54,7 +54,7 @@ import torch
 from speechxfer.audio import batch_waves, batches_by_length
 from speechxfer.augment import AugmentConfig, Augmenter
 from speechxfer.classic import build_classic
-from speechxfer.cli import bounded, results_folder
+from speechxfer.cli import add_measurement_options, bounded
 from speechxfer.data import load_waves
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import SILENCE_OFFSET, UNKNOWN_SCORE, ZeroShotRecognizer
@@ -572,11 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fold 0, 3 and 10 shots, K=1")
     parser.add_argument("--max-minutes", type=bounded(float, 0.0),
                         help="budget (default: 40 full, 4.5 quick)")
-    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
-                        default=DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
-    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=results_folder, default=HERE / "results")
+    add_measurement_options(parser, HERE / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL

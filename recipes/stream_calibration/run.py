@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from speechxfer.audio import Clip
-from speechxfer.cli import bounded
+from speechxfer.cli import SEED, bounded
 from speechxfer.cli import main as cli
 from speechxfer.data import DatasetError
 from speechxfer.jobs import finished_run
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoders", nargs="+", default=["whisper-tiny.en", "whisper-base"])
     parser.add_argument("--folds", nargs="+", type=pair, default=[(2, 3), (4, 5), (6, 7), (8, 9)])
     # the ranges of eval-stream, ensemble and the reader: refused now, not after the training
-    parser.add_argument("--seeds", nargs="+", type=bounded(int, 0, 2**32 - 1), default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1])
     parser.add_argument("--minutes", type=bounded(float, 0.01), default=30.0)
     parser.add_argument("--ensemble-threshold", type=bounded(float, 0.0, 1.0), default=0.65,
                         help="stored in each fold's ensemble; the curves cover every threshold")

@@ -46,7 +46,7 @@ import torch
 from speechxfer import CommandClassifier
 from speechxfer.audio import batch_waves
 from speechxfer.augment import synthetic_noise
-from speechxfer.cli import bounded, results_folder
+from speechxfer.cli import add_measurement_options
 from speechxfer.data import load_dataset, load_waves, split_dataset
 from speechxfer.decoder.combined import choose_weight, combine_log_linear
 from speechxfer.decoder.scoring import ZeroShotRecognizer
@@ -485,13 +485,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few clips per word")
     # synth's and train's ranges: a negative seed would be a traceback after the data load
-    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0)
-    parser.add_argument("--max-false-accept", type=bounded(float, 0.0, 1.0),
-                        default=sc.DEFAULT_MAX_FALSE_ACCEPT)
-    parser.add_argument("--threads", type=bounded(int, 1), default=1, help="torch CPU threads")
+    add_measurement_options(parser, HERE / "results")
     parser.add_argument("--work", type=Path, default=Path("runs/synthetic"),
                         help="where the synthetic datasets are written")
-    parser.add_argument("--out", type=results_folder, default=HERE / "results")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--redraw", action="store_true",
                         help="rewrite the table and plot from the results JSON, run nothing")
